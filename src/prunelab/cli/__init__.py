@@ -1,0 +1,79 @@
+"""The ``prunelab`` command line: a thin layer over the Python API.
+
+Each sub-command lives in its own module ``prunelab.cli.<module>`` exposing
+``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when invoked, so
+``prunelab --help`` stays fast. Every :class:`~prunelab.errors.PrunelabError` becomes one line on
+stderr and exit status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from prunelab.errors import PrunelabError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models", "list the model zoo with parameter counts"),
+    "info": ("info", "parameters and MACs of a model or checkpoint"),
+    "train": ("train", "train a model on a dataset and save a checkpoint"),
+    "prune": ("prune", "prune a model (unstructured, or --structured channels) and save it"),
+    "reduce": ("reduce", "build a reduced network hitting a parameter or MACs target and train it"),
+    "scratch": ("scratch", "train a pruned architecture from scratch (Scratch-E / Scratch-B)"),
+    "copy-profile": ("copy_profile", "scale a pruned width profile into a family of networks"),
+    "pfs": ("pfs", "Pruning from Scratch: learn gates on a random network, pick a structure, train it"),
+    "bench": ("bench", "measure inference latency of a model or checkpoint"),
+    "export": ("export", "export a checkpoint to ONNX or to sparse inference form"),
+    "study": ("study", "run a study (models x methods x targets x protocols x seeds)"),
+    "results": ("results", "print a study's results table"),
+    "report": ("report", "write a study's Markdown/HTML report with plots"),
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser(command: str | None = None) -> ArgumentParser:
+    parser = ArgumentParser(prog="prunelab", description=__doc__.splitlines()[0])
+    from prunelab import __version__
+
+    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(f"prunelab.cli.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in COMMANDS:
+        sys.stderr.write(f"prunelab: error: unknown command {command!r}; valid choices: {', '.join(COMMANDS)}\n")
+        return 2
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(f"prunelab.cli.{COMMANDS[args.command][0]}")
+    try:
+        return int(module.run(args) or 0)
+    except PrunelabError as exc:
+        sys.stderr.write(f"prunelab {args.command}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("prunelab: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The in-memory dataset bundle every trainer, criterion and study consumes.
+
+Datasets that fit in memory are held as tensors (images as uint8 or float, sequences as float) with
+fixed train / validation / test splits, so the trainer can move them to the device once and augment
+whole batches with tensor ops (the airbench data path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batched training augmentation: pad-and-crop by ``pad`` pixels and horizontal flip.
+
+    ``pad_mode`` is ``"reflect"`` (WRN / pytorch-prunes) or ``"zeros"`` (PFS, torchvision default).
+    Sequence and vector data use ``Augment.none()``.
+    """
+
+    pad: int = 0
+    flip: bool = False
+    pad_mode: str = "reflect"
+
+    @classmethod
+    def none(cls) -> Augment:
+        return cls(0, False)
+
+    @property
+    def active(self) -> bool:
+        return self.pad > 0 or self.flip
+
+
+@dataclass
+class Split:
+    """Inputs and integer labels of one split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class DataBundle:
+    """A dataset with fixed splits, already normalised (float32 inputs, int64 labels).
+
+    ``input_shape`` excludes the batch dimension: (C, H, W) for images, (T, F) for sequences,
+    (F,) for vectors. ``val`` may be empty (zero rows) when a dataset has no held-out split.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    task: str = "image"  # image | sequence | vector
+    augment: Augment = field(default_factory=Augment.none)
+    info: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; valid choices: train, val, test")
+        return getattr(self, name)

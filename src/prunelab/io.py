@@ -1,0 +1,118 @@
+"""Files: atomic writes and safe loads.
+
+Results and checkpoints are written to a temporary file in the destination folder and renamed, so
+a killed process never leaves a half-written file. Checkpoints hold only tensors and plain Python
+containers (no pickled modules) and are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.errors import PrunelabError
+
+CHECKPOINT_FORMAT = "prunelab-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[Any], None], binary: bool) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return _atomic(path, lambda fh: fh.write(data), binary=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic(path, lambda fh: fh.write(text), binary=False)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically. ``obj`` must be tensors and plain containers only."""
+    return _atomic(path, lambda fh: torch.save(obj, fh), binary=True)
+
+
+def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """Load a file written by :func:`atomic_torch_save` with ``weights_only=True``.
+
+    A missing, truncated or foreign file raises :class:`PrunelabError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrunelabError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise PrunelabError(f"{what} {path} is corrupt or not a prunelab file ({type(exc).__name__})") from exc
+    except Exception as exc:  # pickle.UnpicklingError for files that are not weights-only
+        raise PrunelabError(f"{what} {path} cannot be loaded safely ({type(exc).__name__}: {exc})") from exc
+
+
+def save_checkpoint(path: str | os.PathLike, *, arch: dict, state_dict: dict, plan: dict | None = None,
+                    meta: dict | None = None) -> Path:
+    """Save a prunelab checkpoint: architecture spec, optional structured plan, state_dict, metadata.
+
+    ``arch`` is ``{"name": <registry name or family>, "kwargs": {...}}`` (see
+    :class:`prunelab.models.ArchSpec`); together with ``plan`` it rebuilds the module without pickle.
+    Unstructured masks travel inside ``state_dict`` as ``<param>_mask`` buffers.
+    """
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "plan": plan,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "meta": meta or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint written by :func:`save_checkpoint`."""
+    payload = torch_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise PrunelabError(f"checkpoint {path} is not a prunelab checkpoint (no 'format' field)")
+    for key in ("arch", "state_dict"):
+        if key not in payload:
+            raise PrunelabError(f"checkpoint {path} is incomplete: missing {key!r}")
+    return payload

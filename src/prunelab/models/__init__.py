@@ -1,0 +1,29 @@
+"""The model zoo: plain ``nn.Module`` families built from explicit width specs, and a registry."""
+
+from prunelab.models.registry import (
+    ArchSpec,
+    ModelEntry,
+    WidthUnit,
+    create,
+    get_entry,
+    get_family,
+    input_shape_of,
+    list_families,
+    list_models,
+    resolve,
+    width_units,
+)
+
+__all__ = [
+    "ArchSpec",
+    "ModelEntry",
+    "WidthUnit",
+    "create",
+    "get_entry",
+    "get_family",
+    "input_shape_of",
+    "list_families",
+    "list_models",
+    "resolve",
+    "width_units",
+]

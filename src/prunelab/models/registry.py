@@ -1,0 +1,176 @@
+"""The model registry: names -> constructors with explicit widths.
+
+Every model in the zoo is a plain ``nn.Module`` returned by a *family constructor* (a function that
+takes explicit widths and depth as keyword arguments, timm-style). A registered *name* such as
+``"wrn-40-2"`` is a family plus default keyword arguments. An :class:`ArchSpec` (family + keyword
+arguments, JSON-serialisable) is what checkpoints, plans, reduced networks, copied profiles and
+Pruning-from-Scratch all produce: rebuilding a model is always ``create(spec)``.
+
+Families also describe their *width units* (:class:`WidthUnit`): the channel sets a structured
+method may shrink while keeping the family's layout (block-internal channels, bottleneck widths,
+VGG layer widths...). Each unit names the BatchNorm after which a channel mask or gate goes and the
+keyword argument (and index) that sets its width, so a compressed model maps back to a spec.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from prunelab.errors import PrunelabError, unknown_choice
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A model family plus the keyword arguments of its constructor (widths, depth, classes)."""
+
+    family: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "kwargs": copy.deepcopy(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        if not isinstance(d, dict) or "family" not in d:
+            raise PrunelabError("architecture spec must be a mapping with a 'family' key")
+        return cls(str(d["family"]), dict(d.get("kwargs") or {}))
+
+    def with_kwargs(self, **overrides: Any) -> ArchSpec:
+        kw = copy.deepcopy(self.kwargs)
+        kw.update(overrides)
+        return ArchSpec(self.family, kw)
+
+
+@dataclass(frozen=True)
+class WidthUnit:
+    """One prunable channel set of a zoo model, in the family's own terms.
+
+    ``bn``: module path of the BatchNorm whose output channels are the unit (mask/gate goes after it).
+    ``conv``: module path of the convolution producing those channels.
+    ``key``/``index``: the constructor keyword (and list index, or None for a scalar) setting the width.
+    ``width``: the current number of channels.
+    """
+
+    name: str
+    bn: str | None
+    conv: str
+    key: str
+    index: int | None
+    width: int
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its constructor and how to read its width units from a built model."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    units: Callable[[nn.Module], list[WidthUnit]] | None = None
+    init: Callable[[nn.Module], None] | None = None
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    task: str = "image"  # image | sequence | vector
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model name: a family plus default keyword arguments."""
+
+    name: str
+    family: str
+    kwargs: dict[str, Any]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    doc: str = ""
+
+    @property
+    def spec(self) -> ArchSpec:
+        return ArchSpec(self.family, copy.deepcopy(self.kwargs))
+
+
+_FAMILIES: dict[str, Family] = {}
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_family(name: str, build: Callable[..., nn.Module], *, units=None, init=None,
+                    input_shape: tuple[int, ...] = (3, 32, 32), task: str = "image", doc: str = "") -> None:
+    """Register a family. ``init(model)`` re-initialises a built (possibly compressed) model in place
+    with the family's rule computed from each layer's actual fan-in / fan-out."""
+    _FAMILIES[name] = Family(name, build, units, init, tuple(input_shape), task, doc)
+
+
+def register_model(name: str, family: str, *, input_shape: tuple[int, ...] | None = None,
+                   num_classes: int = 10, doc: str = "", **kwargs: Any) -> None:
+    fam = _FAMILIES[family]
+    kwargs.setdefault("num_classes", num_classes)
+    _MODELS[name] = ModelEntry(name, family, kwargs, tuple(input_shape or fam.input_shape), num_classes, doc)
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_MODELS)
+
+
+def list_families() -> list[str]:
+    _ensure_loaded()
+    return sorted(_FAMILIES)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise unknown_choice("model", name, _MODELS)
+    return _MODELS[name]
+
+
+def get_family(name: str) -> Family:
+    _ensure_loaded()
+    if name not in _FAMILIES:
+        raise unknown_choice("model family", name, _FAMILIES)
+    return _FAMILIES[name]
+
+
+def resolve(name_or_spec: str | ArchSpec | dict, **overrides: Any) -> ArchSpec:
+    """Turn a registry name, an ArchSpec or its dict form into an ArchSpec with ``overrides`` applied."""
+    if isinstance(name_or_spec, ArchSpec):
+        spec = name_or_spec
+    elif isinstance(name_or_spec, dict):
+        spec = ArchSpec.from_dict(name_or_spec)
+    else:
+        spec = get_entry(str(name_or_spec)).spec
+    get_family(spec.family)
+    return spec.with_kwargs(**overrides) if overrides else spec
+
+
+def create(name_or_spec: str | ArchSpec | dict, **overrides: Any) -> nn.Module:
+    """Build a model from a registry name or an ArchSpec. Keyword overrides replace spec kwargs."""
+    spec = resolve(name_or_spec, **overrides)
+    fam = get_family(spec.family)
+    try:
+        return fam.build(**spec.kwargs)
+    except TypeError as exc:
+        raise PrunelabError(f"cannot build {spec.family} with {sorted(spec.kwargs)}: {exc}") from exc
+
+
+def width_units(model: nn.Module, spec: ArchSpec) -> list[WidthUnit]:
+    """The width units of ``model`` (built from ``spec``'s family), read from its actual modules."""
+    fam = get_family(spec.family)
+    if fam.units is None:
+        raise PrunelabError(f"model family {spec.family!r} declares no width units")
+    return fam.units(model)
+
+
+def input_shape_of(spec: ArchSpec) -> tuple[int, ...]:
+    """Default input shape (without batch) for a family; an ``input_size`` kwarg overrides it."""
+    fam = get_family(spec.family)
+    return tuple(spec.kwargs.get("input_shape", fam.input_shape))
+
+
+def _ensure_loaded() -> None:
+    # Importing the zoo registers every family and model name.
+    import prunelab.models.zoo  # noqa: F401
