@@ -28,3 +28,53 @@ def emit_json(obj: Any) -> None:
 
     json.dump(obj, sys.stdout, indent=2, default=_json_default)
     sys.stdout.write("\n")
+
+
+def add_data_arguments(parser, required: bool = True) -> None:
+    """``--data NAME`` and ``--data-root PATH`` (for real formats read from disk)."""
+    parser.add_argument("--data", required=required, metavar="NAME",
+                        help="dataset: digits, mnist1d, cifar10, cifar100, imagefolder, har, synthetic")
+    parser.add_argument("--data-root", metavar="PATH", default=None,
+                        help="where a real-format dataset lives (CIFAR archive or folder, image folders, UCI-HAR)")
+
+
+def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
+    """Training settings shared by train, prune (fine-tuning), reduce, scratch, copy-profile and pfs.
+
+    Each flag maps one-to-one onto a :class:`prunelab.train.config.TrainConfig` field.
+    """
+    from prunelab.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    d = TrainConfig().to_dict()
+    d.update(defaults or {})
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d["epochs"])
+    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"])
+    g.add_argument("--lr", type=float, default=d["lr"])
+    g.add_argument("--momentum", type=float, default=d["momentum"])
+    g.add_argument("--nesterov", action="store_true", default=d["nesterov"])
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    g.add_argument("--no-wd-bn-bias", action="store_true", default=d["no_wd_bn_bias"])
+    g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
+    g.add_argument("--milestones", type=float, nargs="*", default=d["milestones"],
+                   help="epochs, or fractions of --epochs when < 1")
+    g.add_argument("--gamma", type=float, default=d["gamma"])
+    g.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"])
+    g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"])
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=d["augment"])
+    g.add_argument("--max-steps", type=int, default=d["max_steps"])
+    g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--channels-last", action="store_true", default=d["channels_last"])
+    g.add_argument("--progress", action="store_true", default=d["progress"])
+
+
+def train_config_from_args(args) -> Any:
+    """Build a validated TrainConfig from the flags added by :func:`add_train_arguments`."""
+    from dataclasses import fields
+
+    from prunelab.train.config import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**values).validate()
