@@ -7,6 +7,7 @@ containers (no pickled modules) and are loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -34,10 +35,8 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], binary: bool)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
