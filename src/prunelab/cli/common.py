@@ -36,6 +36,35 @@ def add_data_arguments(parser, required: bool = True) -> None:
                         help="dataset: digits, mnist1d, cifar10, cifar100, imagefolder, har, synthetic")
     parser.add_argument("--data-root", metavar="PATH", default=None,
                         help="where a real-format dataset lives (CIFAR archive or folder, image folders, UCI-HAR)")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="dataset option, repeatable (e.g. val_size=5000, binary=true, size=64, shape=3x32x32)")
+    parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                        help="share of the training data held out for validation (default: the dataset's)")
+
+
+def data_options_from_args(args) -> dict[str, Any]:
+    """``--data-option KEY=VALUE`` pairs as a dict; values are read as YAML scalars (5000, true, 0.1)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in getattr(args, "data_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PrunelabError(f"--data-option {item!r} must look like KEY=VALUE")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        options[key.strip().replace("-", "_")] = value if isinstance(parsed, dict) else parsed
+    return options
+
+
+def data_from_args(args, seed: int = 0):
+    """Load the dataset named by ``--data`` with ``--data-root``, ``--val-fraction`` and ``--data-option``."""
+    from prunelab.data import load
+
+    return load(args.data, root=getattr(args, "data_root", None), val_fraction=getattr(args, "val_fraction", None),
+                seed=seed, **data_options_from_args(args))
 
 
 def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
@@ -60,6 +89,9 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     g.add_argument("--milestones", type=float, nargs="*", default=d["milestones"],
                    help="epochs, or fractions of --epochs when < 1")
     g.add_argument("--gamma", type=float, default=d["gamma"])
+    g.add_argument("--step-size", type=int, default=d["step_size"], help="epochs between decays (step schedule)")
+    g.add_argument("--lr-step", choices=("iteration", "epoch"), default=d["lr_step"],
+                   help="move the learning rate after every step, or once per epoch")
     g.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"])
     g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"])
     g.add_argument("--no-augment", dest="augment", action="store_false", default=d["augment"])
@@ -68,6 +100,18 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     g.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
     g.add_argument("--channels-last", action="store_true", default=d["channels_last"])
     g.add_argument("--progress", action="store_true", default=d["progress"])
+    g.add_argument("--eval-every", type=int, default=d["eval_every"], metavar="N",
+                   help="evaluate on validation and test every N epochs (and at the end)")
+    g.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"])
+    g.add_argument("--drop-last", action="store_true", default=d["drop_last"])
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=d["amp"],
+                   help="no automatic mixed precision on CUDA")
+    g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default=d["amp_dtype"])
+    g.add_argument("--state", dest="checkpoint", metavar="PATH", default=d["checkpoint"],
+                   help="write a resumable training state here (every --checkpoint-every epochs and on stop)")
+    g.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], metavar="N")
+    g.add_argument("--resume", action="store_true", default=d["resume"],
+                   help="continue from the training state at --state if it exists")
 
 
 def train_config_from_args(args) -> Any:

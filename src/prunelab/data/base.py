@@ -17,12 +17,15 @@ class Augment:
     """Batched training augmentation: pad-and-crop by ``pad`` pixels and horizontal flip.
 
     ``pad_mode`` is ``"reflect"`` (WRN / pytorch-prunes) or ``"zeros"`` (PFS, torchvision default).
-    Sequence and vector data use ``Augment.none()``.
+    Sequence and vector data use ``Augment.none()``. ``fill`` (one value per channel) is what a zero
+    pixel of the raw image becomes after normalisation, so ``"zeros"`` padding of normalised data pads
+    with black as torchvision's ``RandomCrop(padding=4)`` does on the raw image; ``None`` pads with 0.
     """
 
     pad: int = 0
     flip: bool = False
     pad_mode: str = "reflect"
+    fill: tuple[float, ...] | None = None
 
     @classmethod
     def none(cls) -> Augment:

@@ -11,6 +11,7 @@ from prunelab.models.registry import (
     list_families,
     list_models,
     resolve,
+    spec_from_units,
     width_units,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "list_families",
     "list_models",
     "resolve",
+    "spec_from_units",
     "width_units",
 ]

@@ -75,6 +75,9 @@ class Family:
     input_shape: tuple[int, ...] = (3, 32, 32)
     task: str = "image"  # image | sequence | vector
     doc: str = ""
+    #: ``shape_of(kwargs) -> input shape``: the default input shape of a spec (in-channels or input
+    #: features come from its kwargs); None means ``input_shape`` for every spec
+    shape_of: Callable[[dict[str, Any]], tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,17 +101,21 @@ _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_family(name: str, build: Callable[..., nn.Module], *, units=None, init=None,
-                    input_shape: tuple[int, ...] = (3, 32, 32), task: str = "image", doc: str = "") -> None:
+                    input_shape: tuple[int, ...] = (3, 32, 32), task: str = "image", doc: str = "",
+                    shape_of: Callable[[dict[str, Any]], tuple[int, ...]] | None = None) -> None:
     """Register a family. ``init(model)`` re-initialises a built (possibly compressed) model in place
-    with the family's rule computed from each layer's actual fan-in / fan-out."""
-    _FAMILIES[name] = Family(name, build, units, init, tuple(input_shape), task, doc)
+    with the family's rule computed from each layer's actual fan-in / fan-out. ``shape_of(kwargs)``
+    gives a spec's input shape (e.g. ``(in_channels, 32, 32)``); ``input_shape`` is the default."""
+    _FAMILIES[name] = Family(name, build, units, init, tuple(input_shape), task, doc, shape_of)
 
 
 def register_model(name: str, family: str, *, input_shape: tuple[int, ...] | None = None,
                    num_classes: int = 10, doc: str = "", **kwargs: Any) -> None:
     fam = _FAMILIES[family]
     kwargs.setdefault("num_classes", num_classes)
-    _MODELS[name] = ModelEntry(name, family, kwargs, tuple(input_shape or fam.input_shape), num_classes, doc)
+    if input_shape is None:
+        input_shape = fam.shape_of(kwargs) if fam.shape_of is not None else fam.input_shape
+    _MODELS[name] = ModelEntry(name, family, kwargs, tuple(input_shape), num_classes, doc)
 
 
 def list_models() -> list[str]:
@@ -166,9 +173,46 @@ def width_units(model: nn.Module, spec: ArchSpec) -> list[WidthUnit]:
 
 
 def input_shape_of(spec: ArchSpec) -> tuple[int, ...]:
-    """Default input shape (without batch) for a family; an ``input_size`` kwarg overrides it."""
+    """Default input shape (without batch) of a spec: the family's ``shape_of(kwargs)`` (which reads
+    e.g. ``in_channels`` or ``input_size``), else the family's ``input_shape``. An explicit
+    ``input_shape`` kwarg (for families whose constructor takes one) wins."""
     fam = get_family(spec.family)
-    return tuple(spec.kwargs.get("input_shape", fam.input_shape))
+    if "input_shape" in spec.kwargs:
+        return tuple(int(d) for d in spec.kwargs["input_shape"])
+    if fam.shape_of is not None:
+        return tuple(int(d) for d in fam.shape_of(spec.kwargs))
+    return tuple(fam.input_shape)
+
+
+def spec_from_units(spec: ArchSpec | str | dict, units: list[WidthUnit]) -> ArchSpec:
+    """The spec whose constructor rebuilds the widths in ``units`` (read from a possibly compressed
+    model with :func:`width_units`): each unit's width is written into its keyword (and list index).
+
+    Keys whose indices the units cover completely (0..n-1) become new lists; partly covered list
+    keys update the spec's existing list.
+    """
+    spec = resolve(spec)
+    kw = copy.deepcopy(spec.kwargs)
+    by_key: dict[str, list[WidthUnit]] = {}
+    for unit in units:
+        by_key.setdefault(unit.key, []).append(unit)
+    for key, group in by_key.items():
+        if any(u.index is None for u in group):
+            if len(group) != 1 or group[0].index is not None:
+                raise PrunelabError(f"width key {key!r} is both a scalar and a list in the given units")
+            kw[key] = int(group[0].width)
+            continue
+        indices = sorted(u.index for u in group)
+        if indices == list(range(len(indices))):
+            values = [0] * len(indices)
+        elif isinstance(kw.get(key), (list, tuple)) and indices[-1] < len(kw[key]):
+            values = list(kw[key])
+        else:
+            raise PrunelabError(f"units cover indices {indices} of {key!r} but the spec has no full list to update")
+        for u in group:
+            values[u.index] = int(u.width)
+        kw[key] = values
+    return ArchSpec(spec.family, kw)
 
 
 def _ensure_loaded() -> None:

@@ -9,6 +9,8 @@ from prunelab.errors import PrunelabError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "constant", "step", "linear")
+LR_STEPS = ("iteration", "epoch")
+AMP_DTYPES = ("bfloat16", "float16")
 
 
 @dataclass
@@ -21,6 +23,14 @@ class TrainConfig:
     (useful for iterative pruning and smoke tests). ``device`` is ``auto`` (CUDA when available).
     ``amp`` only applies on CUDA. ``no_wd_bn_bias`` removes weight decay from BatchNorm parameters,
     biases and depthwise convolutions (PFS ImageNet recipe).
+
+    ``lr_step`` says how often the learning rate moves: ``iteration`` (the schedule is a function of
+    fractional epochs, updated after every optimiser step) or ``epoch`` (held constant within an
+    epoch, as the reference codes' per-epoch ``scheduler.step()`` / cosine formula). ``amp_dtype`` is
+    the autocast type on CUDA (float16 adds a GradScaler). ``drop_last`` drops the incomplete last
+    batch of every epoch. ``checkpoint`` is a path for a resumable training state written every
+    ``checkpoint_every`` epochs and when training stops; with ``resume`` an existing state there is
+    loaded and training continues where it stopped.
     """
 
     epochs: int = 10
@@ -46,6 +56,12 @@ class TrainConfig:
     amp: bool = True
     progress: bool = False
     eval_every: int = 1
+    lr_step: str = "iteration"
+    amp_dtype: str = "bfloat16"
+    drop_last: bool = False
+    checkpoint: str | None = None
+    checkpoint_every: int = 1
+    resume: bool = False
 
     def validate(self) -> TrainConfig:
         if self.optimizer not in OPTIMIZERS:
@@ -60,6 +76,24 @@ class TrainConfig:
             raise PrunelabError(f"lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise PrunelabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr_step not in LR_STEPS:
+            raise PrunelabError(f"unknown lr_step {self.lr_step!r}; valid choices: {', '.join(LR_STEPS)}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise PrunelabError(f"unknown amp_dtype {self.amp_dtype!r}; valid choices: {', '.join(AMP_DTYPES)}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise PrunelabError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.eval_every < 1 or self.checkpoint_every < 1:
+            raise PrunelabError(f"eval_every and checkpoint_every must be >= 1, got {self.eval_every} / "
+                                f"{self.checkpoint_every}")
+        if self.warmup_epochs < 0 or self.momentum < 0 or self.weight_decay < 0:
+            raise PrunelabError("warmup_epochs, momentum and weight_decay must be >= 0")
+        if self.schedule == "step" and self.step_size <= 0:
+            raise PrunelabError(f"step_size must be > 0 for the step schedule, got {self.step_size}")
+        if any(m < 0 for m in self.milestones):
+            raise PrunelabError(f"milestones must be >= 0 (epochs, or fractions of epochs when < 1), got "
+                                f"{self.milestones}")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum <= 0:
+            raise PrunelabError("nesterov needs momentum > 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

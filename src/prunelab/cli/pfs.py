@@ -1,0 +1,83 @@
+"""``prunelab pfs``: Pruning from Scratch (Wang et al. 2020) end to end.
+
+Learns channel gates on a randomly initialised, frozen network (or a trained one: ``--init-from``),
+selects the structure at a MACs budget measured against the unexpanded default model, and trains it
+from scratch (Scratch-B by default). Example::
+
+    prunelab pfs --model resnet20 --data digits --macs-ratio 0.5 --expansion 1.5 --gate-epochs 5 \\
+        --epochs 10 --out runs/pfs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.cli.reduce import add_output_arguments, load_data
+from prunelab.errors import PrunelabError
+
+
+def add_arguments(parser) -> None:
+    from prunelab.protocols.pfs import PFSConfig
+
+    d = PFSConfig()
+    parser.add_argument("--model", required=True, help="default (unexpanded) zoo model, e.g. resnet56 or vgg16")
+    b = parser.add_argument_group("MACs budget (one of)")
+    b.add_argument("--macs-ratio", type=float, default=None,
+                   help="fraction of the default model's MACs to keep (0.5 = half the MACs)")
+    b.add_argument("--macs", default=None, metavar="N", help="absolute MACs budget")
+    g = parser.add_argument_group("gate learning")
+    g.add_argument("--expansion", type=float, default=d.expansion,
+                   help="width factor of the network the gates are learned on (reference -e / default width)")
+    g.add_argument("--lam", type=float, default=d.lam, help=f"penalty weight lambda (default {d.lam})")
+    g.add_argument("--ratio", type=float, default=d.ratio, help=f"target mean gate r (default {d.ratio})")
+    g.add_argument("--gate-epochs", type=int, default=d.epochs)
+    g.add_argument("--gate-lr", type=float, default=d.lr)
+    g.add_argument("--gate-batch-size", type=int, default=d.batch_size)
+    g.add_argument("--holdout", type=float, default=d.holdout,
+                   help="fraction of the training split held out for gate model selection")
+    g.add_argument("--budget-tol", type=float, default=d.tol, help="relative tolerance of the MACs budget")
+    g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="learn the gates on this trained network instead of a random one (comparison)")
+    parser.add_argument("--budget", choices=("E", "B"), default="B",
+                        help="training budget of the selected structure: Scratch-B (default) or Scratch-E")
+    add_data_arguments(parser)
+    add_train_arguments(parser)
+    add_output_arguments(parser)
+
+
+def run(args) -> int:
+    from prunelab.protocols.output import save_trained, write_summary
+    from prunelab.protocols.pfs import PFSConfig, pruning_from_scratch
+    from prunelab.protocols.targets import parse_number
+
+    if (args.macs_ratio is None) == (args.macs is None):
+        raise PrunelabError("give exactly one budget: --macs-ratio R or --macs N")
+    pfs = PFSConfig(lam=args.lam, ratio=args.ratio, epochs=args.gate_epochs, lr=args.gate_lr,
+                    batch_size=args.gate_batch_size, holdout=args.holdout, expansion=args.expansion,
+                    tol=args.budget_tol).validate()
+    config = train_config_from_args(args)
+    data = load_data(args)
+    result = pruning_from_scratch(args.model, data, config, pfs, macs_ratio=args.macs_ratio,
+                                  macs=parse_number(args.macs) if args.macs is not None else None,
+                                  init_from=args.init_from, budget=args.budget, train=args.train)
+    out = Path(args.out)
+    summary = {"command": "pfs", "model": args.model, "data": args.data, "pfs": pfs.to_dict(), **result.to_dict()}
+    if result.scratch is not None:
+        ckpt = save_trained(out / "model.pt", result.structure.spec, result.scratch.model,
+                            meta={"protocol": "pfs", "dense_arch": result.learning.default.to_dict(),
+                                  "summary": summary})
+        summary["checkpoint"] = str(ckpt)
+    write_summary(out / "summary.json", summary)
+    if args.json:
+        emit_json(summary)
+    else:
+        s = result.structure
+        line = (f"pfs: kept {s.kept}/{s.total} gates, {s.macs:,} MACs = {s.macs_ratio:.1%} of the default model "
+                f"(gates from epoch {result.learning.selected_epoch}, {result.learning.selected_by})")
+        if result.scratch is not None:
+            acc = (result.scratch.to_dict().get("final") or {}).get("test_acc")
+            line += f"; scratch-{args.budget} {result.scratch.epochs} epochs" + (
+                f", test acc {acc:.4f}" if isinstance(acc, float) else "")
+        print(line)
+    return 0

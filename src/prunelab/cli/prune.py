@@ -1,0 +1,293 @@
+"""``prunelab prune``: prune a model (unstructured weights by default, channels with ``--structured``).
+
+Unstructured pipeline (Gupta et al. 2022, Algorithm 1): load MODEL (a zoo name, trained dense first
+for ``--pretrain-epochs``, or a checkpoint), prune with ``--method`` to ``--sparsity`` (optionally with
+Minimum Threshold ``--mt`` / ``--mt-percent``) one-shot, gradually while training from scratch, or in
+iterative rounds, fine-tune with the masks held, then print the per-layer table and write the
+checkpoint (``--out``) with its JSON summary beside it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.errors import PrunelabError
+
+SCHEDULES = ("oneshot", "gradual", "iterative")
+#: methods that rank trained weights: a zoo model is trained dense first unless told otherwise
+_TRAINED_WEIGHT_METHODS = ("global", "uniform", "layerwise", "lowrank")
+
+
+def _structured_module():
+    try:
+        return importlib.import_module("prunelab.cli.prune_structured")
+    except ModuleNotFoundError as exc:
+        if exc.name != "prunelab.cli.prune_structured":
+            raise
+        return None
+
+
+def add_arguments(parser) -> None:
+    from prunelab.prune.unstructured.pruner import METHODS
+    from prunelab.prune.unstructured.schedules import UNITS
+    from prunelab.prune.unstructured.selection import LAYER_TYPES
+
+    parser.add_argument("model", metavar="MODEL", help="zoo name (see `prunelab models`) or checkpoint path")
+    add_data_arguments(parser)
+    parser.add_argument("--out", metavar="PATH", default=None,
+                        help="write the pruned checkpoint here and its JSON summary to PATH with suffix .json")
+    parser.add_argument("--json", action="store_true", help="print the JSON summary instead of tables")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, metavar="N",
+                        help="train a zoo model dense for N epochs before pruning (default: --epochs for one-shot "
+                             "and iterative magnitude pruning, 0 for gradual, random and SNIP, which start from "
+                             "scratch; checkpoints are never pretrained)")
+    parser.add_argument("--structured", action="store_true", help="structured (channel) pruning instead")
+
+    g = parser.add_argument_group("unstructured pruning")
+    g.add_argument("--method", choices=[*METHODS, "lowrank"], default="global",
+                   help="global magnitude (Global MP), uniform / layerwise magnitude, random (global or uniform), "
+                        "snip, or lowrank (FastGRNN rank columns)")
+    g.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of the selected weights removed, in [0, 1) (lowrank: fraction of rank columns)")
+    g.add_argument("--layer-sparsity", nargs="+", default=[], metavar="PATTERN=S",
+                   help="layerwise: sparsity of the layers whose path matches PATTERN (glob); others get --sparsity")
+    g.add_argument("--ranks", nargs="+", default=[], metavar="FACTOR=R",
+                   help="lowrank: target rank per low-rank factor (module path of its first Linear)")
+    g.add_argument("--mt", type=int, default=None, metavar="SIGMA",
+                   help="Minimum Threshold: every layer keeps at least SIGMA weights (layers <= SIGMA stay dense)")
+    g.add_argument("--mt-percent", type=float, default=None, metavar="P",
+                   help="Minimum Threshold as P percent of all selected weights (the paper's convention)")
+    g.add_argument("--prune-schedule", choices=SCHEDULES, default="oneshot")
+    g.add_argument("--prune-unit", choices=UNITS, default="epoch", help="gradual: time unit of start/end/every")
+    g.add_argument("--prune-start", type=int, default=0, help="gradual: first update (epoch or step)")
+    g.add_argument("--prune-end", type=int, default=None,
+                   help="gradual: last update, reaching --sparsity (default: 3/4 of the training length)")
+    g.add_argument("--prune-every", type=int, default=1, help="gradual: update frequency")
+    g.add_argument("--initial-sparsity", type=float, default=0.0, help="gradual: sparsity at the first update")
+    g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds")
+    g.add_argument("--rewind-epoch", type=int, default=None,
+                   help="iterative: rewind surviving weights to this epoch of the first training run")
+    g.add_argument("--snip-batch", type=int, default=128, help="snip: number of training samples scored")
+    g.add_argument("--keep-first-dense", action="store_true", help="leave the first Conv/Linear layer dense")
+    g.add_argument("--keep-last-dense", action="store_true", help="leave the last Conv/Linear layer dense")
+    g.add_argument("--include-types", nargs="+", choices=sorted(LAYER_TYPES), default=["conv", "linear"])
+    g.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
+                   help="prune only layers whose module path matches one of these globs")
+    g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                   help="leave layers whose module path matches one of these globs dense")
+    add_train_arguments(parser)
+    structured = _structured_module()
+    if structured is not None:
+        structured.add_arguments(parser.add_argument_group("structured pruning (with --structured)"))
+
+
+def _pairs(items: list[str], flag: str, convert) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        if not sep or not key:
+            raise PrunelabError(f"{flag} expects NAME=VALUE, got {item!r}")
+        try:
+            out[key] = convert(value)
+        except ValueError:
+            raise PrunelabError(f"{flag} {item!r}: {value!r} is not a valid number") from None
+    return out
+
+
+def _prune_config(args):
+    from prunelab.prune.unstructured.pruner import PruneConfig
+    from prunelab.prune.unstructured.selection import LayerSelection
+
+    selection = LayerSelection(tuple(args.include_types), tuple(args.include), tuple(args.exclude),
+                               args.keep_first_dense, args.keep_last_dense)
+    layer_sparsity = _pairs(args.layer_sparsity, "--layer-sparsity", float)
+    if args.method != "lowrank" and args.sparsity is None and not (args.method == "layerwise" and layer_sparsity):
+        raise PrunelabError("--sparsity is required (a fraction in [0, 1), e.g. 0.9)")
+    if args.method == "lowrank":
+        return None, selection
+    return PruneConfig(args.method, args.sparsity if args.sparsity is not None else 0.0, layer_sparsity,
+                       args.mt, args.mt_percent, selection, seed=args.seed).validate(), selection
+
+
+def _check_args(args, train_config) -> None:
+    if args.out is not None and Path(args.out).suffix == ".json":
+        raise PrunelabError(f"--out {args.out} must not end in .json (the summary goes to PATH with suffix .json)")
+    if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
+        raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
+    if args.method == "lowrank":
+        if args.prune_schedule != "oneshot":
+            raise PrunelabError("--method lowrank supports --prune-schedule oneshot only")
+        if (args.sparsity is None) == (not args.ranks):
+            raise PrunelabError("--method lowrank needs either --sparsity (fraction of rank columns) or --ranks")
+        if args.mt is not None or args.mt_percent is not None or args.layer_sparsity:
+            raise PrunelabError("--mt, --mt-percent and --layer-sparsity do not apply to --method lowrank")
+    elif args.ranks:
+        raise PrunelabError("--ranks applies to --method lowrank only")
+    if args.prune_schedule == "iterative":
+        if args.rounds < 1:
+            raise PrunelabError(f"--rounds must be >= 1, got {args.rounds}")
+    elif args.rewind_epoch is not None:
+        raise PrunelabError("--rewind-epoch applies to --prune-schedule iterative only")
+    if args.snip_batch < 1:
+        raise PrunelabError(f"--snip-batch must be >= 1, got {args.snip_batch}")
+
+
+def _check_fits(model, data, name: str) -> None:
+    """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
+    x = data.test.x[:2] if len(data.test) else data.train.x[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunelabError(f"model {name} does not accept {data.name} inputs of shape "
+                            f"{tuple(data.input_shape)}: {detail}") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise PrunelabError(f"model {name} outputs shape {tuple(out.shape[1:])} but {data.name} has "
+                            f"{data.num_classes} classes")
+
+
+def _snip_batch(data, size: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train), generator=g)[:size]
+    return data.train.x[idx], data.train.y[idx]
+
+
+def _acc(metrics: dict | None) -> float | None:
+    return None if metrics is None else metrics.get("acc")
+
+
+def run(args) -> int:
+    if args.structured:
+        structured = _structured_module()
+        if structured is None:
+            raise PrunelabError("structured pruning (--structured) is not available in this installation")
+        return structured.run(args)
+
+    from prunelab.checkpoint import model_or_checkpoint
+    from prunelab.data import load as load_data
+    from prunelab.io import atomic_write_json, save_checkpoint
+    from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
+    from prunelab.prune.unstructured.masks import MaskCallback
+    from prunelab.prune.unstructured.pruner import check_feasible, prune
+    from prunelab.prune.unstructured.report import build_report
+    from prunelab.prune.unstructured.schedules import (
+        GradualPruning,
+        GradualSchedule,
+        WeightSnapshot,
+        prune_iterative,
+    )
+    from prunelab.prune.unstructured.selection import select_layers
+    from prunelab.train import Trainer, evaluate
+
+    train_config = train_config_from_args(args)
+    _check_args(args, train_config)
+    prune_config, selection = _prune_config(args)
+    schedule = None
+    if args.prune_schedule == "gradual":
+        schedule = GradualSchedule(args.sparsity, args.prune_start, args.prune_end, args.prune_every,
+                                   args.initial_sparsity, args.prune_unit).validate()
+    ranks = _pairs(args.ranks, "--ranks", int) if args.ranks else None
+
+    data = load_data(args.data, root=args.data_root, seed=args.seed)
+    torch.manual_seed(train_config.seed)
+    loaded = model_or_checkpoint(args.model, num_classes=data.num_classes)
+    model, spec = loaded.model, loaded.spec
+    is_checkpoint = os.path.sep in args.model or args.model.endswith((".pt", ".pth")) or os.path.isfile(args.model)
+    _check_fits(model, data, args.model)
+    input_shape = tuple(data.input_shape)
+    if prune_config is not None:
+        check_feasible(model, prune_config)
+    else:
+        select_layers(model, selection)
+
+    pretrain = args.pretrain_epochs
+    if pretrain is None:
+        pretrain = (train_config.epochs if not is_checkpoint and args.method in _TRAINED_WEIGHT_METHODS
+                    and args.prune_schedule != "gradual" else 0)
+    if args.rewind_epoch is not None:
+        limit = pretrain if pretrain > 0 else train_config.epochs
+        if not 0 <= args.rewind_epoch < max(limit, 1):
+            raise PrunelabError(f"--rewind-epoch {args.rewind_epoch} must be in [0, {limit}) "
+                                f"(epochs of the first training run)")
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "arch": spec.to_dict(),
+        "data": args.data,
+        "schedule": args.prune_schedule,
+        "prune": prune_config.to_dict() if prune_config is not None else
+        {"method": "lowrank", "sparsity": args.sparsity, "ranks": ranks, "selection": selection.to_dict()},
+        "train": train_config.to_dict(),
+        "pretrain_epochs": pretrain,
+        "accuracy": {},
+    }
+    rewind_state = None
+    if pretrain > 0:
+        snapshot = WeightSnapshot(args.rewind_epoch) if args.rewind_epoch is not None else None
+        Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
+                callbacks=[snapshot] if snapshot else []).fit()
+        rewind_state = snapshot.state if snapshot else None
+    summary["accuracy"]["before"] = _acc(evaluate(model, data))
+
+    batch = _snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
+    if args.method == "lowrank":
+        report = prune_lowrank_columns(model, sparsity=args.sparsity, ranks=ranks, input_shape=input_shape,
+                                       warn=False)
+        summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
+        if train_config.epochs > 0:
+            Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
+    elif args.prune_schedule == "oneshot":
+        report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
+        summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
+        if train_config.epochs > 0:
+            Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
+    elif args.prune_schedule == "gradual":
+        gradual = GradualPruning(prune_config, schedule)
+        Trainer(model, data, train_config, callbacks=[gradual]).fit()
+        summary["gradual"] = {"schedule": gradual.schedule.to_dict(), "updates": gradual.history}
+        report = build_report(model, select_layers(model, selection), method=prune_config.method,
+                              target_sparsity=args.sparsity, input_shape=input_shape,
+                              sigma=prune_config.sigma(sum(x.numel for x in select_layers(model, selection))),
+                              details=gradual.last_report.details if gradual.last_report else {}, warn=False)
+    else:
+        rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
+                                 rewind_state=rewind_state, rewind_epoch=args.rewind_epoch if pretrain == 0 else None,
+                                 batch=batch, input_shape=input_shape)
+        summary["rounds"] = [{"round": r.round, "target": r.target, "sparsity": r.report.sparsity,
+                              "acc_pruned": _acc(r.pruned_metrics), "acc_finetuned": _acc(r.finetuned_metrics)}
+                             for r in rounds]
+        summary["accuracy"]["pruned"] = _acc(rounds[-1].pruned_metrics)
+        report = build_report(model, select_layers(model, selection), method=prune_config.method,
+                              target_sparsity=prune_config.sparsity, input_shape=input_shape,
+                              sigma=rounds[-1].report.sigma, details=rounds[-1].report.details, warn=False)
+    summary["accuracy"]["after"] = _acc(evaluate(model, data))
+    summary["report"] = report.to_dict()
+    summary.update(sparsity=report.sparsity, macs_dense=report.macs_dense, macs_sparse=report.macs_sparse,
+                   flops_pruned=report.flops_pruned)
+
+    for message in report.warnings:
+        sys.stderr.write(f"prunelab prune: warning: {message}\n")
+    if args.json:
+        emit_json(summary)
+    else:
+        print(report.format_table())
+        acc = summary["accuracy"]
+        print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))
+    if args.out:
+        out = Path(args.out)
+        save_checkpoint(out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan,
+                        meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")}})
+        atomic_write_json(out.with_suffix(".json"), summary)
+    return 0

@@ -1,0 +1,121 @@
+"""``prunelab reduce``: a reduced network (depth, width or bottleneck) at a target size, trained.
+
+Example::
+
+    prunelab reduce --model wrn-16-2 --data digits --mode width --params 20000 --epochs 5 --out runs/red
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.errors import PrunelabError
+
+
+def add_target_arguments(parser, *, latency: bool = True, many: bool = False) -> None:
+    """``--params N`` / ``--macs N`` (/ ``--latency-ms MS``): the size to hit (one metric)."""
+    g = parser.add_argument_group("target (one of)")
+    nargs = "+" if many else None
+    g.add_argument("--params", nargs=nargs, metavar="N", help="parameter count (e.g. 20000, 1.5M)")
+    g.add_argument("--macs", nargs=nargs, metavar="N", help="MACs at batch 1 (e.g. 2.5M)")
+    if latency:
+        g.add_argument("--latency-ms", nargs=nargs, metavar="MS", help="median latency measured on --latency-device")
+        g.add_argument("--latency-device", default="cpu")
+        g.add_argument("--latency-batch-size", type=int, default=1)
+        g.add_argument("--latency-threads", type=int, default=None)
+    g.add_argument("--tol", type=float, default=0.02, help="relative tolerance of the target (default 0.02)")
+    g.add_argument("--round-to", type=int, default=1, metavar="K",
+                   help="round widths to a multiple of K (8 or 16 for hardware-friendly widths)")
+
+
+def targets_from_args(args) -> list:
+    """The :class:`~prunelab.protocols.targets.Target` list given on the command line (may be empty)."""
+    from prunelab.protocols.targets import Target, parse_number
+
+    found = []
+    for metric, attr in (("params", "params"), ("macs", "macs"), ("latency", "latency_ms")):
+        values = getattr(args, attr, None)
+        if values is None:
+            continue
+        for v in values if isinstance(values, list) else [values]:
+            found.append(Target(metric, parse_number(v)))
+    if len({t.metric for t in found}) > 1:
+        raise PrunelabError("give targets in one metric only: --params, --macs or --latency-ms")
+    return found
+
+
+def latency_options_from_args(args):
+    from prunelab.measure.latency import check_batch_size, check_device, check_threads
+    from prunelab.protocols.targets import LatencyOptions
+
+    return LatencyOptions(batch_size=check_batch_size(args.latency_batch_size),
+                          device=check_device(args.latency_device), threads=check_threads(args.latency_threads))
+
+
+def load_data(args):
+    from prunelab.data import load
+
+    return load(args.data, args.data_root, seed=args.seed)
+
+
+def add_output_arguments(parser, *, no_train: bool = True) -> None:
+    parser.add_argument("--out", metavar="DIR", required=True, help="folder for the checkpoint(s) and summary.json")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    if no_train:
+        parser.add_argument("--no-train", dest="train", action="store_false",
+                            help="stop after choosing the architecture (summary only, no checkpoint)")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="zoo model to reduce (see prunelab models)")
+    parser.add_argument("--mode", choices=("width", "bottleneck", "depth"), default="width")
+    parser.add_argument("--multiplier", type=float, default=None, help="fixed width / bottleneck multiplier")
+    parser.add_argument("--depth", type=int, default=None, help="fixed depth (--mode depth)")
+    parser.add_argument("--max-multiplier", type=float, default=1.0,
+                        help="upper end of the multiplier search (default 1: never larger than the model)")
+    add_target_arguments(parser)
+    add_data_arguments(parser)
+    add_train_arguments(parser)
+    add_output_arguments(parser)
+
+
+def run(args) -> int:
+    from prunelab.protocols.output import save_trained, write_summary
+    from prunelab.protocols.reduced import reduced_network
+
+    targets = targets_from_args(args)
+    fixed = args.depth if args.mode == "depth" else args.multiplier
+    if args.mode != "depth" and args.depth is not None:
+        raise PrunelabError("--depth goes with --mode depth; use --multiplier with width or bottleneck")
+    if args.mode == "depth" and args.multiplier is not None:
+        raise PrunelabError("--multiplier goes with --mode width or bottleneck; use --depth with depth")
+    if len(targets) > 1 or (targets and fixed is not None) or (not targets and fixed is None):
+        raise PrunelabError("give exactly one of --params, --macs, --latency-ms, or a fixed "
+                            f"{'--depth' if args.mode == 'depth' else '--multiplier'}")
+    config = train_config_from_args(args)
+    latency = latency_options_from_args(args) if targets and targets[0].metric == "latency" else None
+    data = load_data(args)
+    result = reduced_network(args.model, data, config, mode=args.mode, value=fixed,
+                             target=targets[0] if targets else None, round_to=args.round_to, tol=args.tol,
+                             max_multiplier=args.max_multiplier, latency=latency, train=args.train)
+    out = Path(args.out)
+    summary = {"command": "reduce", "model": args.model, "data": args.data, **result.to_dict()}
+    if result.model is not None:
+        ckpt = save_trained(out / "model.pt", result.spec, result.model,
+                            meta={"protocol": "reduced", "dense_arch": result.base.to_dict(), "summary": summary})
+        summary["checkpoint"] = str(ckpt)
+    write_summary(out / "summary.json", summary)
+    if args.json:
+        emit_json(summary)
+    else:
+        _print_line(summary)
+    return 0
+
+
+def _print_line(summary: dict) -> None:
+    final = summary.get("final") or {}
+    acc = final.get("test_acc")
+    acc_text = f", test acc {acc:.4f}" if isinstance(acc, float) else ""
+    print(f"{summary['protocol']} {summary.get('mode', '')} {summary.get('value', '')}: "
+          f"{summary['params']:,} params, {summary['macs']:,} MACs{acc_text}")

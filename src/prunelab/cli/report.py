@@ -1,0 +1,16 @@
+"""``prunelab report STUDY``: Markdown and HTML report with plots, from the study's store only."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("study", metavar="STUDY", help="study folder, its results.db, or the spec YAML")
+    parser.add_argument("--out", metavar="DIR", default=None, help="report folder (default: <study>/report)")
+
+
+def run(args) -> int:
+    from prunelab.report import write_report
+
+    report = write_report(args.study, args.out)
+    print(f"report: {report.markdown} and {report.html} ({len(report.figures)} plots)")
+    return 0

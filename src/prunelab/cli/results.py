@@ -1,0 +1,38 @@
+"""``prunelab results STUDY``: a study's results as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("study", metavar="STUDY", help="study folder, its results.db, or the spec YAML")
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV on stdout (or --output)")
+    fmt.add_argument("--json", action="store_true", help="JSON records on stdout (or --output)")
+    parser.add_argument("--output", "-o", metavar="FILE", default=None, help="write to FILE instead of stdout")
+    parser.add_argument("--all", dest="all_runs", action="store_true",
+                        help="include runs no longer in the spec (after --update)")
+    parser.add_argument("--status", choices=("pending", "running", "done", "failed"), default=None)
+
+
+def run(args) -> int:
+    from prunelab.io import atomic_write_text
+    from prunelab.study import load_results
+
+    df = load_results(args.study, all_runs=args.all_runs, status=args.status)
+    if args.csv or args.json:
+        df = df.drop(columns=["config"])
+        text = df.to_csv(index=False) if args.csv else df.to_json(orient="records", indent=2) + "\n"
+    else:
+        cols = ["run_id", "model", "method", "protocol", "target", "seed", "status", "acc", "params", "macs",
+                "sparsity", "latency_ms", "duration"]
+        view = df[cols].copy()
+        if view["latency_ms"].isna().all():
+            view = view.drop(columns=["latency_ms"])
+        text = view.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}") + "\n"
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0

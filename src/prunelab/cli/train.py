@@ -1,0 +1,124 @@
+"""``prunelab train``: train a zoo model (or continue a checkpoint) on a dataset and save it.
+
+    prunelab train --model resnet20 --data cifar10 --data-root ~/data --epochs 160 --out r20.pt
+
+The model is built with the dataset's number of classes; if its input shape differs from the data's
+and it cannot run on the data's inputs, the command stops with both shapes named. The checkpoint
+(``--out``) holds the architecture spec, the weights and the training summary; ``--json`` prints the
+summary (accuracy, parameters, MACs, history) as JSON.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from prunelab.cli.common import (
+    add_data_arguments,
+    add_train_arguments,
+    data_from_args,
+    data_options_from_args,
+    emit_json,
+    train_config_from_args,
+)
+from prunelab.errors import PrunelabError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="zoo name (see `prunelab models`) or a checkpoint to continue training")
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="PATH", help="where to write the trained checkpoint")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_train_arguments(parser)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def check_model_fits(model: torch.nn.Module, expected_shape: tuple[int, ...], data, name: str) -> None:
+    """Raise a one-line error when ``model`` cannot classify ``data``'s inputs.
+
+    Models whose declared input shape matches the data's pass; otherwise one sample is run through
+    the model (many families are size-agnostic) and its output must be ``(1, num_classes)``.
+    """
+    if tuple(expected_shape) == tuple(data.input_shape):
+        return
+    problem = f"model {name} expects input {_shape(expected_shape)} but dataset {data.name} gives " \
+              f"{_shape(data.input_shape)}"
+    sample = data.train.x[:1] if len(data.train) else torch.zeros(1, *data.input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample.to(next(model.parameters()).device))
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        raise PrunelabError(problem) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise PrunelabError(problem)
+
+
+def _counts(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    try:
+        from prunelab.measure import count_macs, count_params
+    except ImportError:
+        return {"params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": None}
+    counts = count_params(model)
+    return {"params": int(counts.params), "conv_linear_weights": int(counts.conv_linear_weights),
+            "macs": int(count_macs(model, tuple(input_shape)))}
+
+
+def run(args) -> int:
+    from prunelab.checkpoint import model_or_checkpoint
+    from prunelab.io import save_checkpoint
+    from prunelab.models import input_shape_of
+    from prunelab.train import Trainer
+
+    config = train_config_from_args(args)
+    data = data_from_args(args, seed=0)
+    torch.manual_seed(config.seed)
+    loaded = model_or_checkpoint(args.model, num_classes=data.num_classes)
+    model, spec = loaded.model, loaded.spec
+    num_classes = spec.kwargs.get("num_classes")
+    if num_classes is not None and int(num_classes) != data.num_classes:
+        raise PrunelabError(f"checkpoint {args.model} has {num_classes} classes but dataset {data.name} has "
+                            f"{data.num_classes}")
+    check_model_fits(model, input_shape_of(spec), data, args.model)
+    result = Trainer(model, data, config).fit()
+    model = model.cpu().eval()
+    final = result.final
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "arch": spec.to_dict(),
+        "data": data.name,
+        "data_options": data_options_from_args(args),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        **_counts(model, tuple(data.input_shape)),
+        "val_acc": final.get("val_acc"),
+        "test_acc": final.get("test_acc"),
+        "val_loss": final.get("val_loss"),
+        "test_loss": final.get("test_loss"),
+        "epochs": final.get("epoch"),
+        "steps": final.get("step"),
+        "time_s": final.get("time"),
+        "train": config.to_dict(),
+        "history": result.history,
+        "out": str(args.out),
+    }
+    meta = {k: v for k, v in summary.items() if k not in ("arch", "out")}
+    save_checkpoint(args.out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan, meta=meta)
+    if args.json:
+        emit_json(summary)
+    else:
+        val = "n/a" if final.get("val_acc") is None else f"{final['val_acc']:.4f}"
+        macs = "n/a" if summary.get("macs") is None else f"{summary['macs']:,}"
+        sys.stdout.write(f"{args.model} on {data.name}: test acc {final.get('test_acc'):.4f}, val acc {val}, "
+                         f"params {summary['params']:,}, MACs {macs}, {final.get('step')} steps in "
+                         f"{final.get('time'):.1f}s -> {args.out}\n")
+    return 0

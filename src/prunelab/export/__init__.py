@@ -1,0 +1,41 @@
+"""Deployment forms of a pruned model: ONNX files and sparse-kernel inference.
+
+* :func:`to_onnx` exports a (compressed or masked) model and checks it against ONNX Runtime.
+* :func:`convert_to_sparse` runs masked layers with sparse kernels where measured faster;
+  :func:`save_sparse` / :func:`load_sparse` store and rebuild it without pickling modules.
+"""
+
+from prunelab.export.onnx import OnnxExport, check_onnx, onnx_bytes_of, ort_session, relative_error, to_onnx
+from prunelab.export.sparse import (
+    LayerChoice,
+    SparseConv2d,
+    SparseLinear,
+    SparseModel,
+    SparseReport,
+    apply_choices,
+    convert_to_sparse,
+    has_sparse_modules,
+    load_sparse,
+    save_sparse,
+    sparse_report_of,
+)
+
+__all__ = [
+    "LayerChoice",
+    "OnnxExport",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparseModel",
+    "SparseReport",
+    "apply_choices",
+    "check_onnx",
+    "convert_to_sparse",
+    "has_sparse_modules",
+    "load_sparse",
+    "onnx_bytes_of",
+    "ort_session",
+    "relative_error",
+    "save_sparse",
+    "sparse_report_of",
+    "to_onnx",
+]

@@ -1,0 +1,188 @@
+"""Physical compression: the masked model becomes a smaller dense ``nn.Module``.
+
+Each group with removed channels is pruned with Torch-Pruning's pruning functions through its
+dependency group (producers lose output filters, BatchNorms lose gamma, beta and running stats,
+depthwise layers lose their filters, consumers lose input slices at the right concat offsets). A
+group that loses every channel is handled as pytorch-prunes does: producers output nothing, per-
+channel layers vanish, consumers output zeros (or their bias), so the block reduces to its shortcut.
+
+Every compression is checked: in eval mode, the compressed model's output on a fixed input must equal
+the masked model's within 1e-4 relative (max abs difference over max(1, max |output|)), with the same
+shape. A mismatch raises :class:`PrunelabError` naming the operations of the offending group.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.structured.groups import (
+    CONV_TYPES,
+    ChannelGroup,
+    GroupSet,
+    build_graph,
+    example_batch,
+    is_depthwise,
+)
+from prunelab.prune.structured.masks import ChannelMasks
+from prunelab.prune.structured.zero import emptied
+
+RTOL = 1e-4
+
+
+def _out_fn(module: nn.Module):
+    if is_depthwise(module):
+        return tp.prune_depthwise_conv_out_channels
+    if isinstance(module, CONV_TYPES):
+        return tp.prune_conv_out_channels
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    raise PrunelabError(f"cannot prune the output channels of {type(module).__name__}")
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _check_keep(groups: GroupSet, keep: dict[str, list[int]]) -> dict[str, list[int]]:
+    by_name = groups.by_name()
+    unknown = sorted(set(keep) - set(by_name))
+    if unknown:
+        raise PrunelabError(f"unknown channel group(s) {unknown[:3]}; this model has {len(by_name)} groups")
+    out = {}
+    for name, kept in keep.items():
+        g = by_name[name]
+        kept = sorted({int(c) for c in kept})
+        if kept and (kept[0] < 0 or kept[-1] >= g.width):
+            raise PrunelabError(f"group {name}: kept channels must lie in [0, {g.width})")
+        if not kept and not g.vanishable:
+            raise PrunelabError(f"group {name} cannot lose every channel (it does not reduce to a shortcut)")
+        out[name] = kept
+    return out
+
+
+def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]]) -> nn.Module:
+    """Compress ``model`` itself (no masks on it) so that group ``g`` keeps channels ``keep[g]``.
+
+    Groups absent from ``keep`` are left whole. Returns ``model``.
+    """
+    keep = _check_keep(groups, keep)
+    by_name = groups.by_name()
+    partial = [(by_name[n], k) for n, k in keep.items() if 0 < len(k) < by_name[n].width]
+    vanish = [by_name[n] for n, k in keep.items() if not k]
+    if partial:
+        dg, _ = build_graph(model, groups.input_shape)
+        for g, kept in partial:
+            root = model.get_submodule(g.root)
+            removed = sorted(set(range(g.width)) - set(kept))
+            try:
+                group = dg.get_pruning_group(root, _out_fn(root), removed)
+                group.prune(record_history=False)
+            except PrunelabError:
+                raise
+            except Exception as exc:
+                raise PrunelabError(f"Torch-Pruning could not prune group {g.name} "
+                                    f"({type(exc).__name__}: {exc})") from exc
+    for g in vanish:
+        _vanish(model, g)
+    return model
+
+
+def _vanish(model: nn.Module, group: ChannelGroup) -> None:
+    for m in group.members:
+        module = model.get_submodule(m.module)
+        _set_module(model, m.module, emptied(module, m.kind))
+
+
+def compress(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]] | None = None,
+             masks: ChannelMasks | None = None, check: bool = True) -> nn.Module:
+    """A compressed copy of ``model``: group ``g`` keeps ``keep[g]`` (default: ``masks.kept()``).
+
+    ``model`` is not modified (its masks, if any, stay attached). With ``check``, the copy's output is
+    compared with the masked model's (see the module docstring).
+    """
+    if keep is None:
+        if masks is None:
+            raise PrunelabError("compress needs the kept channels or the channel masks")
+        keep = masks.kept()
+    keep = {n: k for n, k in keep.items()}
+    ctx = masks.detached() if masks is not None else _null()
+    with ctx:
+        small = copy.deepcopy(model)
+    prune_in_place(small, groups, keep)
+    if check:
+        verify(model, small, groups, keep, masks)
+    return small
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def verify(reference: nn.Module, small: nn.Module, groups: GroupSet, keep: dict[str, list[int]],
+           masks: ChannelMasks | None = None) -> float:
+    """Check compressed == masked in eval mode; returns the relative max abs difference.
+
+    ``reference`` is the uncompressed model; when ``masks`` is None, temporary masks for ``keep``
+    are attached to it for the comparison.
+    """
+    temp = None
+    if masks is None:
+        temp = ChannelMasks(reference, groups, keep)
+    x = example_batch(groups.input_shape, 2, _device(reference), seed=1234)
+    modes = (reference.training, small.training)
+    reference.eval()
+    small.eval()
+    try:
+        with torch.no_grad():
+            want = reference(x)
+            try:
+                got = small(x)
+            except Exception as exc:
+                raise PrunelabError(f"the compressed model does not run ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    finally:
+        reference.train(modes[0])
+        small.train(modes[1])
+        if temp is not None:
+            temp.detach()
+    if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
+        raise PrunelabError("compression check needs a model returning one tensor")
+    if want.shape != got.shape:
+        raise PrunelabError(f"compressed output shape {tuple(got.shape)} differs from {tuple(want.shape)}")
+    scale = max(1.0, float(want.abs().max()))
+    diff = float((want - got).abs().max()) / scale
+    if not diff <= RTOL:
+        suspects = [g for g in groups if keep.get(g.name) is not None and len(keep[g.name]) < g.width]
+        ops = sorted({op for g in suspects for op in g.ops if not _plain_op(op)})
+        names = ", ".join(g.name for g in suspects[:3])
+        detail = f"operations on its channel path: {', '.join(ops)}" if ops else "no unusual operation found"
+        raise PrunelabError(f"compressed model differs from the masked one by {diff:.2e} (relative) after "
+                            f"pruning group(s) {names}; {detail}; exclude the group or use --scope internal")
+    return diff
+
+
+_PLAIN = ("Relu", "Hardtanh", "Silu", "Gelu", "Sigmoid", "Tanh", "Add", "Cat", "Mean", "AvgPool", "MaxPool",
+          "AdaptiveAvgPool", "AdaptiveMaxPool", "View", "Reshape", "T", "Clone", "Dropout", "LeakyRelu", "Elu",
+          "Hardswish", "Hardsigmoid", "Mul")
+
+
+def _plain_op(op: str) -> bool:
+    base = op.rstrip("0123456789").removesuffix("Backward")
+    return base in _PLAIN

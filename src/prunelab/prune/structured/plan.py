@@ -1,0 +1,224 @@
+"""Plans: a pruned model as its base architecture plus the channels each group keeps.
+
+A plan is plain JSON::
+
+    {"format": "prunelab-channel-plan", "version": 1,
+     "base": {"family": ..., "kwargs": {...}},        # ArchSpec of the unpruned model (or None)
+     "scope": "internal" | "all",
+     "input_shape": [C, H, W],                         # the tracing input
+     "groups": [{"name": ..., "root": <layer path>, "width": W, "kept": [int, ...]}, ...]}
+
+Rebuilding (:func:`apply_plan`) constructs the base model from its constructor, asks Torch-Pruning
+for each group again by its root layer, and compresses; the weights then come from a plain
+state_dict loaded with ``weights_only=True`` (:func:`prunelab.checkpoint.load_model`). No module is
+ever pickled. Pruning an already pruned checkpoint composes the plans (kept indices are mapped back
+to the base model's channels).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.structured.groups import (
+    CONV_TYPES,
+    ChannelGroup,
+    GroupSet,
+    build_graph,
+    is_depthwise,
+)
+
+PLAN_FORMAT = "prunelab-channel-plan"
+PLAN_VERSION = 1
+
+
+def make_plan(groups: GroupSet, keep: dict[str, list[int]], base: dict | None,
+              previous: dict | None = None) -> dict[str, Any]:
+    """The plan for ``groups`` keeping ``keep`` (group name -> channels of the model that was pruned).
+
+    ``previous``: the plan the pruned model itself came from; the result is then relative to its base.
+    """
+    records = []
+    for g in groups:
+        kept = sorted(int(c) for c in keep.get(g.name, range(g.width)))
+        records.append({"name": g.name, "root": g.root, "width": g.width, "kept": kept,
+                        "unit": None if g.unit is None else {"key": g.unit.key, "index": g.unit.index}})
+    plan = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "base": base, "scope": groups.scope,
+            "input_shape": list(groups.input_shape), "groups": records}
+    return compose(previous, plan) if previous else plan
+
+
+def compose(first: dict, second: dict) -> dict:
+    """The plan of pruning by ``first`` then by ``second`` (whose indices refer to ``first``'s result)."""
+    check_plan(first)
+    out = {k: v for k, v in second.items() if k != "groups"}
+    out["base"] = first.get("base")
+    out["scope"] = first["scope"] if first["scope"] == second["scope"] else "mixed"
+    old = {r["root"]: r for r in first["groups"]}
+    groups = []
+    seen = set()
+    for r in second["groups"]:
+        prev = old.get(r["root"])
+        if prev is not None and len(prev["kept"]) == r["width"]:
+            kept = [prev["kept"][i] for i in r["kept"]]
+            groups.append({**r, "width": prev["width"], "kept": kept})
+        else:
+            groups.append(dict(r))
+        seen.add(r["root"])
+    groups.extend(dict(r) for root, r in old.items() if root not in seen)
+    out["groups"] = groups
+    return out
+
+
+def check_plan(plan: Any) -> dict:
+    if not isinstance(plan, dict) or plan.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+        raise PrunelabError("not a prunelab channel plan (missing 'format': 'prunelab-channel-plan')")
+    groups = plan.get("groups")
+    if not isinstance(groups, list) or any(not isinstance(g, dict) for g in groups):
+        raise PrunelabError("channel plan has no 'groups' list")
+    for g in groups:
+        for key in ("root", "width", "kept"):
+            if key not in g:
+                raise PrunelabError(f"channel plan group {g.get('name', '?')!r} lacks {key!r}")
+        kept = g["kept"]
+        if not isinstance(kept, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in kept):
+            raise PrunelabError(f"channel plan group {g.get('name', g['root'])!r}: 'kept' must be a list of ints")
+        if len(set(kept)) != len(kept) or any(c < 0 or c >= int(g["width"]) for c in kept):
+            raise PrunelabError(f"channel plan group {g.get('name', g['root'])!r}: kept channels must be distinct "
+                                f"and lie in [0, {g['width']})")
+    if not plan.get("input_shape"):
+        raise PrunelabError("channel plan has no 'input_shape'")
+    return plan
+
+
+def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
+    """Rebuild the plan's groups on a fresh base model, addressed by their root layers."""
+    import torch_pruning as tp
+
+    from prunelab.prune.structured.groups import _convert, _mask_points, _vanishable
+
+    input_shape = tuple(int(d) for d in plan["input_shape"])
+    dg, layers = build_graph(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    groups = []
+    for r in plan["groups"]:
+        root = r["root"]
+        try:
+            module = model.get_submodule(root)
+        except AttributeError:
+            raise PrunelabError(f"plan does not fit the base model: no layer {root!r}") from None
+        if not isinstance(module, (*CONV_TYPES, nn.Linear)):
+            raise PrunelabError(f"plan does not fit the base model: {root!r} is a {type(module).__name__}, "
+                                f"not a convolution or linear layer")
+        width = module.out_channels if isinstance(module, CONV_TYPES) else module.out_features
+        if width != int(r["width"]):
+            raise PrunelabError(f"plan does not fit the base model: layer {root!r} has {width} channels, "
+                                f"the plan expects {r['width']}")
+        if len(r["kept"]) == width:
+            continue
+        if module not in dg.module2node:
+            raise PrunelabError(f"plan does not fit the base model: layer {root!r} is not used by the forward pass")
+        if is_depthwise(module):
+            fn = tp.prune_depthwise_conv_out_channels
+        elif isinstance(module, CONV_TYPES):
+            fn = tp.prune_conv_out_channels
+        else:
+            fn = tp.prune_linear_out_channels
+        conv = _convert(dg, dg.get_pruning_group(module, fn, list(range(width))), names, order, root)
+        _, width, members, ops, problems, merge, _ = conv
+        if problems:
+            raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {problems[0]}")
+        vanishable = _vanishable(dg, model, members, merge)
+        groups.append(ChannelGroup(str(r.get("name", root)), root, width, members, _mask_points(dg, model, members),
+                                   vanishable, [], [], ops))
+    return GroupSet(groups, str(plan.get("scope", "all")), input_shape, layers)
+
+
+def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:
+    """Compress a freshly built base model to ``plan`` (see the module docstring); returns the model.
+
+    With ``check`` the result is compared with the base model masked to the plan (compressed ==
+    masked in eval mode), as after every compression.
+    """
+    from prunelab.prune.structured.compress import prune_in_place, verify
+
+    check_plan(plan)
+    groups = _groups_for_plan(model, plan)
+    keep = {g.name: next(r["kept"] for r in plan["groups"] if r["root"] == g.root) for g in groups}
+    if not check:
+        return prune_in_place(model, groups, keep)
+    import copy
+
+    reference = copy.deepcopy(model)
+    prune_in_place(model, groups, keep)
+    verify(reference, model, groups, keep)
+    return model
+
+
+def widths_of(plan: dict) -> dict[str, int]:
+    """Group name -> kept width."""
+    return {str(r.get("name", r["root"])): len(r["kept"]) for r in check_plan(plan)["groups"]}
+
+
+def spec_of_compressed(plan: dict):
+    """The :class:`~prunelab.models.ArchSpec` of the pruned architecture, built from its constructor.
+
+    Defined for zoo models pruned in scope ``internal`` (every group is a family width unit): the
+    unit widths are written back into the constructor's keyword arguments, so protocols can train the
+    pruned architecture from scratch (Crowley et al. 2018, sec. 4) or copy its profile. Other plans
+    have no constructor form and raise :class:`PrunelabError`.
+    """
+    from prunelab.models import ArchSpec
+
+    check_plan(plan)
+    if not plan.get("base"):
+        raise PrunelabError("plan has no base architecture spec (the model is not from the zoo)")
+    if plan.get("scope") != "internal":
+        raise PrunelabError(f"only scope 'internal' plans map onto constructor widths, this one is "
+                            f"{plan.get('scope')!r}; keep the plan and its state_dict instead")
+    spec = ArchSpec.from_dict(plan["base"])
+    widths: dict[str, int] = {}
+    for r in plan["groups"]:
+        if not r.get("unit"):
+            raise PrunelabError(f"plan group {r.get('name')!r} is not a width unit of the family")
+        widths[str(r["name"])] = len(r["kept"])
+    return _write_widths(spec, plan, widths)
+
+
+def _write_widths(spec, plan: dict, widths: dict[str, int]):
+    """Write unit widths into the spec's kwargs, through the registry's helper when it has one."""
+    from prunelab.models import registry
+
+    helper = getattr(registry, "spec_with_unit_widths", None) or getattr(registry, "with_unit_widths", None)
+    if helper is not None:
+        return helper(spec, widths)
+    kwargs = dict(spec.kwargs)
+    for r in plan["groups"]:
+        key, index = r["unit"]["key"], r["unit"]["index"]
+        width = widths[str(r["name"])]
+        if index is None:
+            kwargs[key] = width
+        else:
+            values = list(kwargs.get(key) or [])
+            if index >= len(values):
+                raise PrunelabError(f"cannot write width of unit {r['name']!r}: spec has no {key}[{index}]; "
+                                    f"the family must expose per-unit widths in its constructor")
+            values[index] = width
+            kwargs[key] = values
+    return type(spec)(spec.family, kwargs)
+
+
+def save_pruned(path: str | os.PathLike, model: nn.Module, plan: dict, meta: dict | None = None):
+    """Save a compressed model as a prunelab checkpoint: base spec + plan + plain state_dict."""
+    from prunelab.io import save_checkpoint
+
+    check_plan(plan)
+    if not plan.get("base"):
+        raise PrunelabError("cannot save a pruned model without a base architecture spec (zoo models only)")
+    return save_checkpoint(path, arch=plan["base"], state_dict=model.state_dict(), plan=plan, meta=meta or {})
+
+

@@ -1,0 +1,346 @@
+"""The structured pruner: groups, masks, scores, selection and targets of one pruning run.
+
+Python use (three lines, as the CLI does)::
+
+    pruner = StructuredPruner(model, StructuredConfig(criterion="fisher", target=Target("params", 5e4)),
+                              input_shape=(3, 32, 32), spec=spec)
+    train(model, data, finetune_config, callbacks=[pruner.callback()])   # iterative (Crowley et al.)
+    small, plan = pruner.compress(), pruner.plan()
+
+or ``pruner.prune_oneshot(data)`` then fine-tune the compressed model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError, check_choice
+from prunelab.prune.structured.compress import compress
+from prunelab.prune.structured.cost import CostModel
+from prunelab.prune.structured.criteria import CRITERIA, channel_scores
+from prunelab.prune.structured.groups import SCOPES, GroupSet, find_groups
+from prunelab.prune.structured.masks import ChannelMasks
+from prunelab.prune.structured.plan import make_plan
+from prunelab.prune.structured.select import removal_order, select
+from prunelab.prune.structured.targets import Target, measure_latency_ms
+
+SCHEDULES = ("iterative", "oneshot")
+COST_METRICS = ("macs", "params")
+
+
+@dataclass
+class StructuredConfig:
+    """Settings of a structured pruning run (defaults: the seeds' Fisher regime, Crowley et al. 2018).
+
+    ``prune_every`` (K) training steps between prunes; ``channels_per_prune`` (n) channels removed at
+    each; ``fisher_beta`` weights the cost term (0 = reference code); ``round_to`` keeps widths at
+    multiples of 8 or 16; ``finetune_steps`` continues fine-tuning after the target is reached
+    (iterative schedule); ``checkpoint_every`` calls the checkpoint hook every N prunes.
+    """
+
+    criterion: str = "fisher"
+    scope: str = "internal"
+    exclude: tuple[str, ...] = ()
+    schedule: str = "iterative"
+    prune_every: int = 100
+    channels_per_prune: int = 1
+    target: Target | None = None
+    fisher_beta: float = 0.0
+    fisher_cost: str = "macs"
+    round_to: int | None = None
+    finetune_steps: int = 0
+    checkpoint_every: int | None = None
+    seed: int = 0
+    exclude_patterns: list[str] = field(default_factory=list)
+
+    def validate(self) -> StructuredConfig:
+        check_choice("criterion", self.criterion, CRITERIA)
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("fisher cost", self.fisher_cost, COST_METRICS)
+        if self.prune_every < 1:
+            raise PrunelabError(f"prune-every must be >= 1 step, got {self.prune_every}")
+        if self.channels_per_prune < 1:
+            raise PrunelabError(f"channels-per-prune must be >= 1, got {self.channels_per_prune}")
+        if self.round_to not in (None, 1, 8, 16):
+            raise PrunelabError(f"round-to must be 8 or 16, got {self.round_to}")
+        if self.fisher_beta < 0:
+            raise PrunelabError(f"fisher-beta must be >= 0, got {self.fisher_beta}")
+        if self.finetune_steps < 0:
+            raise PrunelabError(f"finetune-steps must be >= 0, got {self.finetune_steps}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise PrunelabError(f"checkpoint-every must be >= 1 prune, got {self.checkpoint_every}")
+        if self.fisher_beta and self.criterion != "fisher":
+            raise PrunelabError("fisher-beta applies to --criterion fisher only")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target"] = None if self.target is None else self.target.to_dict()
+        d["exclude"] = list(self.exclude)
+        d.pop("exclude_patterns", None)
+        return d
+
+
+class StructuredPruner:
+    """Channel pruning of one model (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, config: StructuredConfig, input_shape, spec=None,
+                 previous_plan: dict | None = None, groups: GroupSet | None = None) -> None:
+        self.model = model
+        self.config = config.validate()
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.spec = spec
+        self.previous_plan = previous_plan
+        t0 = time.perf_counter()
+        self.groups = groups or find_groups(model, self.input_shape, config.scope, config.exclude, spec=spec)
+        self.group_seconds = time.perf_counter() - t0
+        if not len(self.groups):
+            why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:3])
+            raise PrunelabError(f"no prunable channel groups in scope {config.scope!r}" + (f" ({why})" if why else ""))
+        self.masks = ChannelMasks(model, self.groups)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: list[dict] = []
+        self.prunes = 0
+        self._cost: CostModel | None = None
+        self.initial = self.measure(exact=True)
+        self.confirmed: dict | None = None
+        self.check_target()
+
+    # -- sizes and targets -----------------------------------------------------------------------
+    @property
+    def cost(self) -> CostModel:
+        if self._cost is None:
+            self._cost = CostModel(self.model, self.groups)
+        return self._cost
+
+    def measure(self, exact: bool = False) -> dict:
+        """Channels, params and MACs of the would-be compressed model (estimated, or ``exact``)."""
+        if exact:
+            from prunelab.prune.structured.cost import model_size
+
+            pruned = self.masks.remaining < self.groups.total_channels
+            with self.masks.detached():
+                small = compress(self.model, self.groups, masks=self.masks, check=False) if pruned else self.model
+                params, macs = model_size(small, self.input_shape)
+            return {"channels": self.masks.remaining, "params": params, "macs": macs}
+        params, macs = self.cost.size(self.masks.alive)
+        return {"channels": self.masks.remaining, "params": params, "macs": macs}
+
+    def minimum(self) -> dict:
+        """Sizes with every group at its smallest allowed width."""
+        alive = {k: v.clone() for k, v in self.masks.alive.items()}
+        for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, alive, self.groups,
+                                  self.config.round_to):
+            for name, c in unit:
+                alive[name][c] = False
+        params, macs = self.cost.size(alive)
+        return {"channels": int(sum(int(v.sum()) for v in alive.values())), "params": params, "macs": macs}
+
+    def check_target(self) -> None:
+        t = self.config.target
+        if t is None or t.kind == "latency_ms":
+            return
+        now = self.initial[t.kind]
+        if t.value >= now:
+            raise PrunelabError(f"target {t.describe()} is not below the model's {now:,} {t.kind}; "
+                                f"nothing to prune")
+        low = self.minimum()[t.kind]
+        if t.value < low:
+            raise PrunelabError(f"target {t.describe()} is unreachable: removing every prunable channel in scope "
+                                f"{self.config.scope!r} leaves {low:,} {t.kind}")
+
+    def current(self, exact: bool = False) -> float:
+        t = self.config.target
+        if t is None:
+            raise PrunelabError("no pruning target set")
+        if t.kind == "latency_ms":
+            return measure_latency_ms(self.compress(check=False), self.input_shape, t)
+        return float(self.measure(exact=exact)[t.kind])
+
+    def reached(self) -> bool:
+        """Whether the target is met, confirmed on the compressed model for params / MACs."""
+        t = self.config.target
+        if t is None:
+            return False
+        if t.kind == "channels":
+            return self.masks.remaining <= t.value
+        if t.kind == "latency_ms":
+            value = self.current()
+            self.confirmed = {"latency_ms": value}
+            return t.met(value)
+        if not t.met(self.current()):
+            return False
+        exact = self.measure(exact=True)
+        self.confirmed = exact
+        return t.met(exact[t.kind])
+
+    # -- scores and pruning -------------------------------------------------------------------------
+    def scores(self) -> dict[str, torch.Tensor]:
+        """Criterion scores (Fisher all-reduced across ranks), cost term applied, pruned channels +inf."""
+        scores = channel_scores(self.config.criterion, self.model, self.groups, self.masks, self.generator)
+        if self.config.criterion == "fisher":
+            scores = _all_reduce_mean(scores)
+            if self.config.fisher_beta:
+                freed = self.cost.freed_per_channel(self.masks.alive, self.config.fisher_cost)
+                scores = {k: v - self.config.fisher_beta * freed[k] for k, v in scores.items()}
+        return {k: torch.where(self.masks.alive[k], v.float(), torch.full_like(v.float(), float("inf")))
+                for k, v in scores.items()}
+
+    def prune_step(self, n: int | None = None, step: int | None = None) -> list[tuple[str, int]]:
+        """Remove the ``n`` lowest-scoring live channels (default ``channels_per_prune``); for a channels
+        target never below it. Resets the Fisher accumulation."""
+        n = n or self.config.channels_per_prune
+        t = self.config.target
+        if t is not None and t.kind == "channels":
+            n = min(n, max(self.masks.remaining - int(t.value), 0))
+        chosen = select(self.scores(), self.masks.alive, self.groups, n, self.config.round_to) if n else []
+        self.masks.remove(chosen)
+        self.masks.fisher.reset()
+        if chosen:
+            self.prunes += 1
+            self.history.append({"step": step, "removed": [[g, int(c)] for g, c in chosen],
+                                 "channels": self.masks.remaining})
+        return chosen
+
+    def exhausted(self) -> bool:
+        return next(removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
+                                  self.groups, self.config.round_to), None) is None
+
+    def prune_oneshot(self, data=None, batch_size: int = 128, fisher_steps: int | None = None,
+                      device: str | torch.device | None = None) -> list[tuple[str, int]]:
+        """Remove channels to the target in one go (ranking computed once).
+
+        Fisher needs ``data``: the signal is accumulated over ``fisher_steps`` (default K) training
+        batches without updating weights; BatchNorm running statistics are restored afterwards.
+        """
+        t = self.config.target
+        if t is None:
+            raise PrunelabError("one-shot pruning needs a target")
+        if self.config.criterion == "fisher":
+            if data is None:
+                raise PrunelabError("one-shot Fisher pruning needs training data to accumulate the signal")
+            accumulate_fisher(self.model, self.masks, data, fisher_steps or self.config.prune_every, batch_size,
+                              device)
+        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to))
+        start = {k: v.clone() for k, v in self.masks.alive.items()}
+
+        def apply(k: int) -> None:
+            for name, v in start.items():
+                self.masks.alive[name] = v.clone()
+            self.masks.remove([c for unit in order[:k] for c in unit])
+
+        def meets(k: int) -> bool:
+            apply(k)
+            return t.met(self.current())
+
+        lo, hi = 0, len(order)
+        if meets(hi):
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if meets(mid):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            k = lo
+            apply(k)
+            # The estimate ignores parameter-free layers: confirm on the compressed model.
+            while t.kind in ("params", "macs") and k < len(order) and not self.reached():
+                k += 1
+                apply(k)
+        self.masks.fisher.reset()
+        removed = [(name, c) for name, v in start.items()
+                   for c in torch.nonzero(v & ~self.masks.alive[name]).flatten().tolist()]
+        self.prunes = 1 if removed else 0
+        self.history.append({"step": 0, "removed": [[g, int(c)] for g, c in removed],
+                             "channels": self.masks.remaining})
+        return removed
+
+    # -- results ------------------------------------------------------------------------------------
+    def compress(self, check: bool = True) -> nn.Module:
+        """The compressed copy of the model (checked against the masked one)."""
+        return compress(self.model, self.groups, masks=self.masks, check=check)
+
+    def plan(self) -> dict:
+        base = self.spec.to_dict() if self.spec is not None else None
+        return make_plan(self.groups, self.masks.kept(), base, self.previous_plan)
+
+    def widths(self) -> list[dict]:
+        kept = self.masks.widths()
+        return [{"group": g.name, "before": g.width, "after": kept[g.name]} for g in self.groups]
+
+    def callback(self, on_checkpoint: Callable[[StructuredPruner], None] | None = None):
+        from prunelab.prune.structured.schedule import IterativePruning
+
+        return IterativePruning(self, on_checkpoint)
+
+    def detach(self) -> None:
+        """Remove the mask hooks from the model."""
+        self.masks.detach()
+
+
+def _all_reduce_mean(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Average accumulated scores over data-parallel ranks so every rank ranks the same channels."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return scores
+    world = torch.distributed.get_world_size()
+    if world <= 1:
+        return scores
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten() for n in names])
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    flat = flat.to(device)
+    try:
+        from prunelab.train.distributed import all_reduce_
+    except ImportError:
+        torch.distributed.all_reduce(flat)
+    else:
+        all_reduce_(flat)
+    flat = flat.cpu() / world
+    out, i = {}, 0
+    for n in names:
+        k = scores[n].numel()
+        out[n] = flat[i:i + k].view_as(scores[n])
+        i += k
+    return out
+
+
+def accumulate_fisher(model: nn.Module, masks: ChannelMasks, data, steps: int, batch_size: int,
+                      device: str | torch.device | None = None) -> None:
+    """Accumulate the Fisher signal over ``steps`` training batches without changing the weights."""
+    import torch.nn.functional as F
+
+    from prunelab.train import batches
+
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    was = model.training
+    model.train()
+    masks.collect_fisher(True)
+    done = 0
+    try:
+        while done < steps:
+            progressed = False
+            for x, y in batches(data, "train", batch_size):
+                x, y = x.to(device), y.to(device)
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                masks.fisher.end_step()
+                done += 1
+                progressed = True
+                if done >= steps:
+                    break
+            if not progressed:
+                raise PrunelabError("the training split is empty; cannot accumulate the Fisher signal")
+    finally:
+        masks.collect_fisher(False)
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(buffers, strict=False)
+        model.train(was)

@@ -1,0 +1,84 @@
+"""The iterative schedule as a training callback (Crowley et al. 2018, sec. 3; pytorch-prunes ``prune.py``).
+
+Fine-tuning never stops: every K optimiser steps the accumulated Fisher signal (or the current
+weights, for L1 / BN; or a coin, for random) ranks all live channels globally and the n lowest are
+masked off; the Fisher buffer is then reset. When the target is reached the callback stops training,
+or lets it continue for ``finetune_steps`` more steps. Every ``checkpoint_every`` prunes it calls the
+checkpoint hook (the CLI writes the compressed model and its plan there; the seeds keep every 100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from prunelab.train.callbacks import Callback
+
+if TYPE_CHECKING:
+    from prunelab.prune.structured.pruner import StructuredPruner
+
+
+class IterativePruning(Callback):
+    """Remove ``channels_per_prune`` channels every ``prune_every`` steps until the target."""
+
+    def __init__(self, pruner: StructuredPruner, on_checkpoint: Callable[[StructuredPruner], None] | None = None):
+        self.pruner = pruner
+        self.on_checkpoint = on_checkpoint
+        self.reached_at: int | None = None
+        self.start_step = 0
+        self.exhausted = False
+
+    @property
+    def fisher(self) -> bool:
+        return self.pruner.config.criterion == "fisher"
+
+    def on_fit_start(self, trainer) -> None:
+        self.start_step = int(getattr(trainer, "step", 0) or 0)
+        self.pruner.masks.attach()
+        self.pruner.masks.collect_fisher(self.fisher)
+
+    def on_after_backward(self, trainer) -> None:
+        if self.fisher:
+            self.pruner.masks.fisher.end_step(_loss_scale(trainer))
+
+    def on_step_end(self, trainer) -> None:
+        cfg = self.pruner.config
+        if self.reached_at is not None or self.exhausted:
+            if trainer.step - (self.reached_at or trainer.step) >= cfg.finetune_steps or self.exhausted:
+                trainer.stop = True
+            return
+        if (trainer.step - self.start_step) % cfg.prune_every:
+            return
+        removed = self.pruner.prune_step(step=int(trainer.step))
+        if removed and cfg.checkpoint_every and self.pruner.prunes % cfg.checkpoint_every == 0 \
+                and self.on_checkpoint is not None:
+            self.on_checkpoint(self.pruner)
+        if self.pruner.reached():
+            self.reached_at = int(trainer.step)
+            if cfg.finetune_steps == 0:
+                trainer.stop = True
+        elif not removed and self.pruner.exhausted():
+            self.exhausted = True
+            trainer.stop = True
+
+    def on_fit_end(self, trainer) -> None:
+        self.pruner.masks.collect_fisher(False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": self.pruner.masks.state_dict(), "history": list(self.pruner.history),
+                "prunes": self.pruner.prunes, "reached_at": self.reached_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruner.masks.load_state_dict(state["masks"])
+        self.pruner.history = list(state.get("history", []))
+        self.pruner.prunes = int(state.get("prunes", 0))
+        self.reached_at = state.get("reached_at")
+
+
+def _loss_scale(trainer):
+    """The AMP loss scale the gradients carry, as a tensor (no host sync), or None."""
+    scaler = getattr(trainer, "scaler", None)
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+        return None
+    get = getattr(scaler, "_get_scale_async", None)
+    return get() if get is not None else scaler.get_scale()

@@ -1,0 +1,69 @@
+"""Unstructured (weight-level) pruning: Global Magnitude Pruning with Minimum Threshold (Gupta et
+al. 2022), layer-wise and uniform magnitude, random and SNIP baselines, one-shot / gradual /
+iterative schedules, low-rank column pruning for FastGRNN, and layer-collapse diagnostics.
+
+Three lines of Python::
+
+    from prunelab.prune.unstructured import prune_global
+    report = prune_global(model, 0.9, mt_percent=0.05, input_shape=(3, 32, 32))
+    print(report.format_table())
+"""
+
+from prunelab.prune.unstructured.allocation import (
+    check_mt_feasible,
+    kept_count,
+    minimum_threshold,
+    sigma_from_percent,
+)
+from prunelab.prune.unstructured.masks import (
+    MaskCallback,
+    apply_masks_,
+    attach_masks_from_state_dict,
+    get_mask,
+    mask_counts,
+    set_mask,
+    strip,
+)
+from prunelab.prune.unstructured.pruner import (
+    METHODS,
+    PruneConfig,
+    check_feasible,
+    prune,
+    prune_global,
+    prune_layerwise,
+    prune_random,
+    prune_snip,
+    prune_uniform,
+)
+from prunelab.prune.unstructured.report import LayerCollapseWarning, LayerReport, PruneReport, outputs_connected
+from prunelab.prune.unstructured.selection import LayerSelection, PrunableLayer, select_layers
+
+__all__ = [
+    "METHODS",
+    "LayerCollapseWarning",
+    "LayerReport",
+    "LayerSelection",
+    "MaskCallback",
+    "PrunableLayer",
+    "PruneConfig",
+    "PruneReport",
+    "apply_masks_",
+    "attach_masks_from_state_dict",
+    "check_feasible",
+    "check_mt_feasible",
+    "get_mask",
+    "kept_count",
+    "mask_counts",
+    "minimum_threshold",
+    "outputs_connected",
+    "prune",
+    "prune_global",
+    "prune_layerwise",
+    "prune_random",
+    "prune_snip",
+    "prune_uniform",
+    "select_layers",
+    "set_mask",
+    "sigma_from_percent",
+    "strip",
+]

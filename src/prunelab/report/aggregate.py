@@ -1,0 +1,67 @@
+"""Seed statistics: runs of one (model, method, protocol, target) summarised as mean and std.
+
+The standard deviation is the sample standard deviation over seeds (``ddof=1``; undefined, shown
+as ``-``, for a single seed), as in the "mean ± std over runs" tables of the seed papers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+GROUP = ["model", "method", "protocol", "target", "target_key", "target_value"]
+MEASURES = ["acc", "loss", "params", "macs", "sparsity", "latency_ms", "base_params", "base_macs"]
+
+
+def series_label(method: str, protocol: str | None) -> str:
+    """How plots and tables name a curve: the method, and its protocol when it has one."""
+    return method if protocol in (None, "") or pd.isna(protocol) else f"{method} / {protocol}"
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Done runs grouped by :data:`GROUP`: ``n``, ``<m>_mean`` / ``<m>_std`` for each measure present,
+    and the ratios the reporting standard asks for: ``compression`` (base params / params),
+    ``macs_pruned`` (1 - MACs / base MACs) and ``speedup`` (base MACs / MACs), from the means."""
+    done = results[results["status"] == "done"].copy()
+    measures = [m for m in MEASURES if m in done.columns]
+    for m in measures:
+        done[m] = pd.to_numeric(done[m], errors="coerce")
+    rows = []
+    for key, group in done.groupby(GROUP, dropna=False, sort=False):
+        row = dict(zip(GROUP, key))
+        row["n"] = len(group)
+        row["seeds"] = sorted(int(s) for s in group["seed"])
+        for m in measures:
+            values = group[m].dropna().to_numpy(dtype=float)
+            row[f"{m}_mean"] = float(values.mean()) if len(values) else np.nan
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    for col in GROUP:
+        out[col] = out[col].astype(object).where(out[col].notna(), None)
+    out["label"] = [series_label(m, p) for m, p in zip(out["method"], out["protocol"])]
+    if {"base_params_mean", "params_mean"} <= set(out.columns):
+        out["compression"] = out["base_params_mean"] / out["params_mean"]
+    if {"base_macs_mean", "macs_mean"} <= set(out.columns):
+        out["macs_pruned"] = 1.0 - out["macs_mean"] / out["base_macs_mean"]
+        out["speedup"] = out["base_macs_mean"] / out["macs_mean"]
+    return out
+
+
+def layer_sparsity(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer sparsity of every done run: the row's ``sparsity`` if given, else 1 - nonzero / weight_numel."""
+    if layers.empty:
+        return layers.assign(layer_sparsity=pd.Series(dtype=float))
+    df = layers.copy()
+    if "sparsity" in df.columns:
+        computed = df["sparsity"]
+    else:
+        computed = pd.Series(np.nan, index=df.index)
+    if {"nonzero", "weight_numel"} <= set(df.columns):
+        ratio = 1.0 - pd.to_numeric(df["nonzero"], errors="coerce") / pd.to_numeric(df["weight_numel"],
+                                                                                     errors="coerce")
+        computed = pd.to_numeric(computed, errors="coerce").fillna(ratio)
+    df["layer_sparsity"] = pd.to_numeric(computed, errors="coerce")
+    return df

@@ -1,0 +1,166 @@
+"""Plots of a study, drawn with matplotlib (Agg) from the store's numbers only.
+
+Every plotting function returns a :class:`Figure` holding exactly the arrays it handed to matplotlib,
+so tests (and users) can check a picture against the store.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prunelab.report.aggregate import series_label
+
+AXES = {
+    "params": ("parameters", "params"),
+    "macs": ("MACs (batch 1)", "macs"),
+    "sparsity": ("sparsity (fraction of prunable weights removed)", "sparsity"),
+    "latency_ms": ("measured latency (ms)", "latency_ms"),
+}
+
+
+@dataclass
+class Series:
+    """One curve: points in plotting order, with seed standard deviations (NaN where one seed)."""
+
+    model: str
+    label: str
+    x: list[float]
+    y: list[float]
+    x_std: list[float] = field(default_factory=list)
+    y_std: list[float] = field(default_factory=list)
+    n: list[int] = field(default_factory=list)
+    points: list[str] = field(default_factory=list)  # what each point is: a target, or a layer name
+
+
+@dataclass
+class Figure:
+    """A written PNG and the data drawn in it (one panel per model)."""
+
+    name: str
+    path: Path
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _nan_to_zero(values: list[float]) -> list[float]:
+    return [0.0 if (v is None or math.isnan(v)) else v for v in values]
+
+
+def tradeoff_figure(summary: pd.DataFrame, x: str, path: Path) -> Figure | None:
+    """Top-1 accuracy (%) against ``x`` (params, macs, sparsity or latency_ms), one curve per
+    method / protocol, error bars = standard deviation over seeds. None when no run reports ``x``."""
+    xlabel, column = AXES[x]
+    mean, std = f"{column}_mean", f"{column}_std"
+    if summary.empty or mean not in summary.columns or "acc_mean" not in summary.columns:
+        return None
+    data = summary[summary[mean].notna() & summary["acc_mean"].notna()]
+    if data.empty:
+        return None
+    models = list(dict.fromkeys(data["model"]))
+    series: list[Series] = []
+    for model in models:
+        rows = data[data["model"] == model]
+        for label in dict.fromkeys(rows["label"]):
+            pts = rows[rows["label"] == label].sort_values(mean, kind="stable")
+            series.append(Series(
+                model=model, label=label, x=[float(v) for v in pts[mean]],
+                y=[100.0 * float(v) for v in pts["acc_mean"]],
+                x_std=[float(v) for v in pts[std]] if std in pts else [math.nan] * len(pts),
+                y_std=[100.0 * float(v) for v in pts["acc_std"]] if "acc_std" in pts else [math.nan] * len(pts),
+                n=[int(v) for v in pts["n"]], points=[str(t) for t in pts["target"]]))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        panel = [s for s in series if s.model == model]
+        for s in panel:
+            ax.errorbar(s.x, s.y, yerr=_nan_to_zero(s.y_std), xerr=_nan_to_zero(s.x_std), marker="o", markersize=4,
+                        capsize=3, linewidth=1.2, linestyle="-" if len(s.x) > 1 else "none", label=s.label)
+        xs = [v for s in panel for v in s.x if v > 0]
+        if x in ("params", "macs") and xs and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.set_title(model)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    title = f"accuracy vs {xlabel.split(' (')[0]}"
+    fig.suptitle(f"{title} (mean ± std over seeds)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure(f"acc_vs_{x}", path, title, xlabel, "top-1 accuracy (%)", series)
+
+
+def layer_figure(layers: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Figure | None:
+    """Per-layer sparsity of each method / protocol at its sparsest target (mean over seeds): a layer at
+    sparsity 1 has collapsed (no path through it is left; Tanaka et al. 2020, Gupta et al. 2022 sec. 3)."""
+    if layers.empty or "layer_sparsity" not in layers.columns or layers["layer_sparsity"].isna().all():
+        return None
+    df = layers[layers["layer_sparsity"].notna()].copy()
+    df["label"] = [series_label(m, p) for m, p in zip(df["method"], df["protocol"])]
+    series: list[Series] = []
+    for model in dict.fromkeys(df["model"]):
+        for label in dict.fromkeys(df[df["model"] == model]["label"]):
+            part = df[(df["model"] == model) & (df["label"] == label)]
+            # the sparsest target: the highest mean layer sparsity over its runs
+            by_target = part.groupby("target", dropna=False, sort=False)["layer_sparsity"].mean()
+            target = by_target.idxmax()
+            chosen = part[part["target"] == target] if target is not None and not pd.isna(target) else \
+                part[part["target"].isna()]
+            per_layer = chosen.groupby(["idx", "name"], sort=True)["layer_sparsity"].agg(["mean", "std", "count"])
+            series.append(Series(model=model, label=f"{label} @ {target}",
+                                 x=[float(i) for i, _ in per_layer.index],
+                                 y=[float(v) for v in per_layer["mean"]],
+                                 y_std=[float(v) for v in per_layer["std"]],
+                                 n=[int(v) for v in per_layer["count"]],
+                                 points=[str(name) for _, name in per_layer.index]))
+    if not series:
+        return None
+    plt = _pyplot()
+    models = list(dict.fromkeys(s.model for s in series))
+    fig, axes = plt.subplots(len(models), 1, figsize=(max(6.0, 0.28 * max(len(s.x) for s in series) + 3), 3.6
+                                                      * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        panel = [s for s in series if s.model == model]
+        for s in panel:
+            ax.errorbar(s.x, s.y, yerr=_nan_to_zero(s.y_std), marker="o", markersize=3, capsize=2, linewidth=1,
+                        label=s.label)
+        names = panel[0].points
+        ax.set_xticks(panel[0].x)
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.axhline(1.0, color="red", linewidth=0.8, linestyle="--")
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_ylabel("layer sparsity")
+        ax.set_title(f"{model}: per-layer sparsity at the sparsest target (red line: layer collapse)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure("layer_sparsity", path, "per-layer sparsity", "layer", "sparsity", series)
+
+
+def collapsed_layers(figure: Figure | None, threshold: float = 0.999) -> list[tuple[str, str, str, float]]:
+    """(model, series, layer, sparsity) for every layer whose mean sparsity reaches ``threshold``."""
+    if figure is None:
+        return []
+    return [(s.model, s.label, name, y) for s in figure.series for name, y in zip(s.points, s.y)
+            if not np.isnan(y) and y >= threshold]

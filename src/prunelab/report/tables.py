@@ -1,0 +1,58 @@
+"""Result tables shaped like the seed papers' tables (method, params, sparsity, FLOPs pruned, top-1 mean ± std)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from prunelab.report.document import Table
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_count(v) -> str:
+    """2.33M, 46.0k, 812."""
+    if _missing(v):
+        return "-"
+    v = float(v)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suffix}" if v / div < 100 else f"{v / div:.0f}{suffix}"
+    return f"{v:.0f}"
+
+
+def fmt_pct(v, digits: int = 1) -> str:
+    return "-" if _missing(v) else f"{100 * float(v):.{digits}f}%"
+
+
+def fmt_mean_std(mean, std, scale: float = 1.0, digits: int = 2) -> str:
+    if _missing(mean):
+        return "-"
+    text = f"{scale * float(mean):.{digits}f}"
+    return text if _missing(std) else f"{text} ± {scale * float(std):.{digits}f}"
+
+
+def results_table(summary: pd.DataFrame, model: str) -> Table:
+    """One model's rows: dense / no-target rows first, then by target value, methods in study order."""
+    rows = summary[summary["model"] == model].copy()
+    rows["_order"] = range(len(rows))
+    rows["_tv"] = pd.to_numeric(rows["target_value"], errors="coerce")
+    rows = rows.sort_values(["target_key", "_tv", "_order"], na_position="first", kind="stable")
+    cols = ["Method", "Protocol", "Target", "Top-1 (%)", "Params", "Sparsity", "Compression", "MACs",
+            "FLOPs pruned", "Latency (ms)", "Seeds"]
+    out = []
+    for _, r in rows.iterrows():
+        out.append([
+            str(r["method"]), r["protocol"] or "-", str(r["target"]),
+            fmt_mean_std(r.get("acc_mean"), r.get("acc_std"), 100.0),
+            fmt_count(r.get("params_mean")), fmt_pct(r.get("sparsity_mean"), 2),
+            "-" if _missing(r.get("compression")) else f"{r['compression']:.2f}x",
+            fmt_count(r.get("macs_mean")), fmt_pct(r.get("macs_pruned")),
+            fmt_mean_std(r.get("latency_ms_mean"), r.get("latency_ms_std"), 1.0, 3), str(int(r["n"])),
+        ])
+    keep = [i for i, _ in enumerate(cols) if i < 4 or any(row[i] != "-" for row in out)]
+    return Table([cols[i] for i in keep], [[row[i] for i in keep] for row in out],
+                 caption=f"{model}: top-1 mean ± std over seeds")

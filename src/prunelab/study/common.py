@@ -1,0 +1,150 @@
+"""Building blocks for method adapters: data, models, the shared dense model, measurements.
+
+Every pruning method in a study starts from the same place: the run's dataset, a zoo model trained
+densely with the run's training settings and seed. :func:`dense_model` trains that model once per
+(architecture, data, training config) and caches it as a study artifact, so the ``dense`` baseline
+runs and every pruning run of the same seed share it (a pruning run that comes first trains it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prunelab.study.context import RunContext
+from prunelab.study.run import RunConfig, canonical_json
+
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def load_data(run: RunConfig):
+    """The run's :class:`~prunelab.data.DataBundle` (``prunelab.data.load(name, root, **options)``),
+    loaded once per process."""
+    key = canonical_json(run.data)
+    if key not in _DATA_CACHE:
+        from prunelab.data import load
+
+        _DATA_CACHE.clear()  # one study uses one dataset: keep memory flat
+        _DATA_CACHE[key] = load(run.data["name"], run.data.get("root"), **(run.data.get("options") or {}))
+    return _DATA_CACHE[key]
+
+
+def arch_spec(run: RunConfig, data=None):
+    """The run's :class:`~prunelab.models.ArchSpec`: the zoo entry with the spec's kwargs, and the number
+    of classes set to the dataset's when the spec did not set it."""
+    from prunelab.models import resolve
+
+    spec = resolve(run.model, **run.model_kwargs)
+    if data is not None and "num_classes" in spec.kwargs and "num_classes" not in run.model_kwargs \
+            and spec.kwargs["num_classes"] != data.num_classes:
+        spec = spec.with_kwargs(num_classes=data.num_classes)
+    return spec
+
+
+def has_masks(model: nn.Module) -> bool:
+    return any(name.endswith("_mask") for name, _ in model.named_buffers())
+
+
+def model_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig,
+                  base: nn.Module | None = None) -> dict[str, Any]:
+    """Size and cost of ``model``, by the conventions of :mod:`prunelab.measure.counting`.
+
+    ``params``: parameters that remain (non-zero ones when the model carries unstructured masks);
+    ``macs``: MACs at batch 1 (sparse-aware with masks); ``sparsity``: zero fraction of the Conv/Linear
+    weights; ``base_params`` / ``base_macs``: the same for ``base`` (the unpruned model; ``model`` itself
+    when None). With ``measure: {latency: true}`` in the study, also ``latency_ms`` (median, batch
+    ``measure.batch_sizes[0]``, default 1) and ``latency_ms_b<N>`` for every batch size.
+    """
+    from prunelab.measure import count_macs, count_params
+
+    masked = has_masks(model)
+    counts = count_params(model)
+    metrics: dict[str, Any] = {
+        "params": counts.nonzero if masked else counts.params,
+        "params_total": counts.params,
+        "macs": count_macs(model, input_shape, sparse=masked),
+        "sparsity": 1.0 - counts.nonzero_conv_linear / max(1, counts.conv_linear_weights),
+    }
+    if base is None:
+        metrics["base_params"], metrics["base_macs"] = counts.params, count_macs(model, input_shape)
+    else:
+        metrics["base_params"], metrics["base_macs"] = count_params(base).params, count_macs(base, input_shape)
+    metrics.update(latency_metrics(model, input_shape, run))
+    return metrics
+
+
+def latency_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig) -> dict[str, float]:
+    """Measured latency when the study asks for it (``measure: {latency: true, batch_sizes: [1, 64],
+    threads: 1, device: cpu}``), with :func:`prunelab.measure.latency.measure_latency`."""
+    opts = run.measure or {}
+    if not opts.get("latency"):
+        return {}
+    from prunelab.measure.latency import measure_latency
+
+    sizes = list(opts.get("batch_sizes") or [1])
+    out: dict[str, float] = {}
+    for b in sizes:
+        res = measure_latency(model, input_shape, batch_size=int(b), threads=opts.get("threads"),
+                              device=opts.get("device", "cpu"), repeats=int(opts.get("repeats", 30)),
+                              min_time_s=float(opts.get("min_time_s", 0.2)))
+        out[f"latency_ms_b{b}"] = res.median_ms
+    out["latency_ms"] = out[f"latency_ms_b{sizes[0]}"]
+    return out
+
+
+def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per-layer rows (name, kind, weight_numel, nonzero, macs_dense, macs_sparse) for the layers table."""
+    from prunelab.measure import layer_table
+
+    return [asdict(row) for row in layer_table(model, input_shape)]
+
+
+def final_metrics(final: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy and loss from a trainer's final row: ``acc`` / ``loss`` on test, ``val_acc`` / ``val_loss``."""
+    out = {"acc": final.get("test_acc"), "loss": final.get("test_loss")}
+    if final.get("val_acc") is not None:
+        out["val_acc"], out["val_loss"] = final["val_acc"], final.get("val_loss")
+    return out
+
+
+@dataclass
+class DenseModel:
+    """The trained dense model of a run: module, spec, training history and final row, checkpoint path."""
+
+    model: nn.Module
+    spec: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def dense_model(ctx: RunContext, run: RunConfig, data=None) -> DenseModel:
+    """The run's model trained densely with ``run.train`` (its seed included): built once per
+    (architecture, data, training config) across the whole study and loaded from the cache after."""
+    from prunelab.checkpoint import load_model
+
+    data = data if data is not None else load_data(run)
+    spec = arch_spec(run, data)
+    key = {"what": "dense", "arch": spec.to_dict(), "data": run.data, "train": run.train}
+
+    def produce(folder: Path) -> None:
+        from prunelab.io import atomic_write_json, save_checkpoint
+        from prunelab.models import create
+        from prunelab.study.executors import seed_everything
+        from prunelab.train import train
+
+        seed_everything(run.seed)
+        model = create(spec)
+        result = train(model, data, run.train_config(), callbacks=[ctx.callback("dense")])
+        save_checkpoint(folder / "model.pt", arch=spec.to_dict(), state_dict=model.state_dict(),
+                        meta={"what": "dense", "train": run.train})
+        atomic_write_json(folder / "history.json", {"history": result.history, "final": result.final})
+
+    folder = ctx.artifact(key, produce)
+    loaded = load_model(folder / "model.pt")
+    record = json.loads((folder / "history.json").read_text())
+    return DenseModel(loaded.model, loaded.spec, record["history"], record["final"], folder / "model.pt")

@@ -1,0 +1,234 @@
+"""Running a study: claim runs in the store, execute them, record each outcome as it arrives.
+
+Re-running a study skips the runs already done, retries failed ones, and takes over runs left
+``running`` by a runner that is gone (killed, even with SIGKILL) or silent for longer than the lease.
+Several runners (processes, machines sharing the folder) may work on one study at once: each run is
+claimed by exactly one of them (see :mod:`prunelab.study.store`). A runner that runs out of work waits
+for runs other live runners still hold, and takes them over if those runners die.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunelab.errors import PrunelabError
+from prunelab.io import atomic_write_text
+from prunelab.study.executors import Job, make_executor
+from prunelab.study.progress import ProgressDisplay
+from prunelab.study.spec import StudySpec, load_spec
+from prunelab.study.store import STORE_NAME, Claim, ResultsStore, default_out_dir, worker_id
+
+log = logging.getLogger("prunelab.study")
+
+DEFAULT_LEASE_S = 120.0
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did: where, how many runs by status, what failed."""
+
+    name: str
+    out_dir: Path
+    store_path: Path
+    counts: dict[str, int]
+    executed: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.get("failed", 0) == 0 and self.counts.get("pending", 0) == 0 \
+            and self.counts.get("running", 0) == 0
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the heartbeats of this runner's claims from a thread (a long run keeps its lease)."""
+
+    def __init__(self, path: Path, interval: float):
+        super().__init__(name="prunelab-heartbeat", daemon=True)
+        self.path = path
+        self.interval = interval
+        self.claims: dict[str, tuple[str, dict | None]] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def set(self, run_id: str, token: str, progress: dict | None = None) -> None:
+        with self.lock:
+            self.claims[run_id] = (token, progress)
+
+    def drop(self, run_id: str) -> None:
+        with self.lock:
+            self.claims.pop(run_id, None)
+
+    def run(self) -> None:
+        store = None
+        try:
+            store = ResultsStore.open(self.path)
+            while not self.stopped.wait(self.interval):
+                with self.lock:
+                    snapshot = dict(self.claims)
+                with contextlib.suppress(PrunelabError):
+                    store.heartbeat(snapshot)
+        except PrunelabError as exc:
+            log.warning("heartbeat stopped: %s", exc)
+        finally:
+            if store is not None:
+                store.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.is_alive():
+            self.join(timeout=5.0)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so claims are given back on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def prepare_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None = None, *,
+                  update: bool = False) -> tuple[StudySpec, Path, ResultsStore]:
+    """Load and check the spec, open (or create) its store and register its runs; nothing runs yet."""
+    if not isinstance(spec, StudySpec):
+        spec = load_spec(spec)
+    runs = spec.expand()
+    out_dir = Path(out) if out is not None else default_out_dir(spec.name)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrunelabError(f"--out {out_dir} is a file, not a folder")
+    store = ResultsStore.create_or_open(out_dir / STORE_NAME, spec, update=update)
+    try:
+        store.sync_runs(runs)
+        if spec.text is not None:
+            atomic_write_text(out_dir / "study.yaml", spec.text)
+    except BaseException:
+        store.close()
+        raise
+    return spec, out_dir, store
+
+
+def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None = None, *,
+              executor: str = "local", workers: int = 1, update: bool = False, retry_failed: bool = True,
+              progress: bool | None = None, lease: float = DEFAULT_LEASE_S, heartbeat: float | None = None,
+              threads: int | None = None, ray_address: str | None = None, report: bool = False) -> StudyResult:
+    """Run every unfinished run of a study and record the outcomes in ``<out>/results.db``.
+
+    ``executor``: ``local`` (sequential, or a process pool when ``workers > 1``), ``process`` or ``ray``.
+    ``progress``: show the live display (default: when stderr is a terminal). ``threads``: torch
+    threads per worker process (default: CPU count / workers). ``report``: write the report afterwards.
+    """
+    spec, out_dir, store = prepare_study(spec, out, update=update)
+    out_dir = out_dir.resolve()
+    try:
+        if retry_failed:
+            store.reset_failed()
+        if threads is None and (executor in ("process", "ray") or workers > 1):
+            threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        cache = Path(spec.cache).expanduser().resolve() if spec.cache else out_dir / "artifacts"
+        job = Job(str(out_dir), str(cache), list(spec.plugins), threads)
+        executed, failures = _drive(spec, store, make_executor(executor, job, workers, ray_address), progress,
+                                    lease, heartbeat or min(10.0, lease / 6))
+        result = StudyResult(spec.name, out_dir, store.path, store.counts(), executed, failures)
+    finally:
+        store.close()
+    if report:
+        from prunelab.report import write_report
+
+        result.report = write_report(result.store_path, out_dir / "report").markdown
+    return result
+
+
+def _drive(spec: StudySpec, store: ResultsStore, executor, progress: bool | None, lease: float,
+           interval: float) -> tuple[int, list[tuple[str, str]]]:
+    me = worker_id()
+    counts = store.counts()
+    display = ProgressDisplay(spec.name, sum(counts.values()), counts["done"], enabled=progress)
+    beat = _Heartbeat(store.path, interval)
+    beat.start()
+    claims: dict[str, Claim] = {}
+    live: dict[str, tuple[str, dict[str, Any]]] = {}
+    executed, failures = 0, []
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def on_progress(run_id: str, info: dict[str, Any]) -> None:
+        if run_id in claims:
+            live[run_id] = (live[run_id][0], info)
+            beat.set(run_id, claims[run_id].token, info)
+            display.update(counts, live)
+
+    try:
+        while True:
+            while executor.free() > 0:
+                claim = store.claim_next(me, lease)
+                if claim is None:
+                    break
+                run_id = claim.run.run_id
+                claims[run_id] = claim
+                live[run_id] = (claim.run.label, {})
+                beat.set(run_id, claim.token)
+                executor.submit(claim.run)
+                counts = store.counts()
+                display.update(counts, live, force=True)
+            if executor.in_flight() == 0:
+                if store.others_running(lease) == 0:
+                    break
+                time.sleep(min(1.0, interval))  # other runners hold the rest: wait, take over if they die
+                counts = store.counts()
+                display.update(counts, live)
+                continue
+            for run_id, outcome in executor.poll(0.2, on_progress):
+                claim = claims.pop(run_id)
+                live.pop(run_id, None)
+                beat.drop(run_id)
+                executed += 1
+                if not store.finish(claim, outcome):
+                    log.warning("run %s was taken over by another runner; its result here is discarded", run_id)
+                elif not outcome.get("ok"):
+                    failures.append((claim.run.label, str(outcome.get("error"))))
+                    display.write(f"failed: {claim.run.label}: {outcome.get('error')}")
+                counts = store.counts()
+                display.update(counts, live, force=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.release({r: c.token for r, c in claims.items()})
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        executor.shutdown()
+        beat.stop()
+        display.update(store.counts(), {}, force=True)
+        display.close()
+    return executed, failures
+
+
+def study_status(study: str | os.PathLike) -> dict[str, Any]:
+    """Counts by status, the runs in progress (worker, heartbeat age, epoch) and the failures."""
+    import json
+
+    with ResultsStore.open(study) as store:
+        now = time.time()
+        running = [{"run_id": r, "model": m, "method": me, "target": t, "protocol": p, "seed": s, "worker": w,
+                    "heartbeat_age_s": None if hb is None else round(now - hb, 1),
+                    "progress": json.loads(pr) if pr else None}
+                   for r, m, me, t, p, s, w, hb, pr in store.query(
+                       "SELECT run_id, model, method, target, protocol, seed, worker, heartbeat, progress FROM runs "
+                       "WHERE active = 1 AND status = 'running' ORDER BY seq")]
+        failed = [{"run_id": r, "model": m, "method": me, "target": t, "protocol": p, "seed": s, "error": e}
+                  for r, m, me, t, p, s, e in store.query(
+                      "SELECT run_id, model, method, target, protocol, seed, error FROM runs "
+                      "WHERE active = 1 AND status = 'failed' ORDER BY seq")]
+        return {"name": store.meta.get("name"), "store": str(store.path), "counts": store.counts(),
+                "running": running, "failed": failed}

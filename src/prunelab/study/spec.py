@@ -1,0 +1,691 @@
+"""Study specs: a YAML file declaring models x methods x targets x protocols x seeds.
+
+Example::
+
+    name: smoke
+    data: {name: digits}
+    train: {epochs: 2, batch_size: 64, lr: 0.05}
+    models: [mlp-s, {name: resnet-8, kwargs: {width: 8}, label: resnet-8-w8}]
+    methods:
+      - dense                                  # name = kind
+      - {name: gmp, kind: global-magnitude, mt_percent: 0.05, protocols: [finetune]}
+    targets: [{sparsity: [0.5, 0.8, 0.9]}, {params: 20000}]
+    protocols: [finetune, scratch-e]
+    seeds: 3                                   # or [0, 1, 2]
+    exclude: [{method: gmp, target: {params: 20000}}]
+
+``runs:`` (optional) lists sub-products instead of the full product: each entry may fix
+``model(s)``, ``method(s)``, ``target(s)``, ``protocol(s)``, ``seed(s)`` and takes the study's axes for
+the rest. ``exclude`` / ``include`` are patterns over ``model``, ``method``, ``kind``, ``protocol``,
+``target`` and ``seed`` (a list value matches any of its items). A method entry's own
+``protocols`` / ``targets`` replace the study's axes for that method, and its ``train`` mapping
+overrides training settings; every other key is a parameter of the method's kind.
+
+Everything is checked before a run starts: malformed YAML (with its line), unknown keys, unknown
+model / dataset / method kind / protocol names, impossible targets, and combinations a kind cannot run.
+Errors are one line, prefixed with ``file:line`` where the YAML tells us.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunelab.errors import PrunelabError, unknown_choice
+from prunelab.study.run import RunConfig, canonical_json, config_hash
+from prunelab.study.targets import check_target
+
+TOP_KEYS = ("name", "description", "data", "train", "models", "methods", "targets", "protocols", "seeds",
+            "measure", "plugins", "cache", "exclude", "include", "runs")
+METHOD_RESERVED = ("name", "kind", "protocols", "targets", "train")
+PATTERN_KEYS = ("model", "method", "kind", "protocol", "target", "seed")
+ENTRY_KEYS = {"model": "models", "method": "methods", "target": "targets", "protocol": "protocols",
+              "seed": "seeds"}
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+class _Map(dict):
+    """A YAML mapping that remembers the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "mapping keys must be plain values",
+                                                    key_node.start_mark) from None
+        if key in out:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _plain(obj: Any) -> Any:
+    """Drop line bookkeeping: nested plain dicts and lists."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+class _Where:
+    """Formats ``file:line: `` prefixes for errors."""
+
+    def __init__(self, source: str | None):
+        self.source = source
+
+    def __call__(self, node: Any = None, key: Any = None) -> str:
+        line = None
+        if isinstance(node, _Map):
+            line = node.key_lines.get(key, node.line) if key is not None else node.line
+        if self.source and line:
+            return f"{self.source}:{line}: "
+        if self.source:
+            return f"{self.source}: "
+        return f"line {line}: " if line else ""
+
+    def error(self, node: Any, key: Any, message: str) -> PrunelabError:
+        return PrunelabError(f"{self(node, key)}{message}")
+
+
+# ---------------------------------------------------------------- typed spec
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The dataset: a name for :func:`prunelab.data.load`, an optional root folder, loader options."""
+
+    name: str
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "root": self.root, "options": copy.deepcopy(self.options)}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model axis entry: a zoo name, constructor overrides, and the label results use."""
+
+    label: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "kwargs": copy.deepcopy(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method axis entry: a name, its task kind, the kind's parameters and per-method axis overrides."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    protocols: tuple[str | None, ...] | None = None
+    targets: tuple[dict | None, ...] | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "params": copy.deepcopy(self.params),
+                "protocols": None if self.protocols is None else list(self.protocols),
+                "targets": None if self.targets is None else copy.deepcopy(list(self.targets)),
+                "train": copy.deepcopy(self.train)}
+
+
+@dataclass
+class StudySpec:
+    """A parsed, checked study spec. :meth:`expand` turns it into fully resolved runs."""
+
+    name: str
+    data: DataSpec
+    models: list[ModelSpec]
+    methods: list[MethodSpec]
+    seeds: list[int]
+    train: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict | None] = field(default_factory=lambda: [None])
+    protocols: list[str | None] = field(default_factory=lambda: [None])
+    measure: dict[str, Any] = field(default_factory=dict)
+    plugins: list[str] = field(default_factory=list)
+    cache: str | None = None
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+    source: str | None = None
+    text: str | None = None
+    _where: _Where = field(default_factory=lambda: _Where(None), repr=False, compare=False)
+    _nodes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised spec (what :attr:`spec_hash` hashes)."""
+        return {
+            "name": self.name, "data": self.data.to_dict(), "train": copy.deepcopy(self.train),
+            "models": [m.to_dict() for m in self.models], "methods": [m.to_dict() for m in self.methods],
+            "targets": copy.deepcopy(self.targets), "protocols": list(self.protocols), "seeds": list(self.seeds),
+            "measure": copy.deepcopy(self.measure), "plugins": list(self.plugins), "cache": self.cache,
+            "exclude": copy.deepcopy(self.exclude), "include": copy.deepcopy(self.include),
+            "runs": copy.deepcopy(self.runs),
+        }
+
+    @property
+    def spec_hash(self) -> str:
+        return config_hash(self.to_dict())
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise unknown_choice("method", name, [m.name for m in self.methods])
+
+    def expand(self) -> list[RunConfig]:
+        """All runs of the study, checked and resolved, in execution order (see module doc)."""
+        return _expand(self)
+
+
+# ---------------------------------------------------------------- parsing
+
+def load_spec(path: str | os.PathLike) -> StudySpec:
+    """Read and check a study spec file (see module doc). Raises a one-line PrunelabError."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunelabError(f"study spec not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrunelabError(f"cannot read study spec {path}: {exc}") from exc
+    return parse_spec(text, source=str(path))
+
+
+def parse_spec(text: str, source: str | None = None) -> StudySpec:
+    """Parse and check a spec from YAML text; ``source`` names the file in error messages."""
+    where = _Where(source)
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        what = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        raise PrunelabError(f"{source or 'study spec'}:{line}: malformed YAML: {what}") from None
+    except yaml.YAMLError as exc:
+        raise PrunelabError(f"{source or 'study spec'}: malformed YAML: {exc}") from None
+    if doc is None:
+        raise PrunelabError(f"{source or 'study spec'}: empty study spec")
+    if not isinstance(doc, _Map):
+        raise PrunelabError(f"{where()}a study spec is a mapping with keys {', '.join(TOP_KEYS)}")
+    spec = _parse(doc, where)
+    spec.text = text
+    spec.source = source
+    spec.expand()  # checks names, targets and combinations before anything runs
+    return spec
+
+
+def spec_from_dict(d: dict[str, Any]) -> StudySpec:
+    """Build a spec from a plain mapping (the Python equivalent of a YAML file)."""
+    return parse_spec(yaml.safe_dump(_plain(d), sort_keys=False))
+
+
+def _parse(doc: _Map, where: _Where) -> StudySpec:
+    unknown = [k for k in doc if k not in TOP_KEYS]
+    if unknown:
+        raise where.error(doc, unknown[0], f"unknown study key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+    for key in ("name", "data", "models", "methods"):
+        if key not in doc:
+            raise where.error(doc, None, f"study spec needs {key!r}")
+    name = doc["name"]
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise where.error(doc, "name", f"study name must be a non-empty string without '/', got {name!r}")
+    spec = StudySpec(
+        name=name.strip(),
+        description=str(doc.get("description") or ""),
+        data=_parse_data(doc, where),
+        train=_parse_train(doc, "train", where),
+        models=_parse_models(doc, where),
+        methods=_parse_methods(doc, where),
+        seeds=_parse_seeds(doc, "seeds", where) if "seeds" in doc else [0],
+        targets=_parse_targets(doc, "targets", where) if doc.get("targets") is not None else [None],
+        protocols=_parse_protocols(doc, "protocols", where) if doc.get("protocols") is not None else [None],
+        measure=_mapping(doc, "measure", where),
+        plugins=_string_list(doc, "plugins", where),
+        cache=_optional_str(doc, "cache", where),
+        _where=where,
+    )
+    spec._nodes = {"doc": doc}
+    if spec.plugins:
+        from prunelab.study.tasks import import_plugins
+
+        try:
+            import_plugins(spec.plugins)
+        except PrunelabError as exc:
+            raise where.error(doc, "plugins", str(exc)) from None
+    spec.exclude, spec._nodes["exclude"] = _parse_patterns(doc, "exclude", spec, where)
+    spec.include, spec._nodes["include"] = _parse_patterns(doc, "include", spec, where)
+    spec.runs, spec._nodes["runs"] = _parse_entries(doc, spec, where)
+    return spec
+
+
+def _mapping(node: _Map, key: str, where: _Where) -> dict[str, Any]:
+    value = node.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise where.error(node, key, f"{key!r} must be a mapping, got {type(value).__name__}")
+    return _plain(value)
+
+
+def _optional_str(node: _Map, key: str, where: _Where) -> str | None:
+    value = node.get(key)
+    if value is not None and not isinstance(value, str):
+        raise where.error(node, key, f"{key!r} must be a string, got {value!r}")
+    return value
+
+
+def _string_list(node: _Map, key: str, where: _Where) -> list[str]:
+    value = node.get(key) or []
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where.error(node, key, f"{key!r} must be a list of names")
+    return list(value)
+
+
+def _parse_data(doc: _Map, where: _Where) -> DataSpec:
+    value = doc["data"]
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise where.error(doc, "data", "'data' must be a dataset name or a mapping with 'name', 'root', 'options'")
+    extra = [k for k in value if k not in ("name", "root", "options")]
+    if extra:
+        raise where.error(value, extra[0], f"unknown data key {extra[0]!r}; valid keys: name, root, options")
+    root = value.get("root")
+    if root is not None and not isinstance(root, str):
+        raise where.error(value, "root", f"data root must be a path, got {root!r}")
+    options = _mapping(value, "options", where)
+    _check_dataset(value["name"], value, where)
+    return DataSpec(value["name"], root, options)
+
+
+def _check_dataset(name: str, node: _Map, where: _Where) -> None:
+    """Check the dataset name against :func:`prunelab.data.list_datasets` when the data layer offers it."""
+    try:
+        import prunelab.data as data_layer
+    except ImportError:
+        return
+    list_datasets = getattr(data_layer, "list_datasets", None)
+    if list_datasets is None:
+        return
+    valid = list(list_datasets())
+    if name not in valid:
+        raise where.error(node, "name", str(unknown_choice("dataset", name, valid)))
+
+
+def _parse_train(node: _Map, key: str, where: _Where) -> dict[str, Any]:
+    train = _mapping(node, key, where)
+    if "seed" in train:
+        raise where.error(node[key], "seed", "set seeds with the study's 'seeds' axis, not in 'train'")
+    from prunelab.train.config import TrainConfig
+
+    try:
+        TrainConfig.from_dict(train)
+    except PrunelabError as exc:
+        raise where.error(node, key, str(exc)) from None
+    except TypeError as exc:
+        raise where.error(node, key, f"bad training setting: {exc}") from None
+    return train
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _parse_models(doc: _Map, where: _Where) -> list[ModelSpec]:
+    items = doc["models"]
+    if not isinstance(items, list) or not items:
+        raise where.error(doc, "models", "'models' must be a non-empty list of zoo names")
+    out: list[ModelSpec] = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise where.error(doc, "models", f"a model is a zoo name or {{name, kwargs, label}}, got {item!r}")
+        extra = [k for k in item if k not in ("name", "kwargs", "label")]
+        if extra:
+            raise where.error(item, extra[0], f"unknown model key {extra[0]!r}; valid keys: name, kwargs, label")
+        kwargs = _mapping(item, "kwargs", where)
+        label = item.get("label")
+        if label is None:
+            label = item["name"] if not kwargs else item["name"] + "(" + ",".join(
+                f"{k}={kwargs[k]}" for k in sorted(kwargs)) + ")"
+        if any(m.label == label for m in out):
+            raise where.error(item, "name", f"model {label!r} is listed twice (give one a 'label')")
+        out.append(ModelSpec(str(label), item["name"], kwargs))
+    return out
+
+
+def _parse_methods(doc: _Map, where: _Where) -> list[MethodSpec]:
+    from prunelab.study.tasks import get_kind
+
+    items = doc["methods"]
+    if not isinstance(items, list) or not items:
+        raise where.error(doc, "methods", "'methods' must be a non-empty list")
+    out: list[MethodSpec] = []
+    for item in items:
+        node = item if isinstance(item, _Map) else doc
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise where.error(node, "methods" if node is doc else None,
+                              f"a method is a name or a mapping with 'name' and 'kind', got {item!r}")
+        kind = item.get("kind", item["name"])
+        if not isinstance(kind, str):
+            raise where.error(node, "kind", f"method kind must be a name, got {kind!r}")
+        try:
+            get_kind(kind)
+        except PrunelabError as exc:
+            raise where.error(node, "kind" if "kind" in item else "name", str(exc)) from None
+        if any(m.name == item["name"] for m in out):
+            raise where.error(node, "name", f"method name {item['name']!r} is used twice")
+        protocols = _parse_protocols(item, "protocols", where) if item.get("protocols") is not None else None
+        targets = _parse_targets(item, "targets", where) if item.get("targets") is not None else None
+        train = _parse_train(item, "train", where) if isinstance(item, _Map) else {}
+        params = {k: _plain(v) for k, v in item.items() if k not in METHOD_RESERVED}
+        out.append(MethodSpec(item["name"], kind, params, None if protocols is None else tuple(protocols),
+                              None if targets is None else tuple(targets), train))
+    return out
+
+
+def _parse_seeds(node: _Map, key: str, where: _Where) -> list[int]:
+    value = node[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise where.error(node, key, f"'{key}: N' needs N >= 1, got {value}")
+        return list(range(value))
+    value = _as_list(value)
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise where.error(node, key, f"{key!r} must be a count or a list of integer seeds, got {node[key]!r}")
+    if len(set(value)) != len(value):
+        raise where.error(node, key, f"{key!r} lists a seed twice: {value}")
+    return list(value)
+
+
+def _parse_targets(node: _Map, key: str, where: _Where) -> list[dict | None]:
+    out: list[dict | None] = []
+    for item in _as_list(node[key]):
+        if item is None or item == "none":
+            out.append(None)
+            continue
+        if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), list):
+            (k, values), = item.items()
+            items = [{k: v} for v in values]
+        else:
+            items = [item]
+        for t in items:
+            try:
+                out.append(check_target(_plain(t)))
+            except PrunelabError as exc:
+                raise where.error(item if isinstance(item, _Map) else node, None if isinstance(item, _Map) else key,
+                                  str(exc)) from None
+    return _unique(out)
+
+
+def _parse_protocols(node: _Map, key: str, where: _Where) -> list[str | None]:
+    from prunelab.study.tasks import PROTOCOLS
+
+    out: list[str | None] = []
+    for item in _as_list(node[key]):
+        if item is None or item == "none":
+            out.append(None)
+        elif isinstance(item, str) and item in PROTOCOLS:
+            out.append(item)
+        else:
+            raise where.error(node, key, str(unknown_choice("protocol", item, PROTOCOLS)))
+    return _unique(out)
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        k = canonical_json(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+    return out
+
+
+def _check_pattern_values(spec: StudySpec, item: _Map, key: str, values: list[Any], where: _Where) -> list[Any]:
+    """Normalise and check the values a pattern or a runs entry names."""
+    if key == "model":
+        labels = [m.label for m in spec.models]
+        for v in values:
+            if v not in labels:
+                raise where.error(item, key if key in item else None, str(unknown_choice("model", v, labels)))
+    elif key == "method":
+        names = [m.name for m in spec.methods]
+        for v in values:
+            if v not in names:
+                raise where.error(item, key if key in item else None, str(unknown_choice("method", v, names)))
+    elif key == "kind":
+        kinds = {m.kind for m in spec.methods}
+        for v in values:
+            if v not in kinds:
+                raise where.error(item, key, str(unknown_choice("method kind", v, kinds)))
+    elif key == "protocol":
+        from prunelab.study.tasks import PROTOCOLS
+
+        values = [None if v == "none" else v for v in values]
+        for v in values:
+            if v is not None and v not in PROTOCOLS:
+                raise where.error(item, key, str(unknown_choice("protocol", v, PROTOCOLS)))
+    elif key == "target":
+        try:
+            values = [check_target(None if v == "none" else v) for v in values]
+        except PrunelabError as exc:
+            raise where.error(item, key, str(exc)) from None
+    elif key == "seed":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise where.error(item, key, f"seeds must be integers, got {values!r}")
+    return values
+
+
+def _parse_patterns(doc: _Map, key: str, spec: StudySpec, where: _Where) -> tuple[list[dict], list[_Map]]:
+    items = doc.get(key) or []
+    if not isinstance(items, list):
+        raise where.error(doc, key, f"{key!r} must be a list of patterns like {{method: gmp, protocol: scratch-e}}")
+    out, nodes = [], []
+    for item in items:
+        if not isinstance(item, _Map) or not item:
+            raise where.error(doc, key, f"a {key} pattern is a mapping over {', '.join(PATTERN_KEYS)}; got {item!r}")
+        pattern = {}
+        for k, v in item.items():
+            if k not in PATTERN_KEYS:
+                raise where.error(item, k, f"unknown {key} key {k!r}; valid keys: {', '.join(PATTERN_KEYS)}")
+            pattern[k] = _check_pattern_values(spec, item, k, _as_list(_plain(v)), where)
+        out.append(pattern)
+        nodes.append(item)
+    return out, nodes
+
+
+def _parse_entries(doc: _Map, spec: StudySpec, where: _Where) -> tuple[list[dict], list[_Map]]:
+    items = doc.get("runs") or []
+    if not isinstance(items, list):
+        raise where.error(doc, "runs", "'runs' must be a list of mappings like {method: dense, seeds: [0]}")
+    out, nodes = [], []
+    valid = sorted(set(ENTRY_KEYS) | set(ENTRY_KEYS.values()))
+    for item in items:
+        if not isinstance(item, _Map):
+            raise where.error(doc, "runs", f"a runs entry is a mapping over {', '.join(valid)}; got {item!r}")
+        entry: dict[str, list[Any]] = {}
+        for k, v in item.items():
+            if k not in valid:
+                raise where.error(item, k, f"unknown runs key {k!r}; valid keys: {', '.join(valid)}")
+            singular = k if k in ENTRY_KEYS else next(s for s, p in ENTRY_KEYS.items() if p == k)
+            if singular in entry:
+                raise where.error(item, k, f"runs entry gives both {singular!r} and {ENTRY_KEYS[singular]!r}")
+            values = _as_list(_plain(v))
+            if singular == "target":
+                node = _Map({"targets": values})
+                node.line, node.key_lines = item.line, {"targets": item.key_lines.get(k, item.line)}
+                values = _parse_targets(node, "targets", where)
+            elif singular == "seed" and isinstance(v, int) and k == "seeds":
+                values = _parse_seeds(item, k, where)
+            else:
+                values = _check_pattern_values(spec, item, singular, values, where)
+            entry[singular] = values
+        out.append(entry)
+        nodes.append(item)
+    return out, nodes
+
+
+# ---------------------------------------------------------------- expansion
+
+def _matches(pattern: dict[str, list[Any]], run: RunConfig) -> bool:
+    for key, values in pattern.items():
+        actual = {"model": run.model_label, "method": run.method, "kind": run.kind, "protocol": run.protocol,
+                  "target": run.target, "seed": run.seed}[key]
+        if key == "target":
+            if canonical_json(actual) not in {canonical_json(v) for v in values}:
+                return False
+        elif actual not in values:
+            return False
+    return True
+
+
+def _axis(kind_allows: tuple | None, requested: Iterable[Any]) -> list[Any]:
+    """A kind that declares ``()`` collapses the axis to one ``None`` entry."""
+    if kind_allows == ():
+        return [None]
+    return list(requested)
+
+
+def _expand(spec: StudySpec) -> list[RunConfig]:
+    from prunelab.study.tasks import get_kind
+
+    where = spec._where
+    doc = spec._nodes.get("doc")
+    entries = spec.runs or [{}]
+    entry_nodes = spec._nodes.get("runs") or [doc] * len(entries)
+    models = {m.label: m for m in spec.models}
+    candidates: list[tuple[RunConfig, Any]] = []
+    for entry, node in zip(entries, entry_nodes):
+        methods = [spec.method(n) for n in entry.get("method", [m.name for m in spec.methods])]
+        labels = entry.get("model", list(models))
+        seeds = entry.get("seed", spec.seeds)
+        for method in methods:
+            kind = get_kind(method.kind)
+            protocols = entry.get("protocol", method.protocols if method.protocols is not None else spec.protocols)
+            targets = entry.get("target", method.targets if method.targets is not None else spec.targets)
+            for protocol, target, label, seed in itertools.product(
+                    _axis(kind.protocols, protocols), _axis(kind.targets, targets), labels, seeds):
+                if kind.protocols and protocol is None:
+                    protocol = kind.protocols[0]
+                model = models[label]
+                train = {**spec.train, **method.train, "seed": seed, "progress": False}
+                from prunelab.train.config import TrainConfig
+
+                run = RunConfig(study=spec.name, model=model.name, model_label=label, data=spec.data.to_dict(),
+                                method=method.name, kind=method.kind, seed=seed,
+                                train=TrainConfig.from_dict(train).to_dict(), params=copy.deepcopy(method.params),
+                                target=copy.deepcopy(target), protocol=protocol,
+                                model_kwargs=copy.deepcopy(model.kwargs), measure=copy.deepcopy(spec.measure))
+                candidates.append((run, node))
+
+    for name in ("exclude", "include"):
+        patterns = getattr(spec, name)
+        for pattern, pnode in zip(patterns, spec._nodes.get(name) or [None] * len(patterns)):
+            if not any(_matches(pattern, run) for run, _ in candidates):
+                raise where.error(pnode, None, f"{name} pattern {_plain(pattern)} matches no run")
+    if spec.exclude:
+        candidates = [(r, n) for r, n in candidates if not any(_matches(p, r) for p in spec.exclude)]
+    if spec.include:
+        candidates = [(r, n) for r, n in candidates if any(_matches(p, r) for p in spec.include)]
+
+    zoo: list[str] | None = None
+    runs: dict[str, RunConfig] = {}
+    for run, node in candidates:
+        kind = get_kind(run.kind)
+        method_node = _method_node(spec, run.method) or node
+        if kind.protocols is not None and kind.protocols and run.protocol not in kind.protocols:
+            raise where.error(method_node, None,
+                              f"method {run.method!r} (kind {run.kind}) cannot run protocol {run.protocol!r}; "
+                              f"valid: {', '.join(kind.protocols)}; restrict it with 'protocols:' on the method "
+                              f"or an 'exclude' pattern")
+        if kind.targets:
+            if run.target is None:
+                raise where.error(method_node, None, f"method {run.method!r} (kind {run.kind}) needs a target with "
+                                                     f"one of the keys {', '.join(kind.targets)}")
+            key = next(iter(run.target))
+            if key not in kind.targets:
+                raise where.error(method_node, None,
+                                  f"method {run.method!r} (kind {run.kind}) cannot aim at target {key!r}; valid: "
+                                  f"{', '.join(kind.targets)}; restrict it with 'targets:' on the method or an "
+                                  f"'exclude' pattern")
+        if kind.uses_model:
+            if zoo is None:
+                from prunelab.models import list_models
+
+                zoo = list_models()
+            if run.model not in zoo:
+                raise where.error(_model_node(spec, run.model_label) or doc, None,
+                                  str(unknown_choice("model", run.model, zoo)))
+        if kind.resolve is not None:
+            try:
+                run = kind.resolve(run)
+            except PrunelabError as exc:
+                raise where.error(method_node, None, f"method {run.method!r}: {exc}") from None
+        runs.setdefault(run.run_id, run)
+    if not runs:
+        raise where.error(doc, None, "the study has no runs (check 'exclude', 'include' and 'runs')")
+    return list(runs.values())
+
+
+def _method_node(spec: StudySpec, name: str) -> Any:
+    doc = spec._nodes.get("doc")
+    if not isinstance(doc, _Map):
+        return None
+    for item in doc.get("methods") or []:
+        if isinstance(item, _Map) and item.get("name") == name:
+            return item
+    return _line_of(doc, "methods")
+
+
+def _model_node(spec: StudySpec, label: str) -> Any:
+    doc = spec._nodes.get("doc")
+    if not isinstance(doc, _Map):
+        return None
+    for item in doc.get("models") or []:
+        if isinstance(item, _Map) and label in (item.get("label"), item.get("name")):
+            return item
+    return _line_of(doc, "models")
+
+
+def _line_of(node: _Map, key: str) -> _Map:
+    m = _Map()
+    m.line = node.key_lines.get(key, node.line)
+    m.key_lines = {}
+    return m

@@ -1,0 +1,13 @@
+"""Training: one loop with callbacks, in-memory batched data, schedules, checkpoints and DDP.
+
+``Trainer(model, data, config, callbacks=(), params=None).fit() -> TrainResult``;
+``train(model, data, config)`` does the same in one call; ``evaluate(model, data, split)`` measures
+loss and accuracy; ``batches(data, split, batch_size)`` iterates a split in order.
+"""
+
+from prunelab.data.pipeline import batches
+from prunelab.train.callbacks import Callback
+from prunelab.train.config import TrainConfig
+from prunelab.train.trainer import Trainer, TrainResult, evaluate, resolve_device, train
+
+__all__ = ["Callback", "TrainConfig", "TrainResult", "Trainer", "batches", "evaluate", "resolve_device", "train"]

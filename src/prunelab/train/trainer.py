@@ -1,0 +1,476 @@
+"""The one training loop every protocol uses (dense training, fine-tuning, Scratch-E/B, PFS gates).
+
+Data path (airbench, anchors.md 7): the splits are moved to the training device once; every epoch
+draws a permutation from a generator seeded by ``(seed, epoch)``, slices batches out of the resident
+tensors and augments them as whole batches (:func:`prunelab.data.pipeline.augment_batch`). Numerics:
+autocast (bfloat16, or float16 with a GradScaler) and channels_last on CUDA. Under ``torchrun`` the
+permutation is sharded by rank and the model wrapped in DistributedDataParallel.
+
+Repeatability: the same seed gives the same numbers on CPU. ``torch.manual_seed(seed)`` is set at the
+start of a fresh run (dropout), the permutation depends only on ``(seed, epoch)`` and the augmentation
+draws come from the trainer's own generator, whose state is saved in checkpoints with everything else
+(model, optimiser, scheduler, scaler, callback states, RNG states, step / epoch / position in the
+epoch), so a resumed run ends with the same weights as an uninterrupted one.
+
+Per batch the hooks run in this order (see :mod:`prunelab.train.callbacks`)::
+
+    on_batch_start -> forward -> loss -> backward -> on_after_backward -> optimizer.step()
+    -> scheduler.step() -> on_step_end
+
+``on_fit_start`` runs before any checkpoint is resumed, ``on_epoch_start`` at the start of each epoch
+(not again when a run resumes inside an epoch), ``on_epoch_end(trainer, row)`` after each complete
+epoch with its history row, and ``on_fit_end`` last. With a float16 GradScaler the gradients are
+unscaled before ``on_after_backward`` so callbacks see true values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.data.base import DataBundle
+from prunelab.data.pipeline import augment_batch
+from prunelab.errors import PrunelabError
+from prunelab.io import atomic_torch_save, torch_load
+from prunelab.train import distributed as ddp
+from prunelab.train.callbacks import Callback
+from prunelab.train.config import TrainConfig
+from prunelab.train.optim import build_optimizer, build_scheduler
+
+STATE_FORMAT = "prunelab-train-state"
+_HOOKS = ("on_fit_start", "on_epoch_start", "on_batch_start", "on_after_backward", "on_step_end", "on_epoch_end",
+          "on_fit_end")
+
+
+@dataclass
+class TrainResult:
+    """``history``: one row per epoch (plus one for a run stopped inside an epoch); ``final``: the last
+    row, always with validation and test metrics."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a bare ``cuda`` means this process's local device."""
+    spec = str(spec)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise PrunelabError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PrunelabError(f"device {spec!r} requested but CUDA is not available; valid choices: auto, cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", ddp.local_rank() if ddp.is_distributed() else torch.cuda.current_device())
+    return dev
+
+
+def _mix_seed(*parts: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & 0x7FFF_FFFF_FFFF_FFFF
+    return h
+
+
+def _overrides(cb: Callback, hook: str) -> bool:
+    return getattr(type(cb), hook, None) is not getattr(Callback, hook)
+
+
+class Trainer:
+    """Train ``model`` on ``data`` with ``config``; see the module docstring for the loop.
+
+    ``params`` restricts what the optimiser updates (PFS trains only the gates, Wang et al. 2020):
+    other parameters keep their gradients (cleared every step) but get no optimiser state and no
+    weight decay. Attributes: ``model`` (the plain module, never the DDP wrapper), ``optimizer``,
+    ``scheduler``, ``step`` (optimiser steps taken), ``epoch`` (current epoch, 0-based), ``device``,
+    ``stop`` (set True to end after the current step), ``config``, ``data``, ``history``.
+    """
+
+    def __init__(self, model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
+                 callbacks: tuple[Callback, ...] | list[Callback] = (), params=None) -> None:
+        self.config = (config or TrainConfig()).validate()
+        self.data = data
+        self.callbacks = list(callbacks)
+        self.distributed = ddp.init_from_env()
+        self.rank, self.world_size = ddp.rank(), ddp.world_size()
+        self.device = resolve_device(self.config.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = model.to(self.device)
+        self._image_input = len(data.input_shape) == 3
+        self._channels_last = bool(self.config.channels_last and self._image_input)
+        if self._channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._restricted = params is not None
+        self.optimizer = build_optimizer(self.model, self.config, params)
+        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        n_train = len(data.train)
+        if n_train == 0:
+            raise PrunelabError(f"dataset {data.name!r} has an empty training split")
+        self._n_per_rank = n_train // self.world_size
+        if self._n_per_rank == 0:
+            raise PrunelabError(f"{n_train} training samples cannot be shared by {self.world_size} processes")
+        self.steps_per_epoch = self._count_steps(self._n_per_rank)
+        self.scheduler = build_scheduler(self.optimizer, self.config, self.steps_per_epoch)
+        self._amp = bool(self.config.amp and self.device.type == "cuda")
+        amp_dtype = torch.float16 if self.config.amp_dtype == "float16" else torch.bfloat16
+        if self._amp and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            amp_dtype = torch.float16
+        self._amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda") if self._amp and amp_dtype == torch.float16 else None
+        self._augment = data.augment if (self.config.augment and data.augment.active and self._image_input) else None
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(_mix_seed(self.config.seed, self.rank, 1))
+        self.step = 0
+        self.epoch = 0
+        self.stop = False
+        self.history: list[dict[str, Any]] = []
+        self._batch_in_epoch = 0
+        self._epoch_loss: list[torch.Tensor] = []
+        self._epoch_sizes: list[int] = []
+        self._epoch_correct: list[torch.Tensor] = []
+        self._carry = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count restored from a checkpoint
+        self._elapsed = 0.0
+        self._last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self._resumed = False
+        self._net: nn.Module = self.model
+
+    # ----------------------------------------------------------------------------------------- data
+    def _count_steps(self, n: int) -> int:
+        b = self.config.batch_size
+        if self.config.drop_last or n % b == 1 and n > b:
+            # A trailing batch of one sample is dropped too: BatchNorm cannot train on it.
+            return max(1, n // b)
+        return math.ceil(n / b)
+
+    def _split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._tensors:
+            s = self.data.split(split)
+            self._tensors[split] = (s.x.to(self.device, non_blocking=True), s.y.to(self.device, non_blocking=True))
+        return self._tensors[split]
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample order for ``epoch``: a permutation seeded by ``(seed, epoch)``, sharded by rank."""
+        g = torch.Generator().manual_seed(_mix_seed(self.config.seed, epoch, 2))
+        perm = torch.randperm(len(self.data.train), generator=g)
+        if self.world_size > 1:
+            perm = perm[self.rank::self.world_size][: self._n_per_rank]
+        return perm.to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        if self._amp:
+            return torch.autocast(device_type="cuda", dtype=self._amp_dtype)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------------------------------- train
+    def fit(self) -> TrainResult:
+        """Train for ``config.epochs`` epochs (or until ``max_steps`` / ``stop``) and return the history."""
+        cfg = self.config
+        hooks = {h: [getattr(cb, h) for cb in self.callbacks if _overrides(cb, h)] for h in _HOOKS}
+        if not self._resumed:
+            torch.manual_seed(cfg.seed)
+        for fn in hooks["on_fit_start"]:
+            fn(self)
+        if cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).is_file():
+            self.load_state(cfg.checkpoint)
+        if self.distributed and self._net is self.model:
+            # Wrapped after on_fit_start so masks or gates a callback attaches are part of the module;
+            # DDP broadcasts rank 0's parameters and buffers here, so every rank starts identical.
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        x_train, y_train = self._split_tensors("train")
+        spe, bsz = self.steps_per_epoch, cfg.batch_size
+        max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
+        total = int(min(max_steps, cfg.epochs * spe))
+        bar = self._progress_bar(total)
+        start = time.perf_counter() - self._elapsed
+        net, opt, sched, scaler, gen, aug = self._net, self.optimizer, self.scheduler, self.scaler, self._generator, \
+            self._augment
+        smoothing = cfg.label_smoothing
+        stopped = self.stop or self.step >= max_steps
+        epoch = self.epoch
+        while not stopped and epoch < cfg.epochs:
+            self.epoch = epoch
+            if self._batch_in_epoch == 0:
+                self._reset_epoch_metrics()
+                for fn in hooks["on_epoch_start"]:
+                    fn(self)
+            self.model.train()
+            order = self.epoch_indices(epoch)
+            for b in range(self._batch_in_epoch, spe):
+                idx = order[b * bsz:(b + 1) * bsz]
+                x, y = x_train.index_select(0, idx), y_train.index_select(0, idx)
+                if aug is not None:
+                    x = augment_batch(x, aug, gen)
+                if self._channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                for fn in hooks["on_batch_start"]:
+                    fn(self, x, y)
+                opt.zero_grad(set_to_none=True)
+                if self._restricted:
+                    self.model.zero_grad(set_to_none=True)
+                with self._autocast():
+                    out = net(x)
+                    loss = F.cross_entropy(out, y, label_smoothing=smoothing)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                for fn in hooks["on_after_backward"]:
+                    fn(self)
+                self._last_lr = opt.param_groups[0]["lr"]
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                sched.step()
+                self.step += 1
+                self._batch_in_epoch = b + 1
+                self._epoch_loss.append(loss.detach())
+                self._epoch_sizes.append(y.shape[0])
+                self._epoch_correct.append((out.detach().argmax(1) == y).sum())
+                for fn in hooks["on_step_end"]:
+                    fn(self)
+                if bar is not None:
+                    bar.update(1)
+                if self.stop or self.step >= max_steps:
+                    stopped = True
+                    break
+            if self._batch_in_epoch < spe:  # stopped inside the epoch
+                self._elapsed = time.perf_counter() - start
+                if cfg.checkpoint:
+                    self.save_state(cfg.checkpoint)
+                break
+            self._batch_in_epoch = 0
+            last = epoch + 1 == cfg.epochs or stopped
+            evaluate = last or (epoch + 1) % cfg.eval_every == 0
+            row = self._history_row(epoch + 1, evaluate, start)
+            self.history.append(row)
+            for fn in hooks["on_epoch_end"]:
+                fn(self, row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}")
+            epoch += 1
+            self.epoch = epoch
+            stopped = stopped or self.stop
+            self._elapsed = time.perf_counter() - start
+            if cfg.checkpoint and (epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.epochs):
+                self.save_state(cfg.checkpoint)
+        if bar is not None:
+            bar.close()
+        final = self._final_row(start)
+        for fn in hooks["on_fit_end"]:
+            fn(self)
+        return TrainResult(history=list(self.history), final=final)
+
+    def _progress_bar(self, total: int):
+        if not self.config.progress or self.rank != 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=min(self.step, total), desc=f"train {self.data.name}", unit="step",
+                    dynamic_ncols=True, leave=False)
+
+    # -------------------------------------------------------------------------------------- metrics
+    def _reset_epoch_metrics(self) -> None:
+        self._epoch_loss, self._epoch_sizes, self._epoch_correct = [], [], []
+        self._carry = torch.zeros(3, dtype=torch.float64)
+
+    def _epoch_sums(self) -> torch.Tensor:
+        """(loss sum, correct, count) of this epoch so far on this rank, as float64 on the CPU."""
+        sums = self._carry.clone()
+        if self._epoch_loss:
+            sizes = torch.tensor(self._epoch_sizes, dtype=torch.float64, device=self.device)
+            losses = torch.stack(self._epoch_loss).double()
+            sums += torch.stack([(losses * sizes).sum(), torch.stack(self._epoch_correct).double().sum(),
+                                 sizes.sum()]).cpu()
+        return sums
+
+    def _history_row(self, epoch_mark: float, evaluate: bool, start: float) -> dict[str, Any]:
+        sums = ddp.all_reduce_(self._epoch_sums(), "sum")
+        n = max(float(sums[2]), 1.0)
+        row: dict[str, Any] = {"epoch": epoch_mark, "step": self.step, "lr": float(self._last_lr),
+                               "train_loss": float(sums[0]) / n, "train_acc": float(sums[1]) / n}
+        for split in ("val", "test"):
+            m = self.evaluate(split) if evaluate else {"loss": None, "acc": None}
+            row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
+        row["time"] = time.perf_counter() - start
+        return row
+
+    def _final_row(self, start: float) -> dict[str, Any]:
+        if self.history and self._batch_in_epoch == 0 and self.history[-1]["test_acc"] is not None \
+                and self.history[-1]["step"] == self.step:
+            return dict(self.history[-1])
+        if self._batch_in_epoch > 0:  # a run stopped inside an epoch gets a row for the partial epoch
+            mark = round(self.epoch + self._batch_in_epoch / self.steps_per_epoch, 4)
+            row = self._history_row(mark, True, start)
+            self.history.append(row)
+            return dict(row)
+        row = {"epoch": self.epoch, "step": self.step, "lr": float(self._last_lr), "train_loss": None,
+               "train_acc": None}
+        for split in ("val", "test"):
+            m = self.evaluate(split)
+            row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
+        row["time"] = time.perf_counter() - start
+        return row
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "test") -> dict[str, float | None]:
+        """Mean cross-entropy (no label smoothing) and accuracy of the model on a split.
+
+        Under DDP every rank evaluates its share and the sums are all-reduced (call it on all ranks).
+        """
+        x_all, y_all = self._split_tensors(split)
+        n_total = y_all.shape[0]
+        if n_total == 0:
+            return {"loss": None, "acc": None}
+        self._sync_buffers()
+        was_training = self.model.training
+        self.model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        bs = self.config.eval_batch_size
+        for start in range(self.rank * bs, n_total, bs * self.world_size):
+            x, y = x_all[start:start + bs], y_all[start:start + bs]
+            if self._channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                out = self.model(x)
+            sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
+            sums[1] += (out.argmax(1) == y).sum()
+        self.model.train(was_training)
+        sums = ddp.all_reduce_(sums.cpu(), "sum")
+        return {"loss": float(sums[0]) / n_total, "acc": float(sums[1]) / n_total}
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics drift apart after local forwards)."""
+        if not self.distributed:
+            return
+        for buf in self.model.buffers():
+            ddp.broadcast_(buf, 0)
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (tensors and plain containers only)."""
+        rng = {"torch": torch.get_rng_state(), "augment": self._generator.get_state().cpu()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        self._sync_buffers()
+        return {
+            "format": STATE_FORMAT,
+            "version": 1,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "rng": ddp.all_gather_object(rng) if self.distributed else [rng],
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self._batch_in_epoch,
+            "epoch_sums": ddp.all_reduce_(self._epoch_sums(), "sum"),
+            "history": [dict(r) for r in self.history],
+            "elapsed": float(self._elapsed),
+            "world_size": self.world_size,
+            "config": self.config.to_dict(),
+        }
+
+    def save_state(self, path: str | Path) -> None:
+        """Write :meth:`state_dict` atomically to ``path`` (rank 0 writes; every rank must call it)."""
+        state = self.state_dict()
+        if self.rank == 0:
+            atomic_torch_save(state, path)
+        ddp.barrier()
+
+    def load_state(self, path: str | Path) -> None:
+        """Continue from a state written by :meth:`save_state` (loaded with ``weights_only=True``)."""
+        state = torch_load(path, what="training state")
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise PrunelabError(f"training state {path} is not a prunelab training state")
+        if int(state.get("world_size", 1)) != self.world_size:
+            raise PrunelabError(f"training state {path} was written by {state.get('world_size')} processes; "
+                                f"resume it with the same number, not {self.world_size}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = str(exc).strip().splitlines()[0]
+            raise PrunelabError(f"training state {path} does not fit this model / optimiser: {detail}") from exc
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        cb_states = state.get("callbacks") or []
+        if len(cb_states) != len(self.callbacks):
+            raise PrunelabError(f"training state {path} holds {len(cb_states)} callback states but the trainer has "
+                                f"{len(self.callbacks)} callbacks")
+        for cb, s in zip(self.callbacks, cb_states):
+            cb.load_state_dict(s)
+        rng = state["rng"][self.rank if len(state["rng"]) > self.rank else 0]
+        torch.set_rng_state(rng["torch"])
+        self._generator.set_state(rng["augment"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self._batch_in_epoch = int(state["batch_in_epoch"])
+        self._epoch_loss, self._epoch_sizes, self._epoch_correct = [], [], []
+        self._carry = torch.zeros(3, dtype=torch.float64)
+        if self._batch_in_epoch:
+            self._carry = state["epoch_sums"].double().clone()
+        if self.rank != 0:
+            # the saved sums are already summed over ranks: rank 0 carries them, the all-reduce adds the rest
+            self._carry = torch.zeros(3, dtype=torch.float64)
+        self.history = [dict(r) for r in state.get("history", [])]
+        self._elapsed = float(state.get("elapsed", 0.0))
+        self._last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self._resumed = True
+
+
+def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
+          callbacks: tuple[Callback, ...] | list[Callback] = (), params=None) -> TrainResult:
+    """Train ``model`` in place and return its :class:`TrainResult` (``Trainer(...).fit()``)."""
+    return Trainer(model, data, config, callbacks, params=params).fit()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size: int = 512,
+             device: torch.device | str | None = None) -> dict[str, float | None]:
+    """Mean cross-entropy and accuracy of ``model`` on a split (eval mode; the mode is restored after).
+
+    ``device`` defaults to the device of the model's first parameter (or buffer, or the CPU).
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        if first is None:
+            first = next(model.buffers(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    s = data.split(split)
+    n = len(s)
+    if n == 0:
+        return {"loss": None, "acc": None}
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for start in range(0, n, int(batch_size)):
+            x = s.x[start:start + batch_size].to(device, non_blocking=True)
+            y = s.y[start:start + batch_size].to(device, non_blocking=True)
+            out = model(x)
+            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / n, "acc": correct / n}

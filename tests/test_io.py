@@ -1,0 +1,88 @@
+"""Atomic writes, safe loads and the CLI's error contract."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from prunelab.cli import main
+from prunelab.errors import PrunelabError, check_choice, unknown_choice
+from prunelab.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+    torch_load,
+)
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": object()})
+    assert not target.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": torch.tensor(2)})
+    assert target.read_text().strip().startswith("{")
+    assert '"a": 2' in target.read_text()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    sd = {"w": torch.arange(6.0).reshape(2, 3)}
+    path = save_checkpoint(tmp_path / "c.pt", arch={"family": "x", "kwargs": {"n": 1}}, state_dict=sd, meta={"k": 1})
+    ck = load_checkpoint(path)
+    assert torch.equal(ck["state_dict"]["w"], sd["w"])
+    assert ck["arch"]["kwargs"] == {"n": 1} and ck["meta"] == {"k": 1}
+
+
+def test_pickled_module_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a pickled module: not weights-only
+    with pytest.raises(PrunelabError, match="cannot be loaded safely|corrupt"):
+        torch_load(path)
+
+
+def test_corrupt_and_foreign_files_are_named(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a zip at all")
+    with pytest.raises(PrunelabError, match="bad.pt"):
+        load_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    atomic_torch_save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(PrunelabError, match="not a prunelab checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(PrunelabError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(PrunelabError):
+        load_checkpoint(raw)
+
+
+def test_choice_errors_list_valid_names():
+    err = unknown_choice("model", "nope", ["b", "a"])
+    assert "nope" in str(err) and "a, b" in str(err)
+    assert check_choice("x", "a", ["a"]) == "a"
+    with pytest.raises(PrunelabError):
+        check_choice("x", "z", ["a"])
+
+
+def test_cli_unknown_command_is_one_line_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "frobnicate" in err and "train" in err
+
+
+def test_cli_bad_flag_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--no-such-flag"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
