@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import prunelab.data as D
 from prunelab.data.base import Augment
-from prunelab.data.pipeline import augment_batch, pad_batch, random_crop
+from prunelab.data.pipeline import augment_batch, crop_flip, draw_augment_params, pad_batch
 from prunelab.errors import PrunelabError
 
 PFS_MEAN = np.array([0.4914, 0.4822, 0.4465])
@@ -115,7 +115,8 @@ def py2_dumps(obj: dict) -> bytes:
 def _cifar_batch(n: int, rng: np.random.Generator, label_key: str, num_classes: int) -> tuple[dict, np.ndarray]:
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = rng.integers(0, num_classes, size=n).tolist()
-    return {"batch_label": "fixture", label_key: labels, "data": data, "filenames": [f"{i}.png" for i in range(n)]}, data
+    names = [f"{i}.png" for i in range(n)]
+    return {"batch_label": "fixture", label_key: labels, "data": data, "filenames": names}, data
 
 
 def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 5, seed: int = 0) -> dict:
@@ -361,15 +362,16 @@ def test_synthetic_shapes_determinism_and_learnable_signal():
 
 
 # ------------------------------------------------------------------------------------------ pipeline
-def test_random_crop_matches_per_sample_slicing():
+def test_crop_flip_matches_per_sample_slicing():
     x = torch.randn(5, 3, 6, 7)
     dy, dx = torch.tensor([0, 1, 4, 2, 3]), torch.tensor([4, 0, 2, 1, 3])
+    flip = torch.tensor([True, False, True, False, False])
     for mode in ("reflect", "zeros"):
-        padded = pad_batch(x, 2, mode)
-        out = random_crop(padded, 6, 7, dy, dx)
+        out = crop_flip(pad_batch(x, 2, mode), 6, 7, dy, dx, flip)
         ref = F.pad(x, (2, 2, 2, 2), mode="reflect" if mode == "reflect" else "constant")
         for i in range(5):
-            assert torch.equal(out[i], ref[i, :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 7])
+            crop = ref[i, :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 7]
+            assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
 
 
 def test_zero_padding_fills_with_the_normalised_black_pixel():
@@ -382,15 +384,19 @@ def test_augment_batch_equals_a_per_sample_reference_with_the_same_draws():
     x = torch.randn(16, 3, 8, 8)
     aug = Augment(pad=2, flip=True, pad_mode="reflect")
     out = augment_batch(x, aug, torch.Generator().manual_seed(7))
-    r = torch.rand((3, 16), generator=torch.Generator().manual_seed(7))
-    dy, dx, flip = (r[0] * 5).long(), (r[1] * 5).long(), r[2] < 0.5
+    dy, dx, flip = draw_augment_params(16, aug, torch.Generator().manual_seed(7))
     for i in range(16):
         img = F.pad(x[i:i + 1], (2, 2, 2, 2), mode="reflect")[0, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
-        if flip[i]:
-            img = img.flip(-1)
-        assert torch.equal(out[i], img)
-    assert 0 < int(flip.sum()) < 16 and len(set(dy.tolist())) > 1
-    assert augment_batch(torch.randn(4, 10, 3), aug) .shape == (4, 10, 3)  # sequences pass through
+        assert torch.equal(out[i], img.flip(-1) if flip[i] else img)
+    assert augment_batch(torch.randn(4, 10, 3), aug).shape == (4, 10, 3)  # sequences pass through
+    # shifts uniform on 0..2*pad and flips with probability 1/2, independently
+    dy, dx, flip = draw_augment_params(50_000, aug, torch.Generator().manual_seed(0))
+    for d in (dy, dx):
+        counts = torch.bincount(d, minlength=5).float() / 50_000
+        assert d.min() == 0 and d.max() == 4 and torch.allclose(counts, torch.full((5,), 0.2), atol=0.01)
+    assert abs(flip.float().mean() - 0.5) < 0.01 and abs(flip[dy == 0].float().mean() - 0.5) < 0.02
+    _, _, never = draw_augment_params(100, Augment(pad=2, flip=False), torch.Generator().manual_seed(0))
+    assert not never.any()
 
 
 def test_batches_iterates_a_split_in_order():

@@ -69,14 +69,19 @@ def torch_global_masks(model: nn.Module, amount) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------ global vs torch.prune
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenet-v2-cifar", "cnn", "mlp", "fastgrnn", "vgg11-bn"])
-def test_global_masks_match_torch_prune_on_zoo_models(name):
+@pytest.mark.parametrize(("name", "sparsities"), [
+    ("resnet20", (0.5, 0.9, 0.98)), ("wrn-16-1", (0.8,)), ("mobilenet-v2-cifar", (0.98,)), ("cnn", (0.5, 0.9)),
+    ("mlp", (0.3, 0.95)), ("fastgrnn", (0.9,)),
+])
+def test_global_masks_match_torch_prune_on_zoo_models(name, sparsities):
     torch.manual_seed(1)
     model = create(name)
     n = sum(m.weight.numel() for m in conv_linear(model))
-    for sparsity in (0.5, 0.9, 0.98):
+    for sparsity in sparsities:
         ours = copy.deepcopy(model)
-        report = prune_global(ours, sparsity)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LayerCollapseWarning)  # mobilenet-v2-cifar collapses at 98 %
+            report = prune_global(ours, sparsity)
         keep = kept_count(n, sparsity)
         assert report.kept == keep and report.total == n
         reference = torch_global_masks(model, n - keep)  # int amount: exactly n - keep pruned
@@ -223,15 +228,15 @@ def test_masks_survive_training_checkpoint_and_resume(tmp_path):
 def test_selection_defaults_and_options():
     model = create("resnet20")
     names = [x.name for x in select_layers(model)]
-    assert names[0] == "conv1" and names[-1] == "fc"  # first conv and classifier included (Global MP)
+    assert names[0] == "conv1" and names[-1] == "linear"  # first conv and classifier included (Global MP)
     assert len(names) == len(conv_linear(model))
     assert [x.name for x in select_layers(model, LayerSelection(keep_first_dense=True))] == names[1:]
     assert [x.name for x in select_layers(model, LayerSelection(keep_last_dense=True))] == names[:-1]
-    assert [x.name for x in select_layers(model, LayerSelection(include_types=("linear",)))] == ["fc"]
+    assert [x.name for x in select_layers(model, LayerSelection(include_types=("linear",)))] == ["linear"]
     inc = [x.name for x in select_layers(model, LayerSelection(include=("layer3.*",)))]
     assert inc and all(n.startswith("layer3.") for n in inc)
-    exc = [x.name for x in select_layers(model, LayerSelection(exclude=("layer3.*", "fc")))]
-    assert set(exc) == set(names) - set(inc) - {"fc"}
+    exc = [x.name for x in select_layers(model, LayerSelection(exclude=("layer3.*", "linear")))]
+    assert set(exc) == set(names) - set(inc) - {"linear"}
     with pytest.raises(PrunelabError, match="matches no"):
         select_layers(model, LayerSelection(include=("layer9.*",)))
     with pytest.raises(PrunelabError, match="matches no"):
@@ -239,7 +244,7 @@ def test_selection_defaults_and_options():
     with pytest.raises(PrunelabError, match="layer type"):
         select_layers(model, LayerSelection(include_types=("lstm",)))
     report = prune_global(model, 0.9, selection=LayerSelection(keep_first_dense=True, keep_last_dense=True))
-    assert get_mask(model.conv1) is None and get_mask(model.fc) is None
+    assert get_mask(model.conv1) is None and get_mask(model.linear) is None
     assert report.kept == kept_count(report.total, 0.9)
 
 
@@ -489,7 +494,7 @@ def test_report_macs_against_hand_counts():
 
 def test_fastgrnn_column_pruning():
     torch.manual_seed(0)
-    model = create("fastgrnn", hidden_size=16)
+    model = create("fastgrnn", hidden_size=16, u_rank=16)
     pairs = find_lowrank_pairs(model, (5, 9))
     assert [(p.first_name, p.second_name, p.rank) for p in pairs] == [("cell.w1", "cell.w2", 9),
                                                                         ("cell.u1", "cell.u2", 16)]

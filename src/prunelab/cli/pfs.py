@@ -47,6 +47,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from prunelab.io import atomic_torch_save
     from prunelab.protocols.output import save_trained, write_summary
     from prunelab.protocols.pfs import PFSConfig, pruning_from_scratch
     from prunelab.protocols.targets import parse_number
@@ -68,6 +69,9 @@ def run(args) -> int:
                             meta={"protocol": "pfs", "dense_arch": result.learning.default.to_dict(),
                                   "summary": summary})
         summary["checkpoint"] = str(ckpt)
+    gates = {"units": [u.name for u in result.learning.units], "gates": dict(result.learning.gates),
+             "arch": result.learning.spec.to_dict()}
+    summary["gates_file"] = str(atomic_torch_save(gates, out / "gates.pt"))
     write_summary(out / "summary.json", summary)
     if args.json:
         emit_json(summary)

@@ -54,9 +54,11 @@ def latency_options_from_args(args):
 
 
 def load_data(args):
-    from prunelab.data import load
+    """The dataset of ``--data`` (with ``--data-root``, ``--val-fraction``, ``--data-option``); its splits
+    do not depend on ``--seed``, so runs with different seeds share them (as ``prunelab train``)."""
+    from prunelab.cli.common import data_from_args
 
-    return load(args.data, args.data_root, seed=args.seed)
+    return data_from_args(args, seed=0)
 
 
 def add_output_arguments(parser, *, no_train: bool = True) -> None:

@@ -28,6 +28,7 @@ def run(args) -> int:
         cols = ["run_id", "model", "method", "protocol", "target", "seed", "status", "acc", "params", "macs",
                 "sparsity", "latency_ms", "duration"]
         view = df[cols].copy()
+        view["protocol"] = view["protocol"].fillna("-")
         if view["latency_ms"].isna().all():
             view = view.drop(columns=["latency_ms"])
         text = view.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}") + "\n"

@@ -1,10 +1,10 @@
 """The in-memory batch pipeline: ordered batches for evaluation, batched augmentation for training.
 
 Augmentation is done on whole batches with tensor ops on the training device (the airbench data
-path, anchors.md 7): one pad of the batch, two ``gather`` calls that cut a differently shifted
-H x W window out of every padded image, and a ``torch.where`` that flips a random half. There is no
-per-sample Python, no DataLoader and no worker process. The random draws come from a caller-owned
-``torch.Generator`` so the trainer can make them repeatable and resumable.
+path, anchors.md 7): one pad of the batch and one ``gather`` that cuts a differently shifted (and,
+for a random half, mirrored) H x W window out of every padded image. There is no per-sample Python,
+no DataLoader and no worker process. The random draws come from a caller-owned ``torch.Generator``
+so the trainer can make them repeatable and resumable.
 """
 
 from __future__ import annotations
@@ -31,34 +31,48 @@ def pad_batch(x: torch.Tensor, pad: int, mode: str = "reflect", fill: tuple[floa
     return F.pad(x - f, (pad, pad, pad, pad)) + f
 
 
-def random_crop(padded: torch.Tensor, height: int, width: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Cut ``padded[n, :, dy[n]:dy[n]+height, dx[n]:dx[n]+width]`` for every n with two gathers."""
+def crop_flip(padded: torch.Tensor, height: int, width: int, dy: torch.Tensor, dx: torch.Tensor,
+              flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Cut ``padded[n, :, dy[n]:dy[n]+height, dx[n]:dx[n]+width]`` for every n, mirrored left-right
+    where ``flip[n]``, with one ``gather``: the flip is folded into the column index."""
     n, c, hp, wp = padded.shape
-    rows = (dy.view(n, 1) + torch.arange(height, device=padded.device)).view(n, 1, height, 1)
-    out = padded.gather(2, rows.expand(n, c, height, wp))
-    cols = (dx.view(n, 1) + torch.arange(width, device=padded.device)).view(n, 1, 1, width)
-    return out.gather(3, cols.expand(n, c, height, width))
+    dev = padded.device
+    cols = torch.arange(width, device=dev).expand(n, width)
+    if flip is not None:
+        cols = torch.where(flip.view(n, 1), width - 1 - cols, cols)
+    cols = cols + dx.view(n, 1)
+    rows = torch.arange(height, device=dev).view(1, height) + dy.view(n, 1)
+    index = (rows.view(n, height, 1) * wp + cols.view(n, 1, width)).view(n, 1, height * width)
+    out = padded.reshape(n, c, hp * wp).gather(2, index.expand(n, c, height * width))
+    return out.view(n, c, height, width)
 
 
-def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_augment_params(n: int, augment: Augment, generator: torch.Generator | None = None,
+                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random ``(dy, dx, flip)`` for ``n`` samples from one draw: shifts uniform in ``[0, 2 pad]``
+    (offsets into the padded image) and flips with probability 1/2 (never when ``augment.flip`` is off)."""
+    span = 2 * augment.pad + 1
+    r = torch.randint(0, span * span * 2, (n,), generator=generator, device=device)
+    flip = (r % 2 == 1) if augment.flip else torch.zeros(n, dtype=torch.bool, device=r.device)
+    r = r // 2
+    return r // span, r % span, flip
+
+
+def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator | None = None,
+                  params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Random pad-and-crop and horizontal flip of an (N, C, H, W) batch, all samples at once.
 
     Each sample gets its own shift in ``[-pad, pad]`` on both axes and is flipped with probability
     1/2, as ``RandomCrop(H, padding=pad)`` + ``RandomHorizontalFlip()`` do one sample at a time.
-    Inputs that are not 4-D are returned unchanged.
+    ``params`` (from :func:`draw_augment_params`) supplies the draws; otherwise they are drawn here
+    from ``generator``. Inputs that are not 4-D are returned unchanged.
     """
     if x.dim() != 4 or not augment.active or x.shape[0] == 0:
         return x
     n, _, h, w = x.shape
-    r = torch.rand((3, n), generator=generator, device=x.device)
-    if augment.pad > 0:
-        span = 2 * augment.pad + 1
-        dy = (r[0] * span).long().clamp_(max=span - 1)
-        dx = (r[1] * span).long().clamp_(max=span - 1)
-        x = random_crop(pad_batch(x, augment.pad, augment.pad_mode, augment.fill), h, w, dy, dx)
-    if augment.flip:
-        x = torch.where((r[2] < 0.5).view(n, 1, 1, 1), x.flip(3), x)
-    return x
+    dy, dx, flip = params if params is not None else draw_augment_params(n, augment, generator, x.device)
+    padded = pad_batch(x, augment.pad, augment.pad_mode, augment.fill) if augment.pad > 0 else x
+    return crop_flip(padded, h, w, dy, dx, flip if augment.flip else None)
 
 
 def batches(data: DataBundle, split: str = "test", batch_size: int = 512,

@@ -8,6 +8,7 @@
 from prunelab.export.onnx import OnnxExport, check_onnx, onnx_bytes_of, ort_session, relative_error, to_onnx
 from prunelab.export.sparse import (
     LayerChoice,
+    SparseConv1d,
     SparseConv2d,
     SparseLinear,
     SparseModel,
@@ -23,6 +24,7 @@ from prunelab.export.sparse import (
 __all__ = [
     "LayerChoice",
     "OnnxExport",
+    "SparseConv1d",
     "SparseConv2d",
     "SparseLinear",
     "SparseModel",

@@ -9,9 +9,11 @@ turns the masked layers into layers that multiply only the non-zeros:
 * :class:`SparseConv2d`: a convolution lowered to one sparse matmul over an im2col matrix. Only the
   rows of the im2col matrix that some non-zero weight reads are built ("gather" lowering: one
   ``index_select`` over a strided view of the padded input), or all rows when nearly all are used
-  ("im2col" lowering); a 1x1 stride-1 convolution is a sparse matmul over channels with no copy.
+  ("im2col" lowering); a 1x1 stride-1 convolution is a sparse matmul over the channels of a
+  channels-first copy of its input (no copy at all at batch 1).
   Grouped and depthwise convolutions are the same sparse matmul with a block-diagonal weight,
-  whose off-group zeros CSR does not store.
+  whose off-group zeros CSR does not store. :class:`SparseConv1d` runs a ``Conv1d`` as a
+  height-1 :class:`SparseConv2d`.
 
 Sparse kernels only pay off above some sparsity and for some shapes; dense kernels (oneDNN, cuDNN)
 are very fast for small convolutions. :func:`convert_to_sparse` therefore times, for every masked
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,13 +50,17 @@ POLICIES = ("measure", "sparse", "dense")
 KERNELS = ("sparse", "dense")
 #: use the "gather" lowering when at most this fraction of the im2col rows is read by some weight
 GATHER_MAX_FRACTION = 0.8
+#: a measured sparse kernel replaces the dense one only when at least this many times faster
+MIN_SPEEDUP = 1.05
 #: relative error allowed between the sparse and the dense masked model's outputs
 RTOL = 1e-5
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 
 
 def _csr_buffers(module: nn.Module, matrix: torch.Tensor) -> None:
-    csr = matrix.to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = matrix.to_sparse_csr()
     # 32-bit indices where they fit: MKL's sparse BLAS takes them without a conversion per call.
     index_dtype = torch.int32 if csr.values().numel() < 2**31 - 1 else torch.int64
     module.register_buffer("crow_indices", csr.crow_indices().to(index_dtype))
@@ -64,7 +71,8 @@ def _csr_buffers(module: nn.Module, matrix: torch.Tensor) -> None:
 def _csr(module: nn.Module, shape: tuple[int, int]) -> torch.Tensor:
     # Built from plain buffers on every call (about 2 microseconds) so the module deep-copies, moves
     # between devices and has a state_dict of ordinary tensors.
-    return torch.sparse_csr_tensor(module.crow_indices, module.col_indices, module.values, shape)
+    return torch.sparse_csr_tensor(module.crow_indices, module.col_indices, module.values, shape,
+                                   check_invariants=False)
 
 
 class SparseLinear(nn.Module):
@@ -102,8 +110,8 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, density={density:.4f}"
 
 
-def conv_support(conv: nn.Conv2d) -> str | None:
-    """None if :class:`SparseConv2d` can replace ``conv``, else why not (one phrase)."""
+def conv_support(conv: nn.Conv1d | nn.Conv2d) -> str | None:
+    """None if :class:`SparseConv2d` / :class:`SparseConv1d` can replace ``conv``, else why not (one phrase)."""
     if conv.padding_mode != "zeros":
         return f"padding_mode {conv.padding_mode!r} (only 'zeros' is lowered)"
     same = isinstance(conv.padding, str) and conv.padding == "same"
@@ -114,12 +122,22 @@ def conv_support(conv: nn.Conv2d) -> str | None:
     return None
 
 
-def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+def _explicit_padding(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
     if isinstance(conv.padding, str):
         if conv.padding == "valid":
-            return 0, 0
-        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))  # type: ignore[return-value]
-    return int(conv.padding[0]), int(conv.padding[1])
+            return tuple(0 for _ in conv.kernel_size)
+        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
+    return tuple(int(p) for p in conv.padding)
+
+
+def support(module: nn.Module) -> str | None:
+    """None if a sparse kernel can replace ``module``, else why not (one phrase)."""
+    if type(module) in (nn.Conv1d, nn.Conv2d):
+        return conv_support(module)
+    if type(module) is nn.Linear:
+        dtype = module.weight.dtype
+        return None if dtype in _SPARSE_DTYPES else f"dtype {dtype} (sparse kernels need float32 or float64)"
+    return f"no sparse kernel for {type(module).__name__} (valid: Linear, Conv1d, Conv2d)"
 
 
 class SparseConv2d(nn.Module):
@@ -156,7 +174,7 @@ class SparseConv2d(nn.Module):
         position = torch.full((total_rows,), -1, dtype=torch.long)
         position[rows] = torch.arange(rows.numel())
         matrix = torch.sparse_coo_tensor(torch.stack([o, position[row]]), weight[o, ci, a, b],
-                                         (self.out_channels, rows.numel())).coalesce()
+                                         (self.out_channels, rows.numel()), check_invariants=False).coalesce()
         _csr_buffers(self, matrix)
         self.register_buffer("row_channel", rows // (self.kh * self.kw))
         self.register_buffer("row_kh", rows // self.kw % self.kh)
@@ -237,6 +255,25 @@ class SparseConv2d(nn.Module):
                 f"lowering={self.lowering}, density={density:.4f}")
 
 
+class SparseConv1d(SparseConv2d):
+    """``nn.Conv1d`` as a :class:`SparseConv2d` over a height-1 image (kernel ``1 x k``)."""
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv1d, lowering: str = "auto") -> SparseConv1d:
+        reason = conv_support(conv)
+        if reason:
+            raise PrunelabError(f"cannot lower this convolution to a sparse matmul: {reason}")
+        return cls(conv.weight.unsqueeze(2), conv.bias, in_channels=conv.in_channels, stride=(1, conv.stride[0]),
+                   padding=(0, _explicit_padding(conv)[0]), dilation=(1, conv.dilation[0]), groups=conv.groups,
+                   lowering=lowering)
+
+    def dense_weight(self) -> torch.Tensor:
+        return super().dense_weight().squeeze(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.unsqueeze(2)).squeeze(2)
+
+
 SPARSE_MODULES = (SparseLinear, SparseConv2d)
 
 
@@ -245,14 +282,15 @@ def has_sparse_modules(model: nn.Module) -> bool:
 
 
 def sparse_module(module: nn.Module) -> nn.Module:
-    """The sparse-kernel replacement of one ``nn.Linear`` or ``nn.Conv2d``."""
-    if isinstance(module, nn.Conv2d):
+    """The sparse-kernel replacement of one ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``."""
+    reason = support(module)
+    if reason:
+        raise PrunelabError(f"cannot run {type(module).__name__} with sparse kernels: {reason}")
+    if type(module) is nn.Conv2d:
         return SparseConv2d.from_dense(module)
-    if isinstance(module, nn.Linear):
-        if module.weight.dtype not in _SPARSE_DTYPES:
-            raise PrunelabError(f"sparse kernels need float32 or float64 weights, not {module.weight.dtype}")
-        return SparseLinear.from_dense(module)
-    raise PrunelabError(f"no sparse kernel for {type(module).__name__}; valid: Linear, Conv2d")
+    if type(module) is nn.Conv1d:
+        return SparseConv1d.from_dense(module)
+    return SparseLinear.from_dense(module)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,8 +365,16 @@ class SparseReport:
 
 
 def _candidate_layers(model: nn.Module, masked_only: bool) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules()
-            if type(m) in (nn.Linear, nn.Conv2d) and (not masked_only or hasattr(m, "weight_mask"))]
+    """Every module with a ``weight_mask`` (supported or not, so the report says why a masked layer
+    stays dense); without ``masked_only``, also every plain Linear / Conv1d / Conv2d."""
+    out = []
+    for name, m in model.named_modules():
+        weight = getattr(m, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if hasattr(m, "weight_mask") or (not masked_only and type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            out.append((name, m))
+    return out
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -364,11 +410,14 @@ def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_size: int = 1,
                       threads: int | None = None, device: str = "cpu", policy: str = "measure",
                       masked_only: bool = True, warmup: int = 5, repeats: int = 25, verify: bool = True,
-                      rtol: float = RTOL, inplace: bool = False) -> tuple[nn.Module, SparseReport]:
-    """Replace masked ``Linear``/``Conv2d`` layers with sparse-kernel layers where that is faster.
+                      rtol: float = RTOL, inplace: bool = False,
+                      min_speedup: float = MIN_SPEEDUP) -> tuple[nn.Module, SparseReport]:
+    """Replace masked ``Linear`` / ``Conv1d`` / ``Conv2d`` layers with sparse-kernel layers where faster.
 
     ``policy``: ``measure`` times dense and sparse kernels per layer on its real input (a batch of
-    ``batch_size`` through the model) on ``device`` with ``threads`` threads and keeps the faster;
+    ``batch_size`` through the model) on ``device`` with ``threads`` threads and keeps the sparse
+    kernel where its median is at least ``min_speedup`` times faster (default 1.05, so timing noise
+    does not flip layers where the two are even);
     ``sparse`` uses sparse kernels wherever supported; ``dense`` converts nothing (a baseline). With
     ``masked_only`` only layers carrying a ``weight_mask`` buffer are candidates. Returns the
     converted model (a copy on ``device`` unless ``inplace``) and the :class:`SparseReport`. With
@@ -401,8 +450,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
             weight = module.weight.detach()
             density = float((weight != 0).sum()) / max(1, weight.numel())
             choice = LayerChoice(name, type(module).__name__, list(weight.shape), density, "dense", "")
-            unsupported = conv_support(module) if isinstance(module, nn.Conv2d) else (
-                None if weight.dtype in _SPARSE_DTYPES else f"dtype {weight.dtype}")
+            unsupported = support(module)
             if unsupported:
                 choice.reason = f"unsupported: {unsupported}; dense kernel kept"
                 choices.append(choice)
@@ -426,9 +474,11 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
                                            warmup=warmup, repeats=repeats)
                 choice.dense_ms = float(torch.tensor(samples["dense"]).median())
                 choice.sparse_ms = float(torch.tensor(samples["sparse"]).median())
-                faster = choice.sparse_ms < choice.dense_ms
+                faster = choice.sparse_ms * min_speedup < choice.dense_ms
                 choice.kernel = "sparse" if faster else "dense"
-                choice.reason = "measured faster" if faster else "dense measured faster"
+                choice.reason = ("sparse measured faster" if faster else
+                                 "dense measured faster" if choice.dense_ms <= choice.sparse_ms else
+                                 f"sparse less than {min_speedup:g}x faster")
             elif policy == "sparse":
                 choice.kernel, choice.reason = "sparse", "policy: sparse"
             else:

@@ -302,6 +302,16 @@ def _ort_runner(onnx_bytes: bytes, x: torch.Tensor, threads: int, device: str) -
     return lambda: session.run(None, feed)
 
 
+def _trial_call(call: Callable[[], object], input_shape: Sequence[int], batch_size: int) -> None:
+    """One untimed call, so that an input the model cannot take is a one-line error, not a traceback."""
+    try:
+        call()
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shape = "x".join(str(d) for d in (batch_size, *input_shape))
+        raise PrunelabError(f"the model cannot run on input of shape {shape}: {first}") from exc
+
+
 def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size: int = 1,
                     threads: int | None = None, device: str = "cpu", backend: str = "eager",
                     warmup: int = 10, repeats: int = 50, min_time_s: float = 0.5,
@@ -331,6 +341,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size:
 
                 onnx_bytes = onnx_bytes_of(model, input_shape, dynamic_batch=True)
             call = _ort_runner(onnx_bytes, x, n_threads, device)
+        _trial_call(call, input_shape, batch_size)
         with _PeakMemory(device) as memory:
             samples = time_interleaved({"model": call}, device=device, warmup=warmup, repeats=repeats,
                                        min_time_s=min_time_s)["model"]
@@ -479,10 +490,12 @@ def compare_latency(models: Mapping[str, Any], input_shape: Sequence[int], *, ba
 
 def plot_latency(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, batch_size: int | None = None,
                  title: str | None = None) -> str:
-    """Write latency vs parameters and latency vs accuracy (two panels) for rows of :func:`compare_latency`.
+    """Write latency vs parameters and accuracy vs latency (two panels) for rows of :func:`compare_latency`.
 
     One series per ``group`` (e.g. "reduced" and "pruned"), points sorted by parameter count; the
-    accuracy panel is left out when no row has an accuracy. Returns the path written (atomically).
+    accuracy panel is left out when no row has an accuracy. Rows of a study's results table work
+    too: ``latency_ms`` stands in for ``median_ms`` and a missing ``batch_size`` means batch 1.
+    Returns the path written (atomically).
     """
     import io
 
@@ -493,12 +506,18 @@ def plot_latency(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, 
 
     from prunelab.io import atomic_write_bytes
 
+    def latency(r: Mapping[str, Any]) -> float | None:
+        value = r.get("median_ms", r.get("latency_ms"))
+        return None if value is None or value != value else float(value)
+
+    rows = [{**r, "median_ms": latency(r), "batch_size": int(r.get("batch_size") or 1)} for r in rows]
+    rows = [r for r in rows if r["median_ms"] is not None and r.get("params") is not None]
     if batch_size is None and rows:
-        batch_size = min(int(r["batch_size"]) for r in rows)
-    chosen = [r for r in rows if int(r["batch_size"]) == batch_size]
+        batch_size = min(r["batch_size"] for r in rows)
+    chosen = [r for r in rows if r["batch_size"] == batch_size]
     if not chosen:
         raise PrunelabError(f"no latency rows at batch size {batch_size} to plot")
-    with_acc = [r for r in chosen if r.get("acc") is not None]
+    with_acc = [r for r in chosen if r.get("acc") is not None and r["acc"] == r["acc"]]
     panels = 2 if with_acc else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     groups = sorted({str(r.get("group") or "models") for r in chosen})
@@ -506,13 +525,14 @@ def plot_latency(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, 
         series = sorted((r for r in chosen if str(r.get("group") or "models") == group), key=lambda r: r["params"])
         axes[0][0].plot([r["params"] for r in series], [r["median_ms"] for r in series], "o-", label=group)
         if with_acc:
-            pts = sorted((r for r in series if r.get("acc") is not None), key=lambda r: r["median_ms"])
+            pts = sorted((r for r in series if r.get("acc") is not None and r["acc"] == r["acc"]),
+                         key=lambda r: r["median_ms"])
             axes[0][1].plot([r["median_ms"] for r in pts], [r["acc"] for r in pts], "o-", label=group)
-    device = chosen[0].get("device", "")
+    device = chosen[0].get("device") or "this device"
     threads = chosen[0].get("threads")
     axes[0][0].set_xlabel("parameters")
     axes[0][0].set_ylabel(f"median latency (ms), batch {batch_size}")
-    axes[0][0].set_title(f"latency vs parameters ({device}, {threads} threads)")
+    axes[0][0].set_title(f"latency vs parameters ({device}" + (f", {threads} threads)" if threads else ")"))
     axes[0][0].legend()
     if with_acc:
         axes[0][1].set_xlabel(f"median latency (ms), batch {batch_size}")

@@ -9,6 +9,7 @@ a compressed model too (a plan narrows layers; ``family.init(model)`` then re-dr
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,8 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, else a PrunelabError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or int(value) != value):
         raise PrunelabError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if int(value) < minimum:
         raise PrunelabError(f"{name} must be >= {minimum}, got {value!r}")

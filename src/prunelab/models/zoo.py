@@ -50,7 +50,8 @@ for _depth, _k, _drop in ((16, 1, 0.0), (16, 2, 0.0), (16, 8, 0.0), (22, 8, 0.3)
     register_model(f"wrn-{_depth}-{_k}", "wrn", depth=_depth, widen_factor=_k, dropout=_drop,
                    doc=f"WRN-{_depth}-{_k}" + (f", dropout {_drop}" if _drop else ""))
 
-register_model("densenet-bc-100-12", "densenet", depth=100, growth_rate=12, doc="DenseNet-BC-100, k=12 (Crowley et al.)")
+register_model("densenet-bc-100-12", "densenet", depth=100, growth_rate=12,
+               doc="DenseNet-BC-100, k=12 (Crowley et al.)")
 register_model("densenet-bc-40-12", "densenet", depth=40, growth_rate=12, doc="DenseNet-BC-40, k=12")
 
 for _depth in (11, 13, 16, 19):
@@ -60,10 +61,10 @@ register_model("mobilenet-v1", "mobilenet_v1", num_classes=1000, doc="MobileNet-
 register_model("mobilenet-v2", "mobilenet_v2", num_classes=1000, doc="MobileNet-V2 (PFS / torchvision layers)")
 register_model("mobilenet-v2-cifar", "mobilenet_v2_cifar", doc="MobileNet-V2 for CIFAR (K. Liu, Global MP)")
 
-register_model("resnet18", "resnet", block="basic", layers=[2, 2, 2, 2], num_classes=1000, doc="ResNet-18 (torchvision)")
-register_model("resnet34", "resnet", block="basic", layers=[3, 4, 6, 3], num_classes=1000, doc="ResNet-34 (torchvision)")
-register_model("resnet50", "resnet", block="bottleneck", layers=[3, 4, 6, 3], num_classes=1000,
-               doc="ResNet-50 (torchvision)")
+for _name, _block, _layers in (("resnet18", "basic", [2, 2, 2, 2]), ("resnet34", "basic", [3, 4, 6, 3]),
+                               ("resnet50", "bottleneck", [3, 4, 6, 3])):
+    register_model(_name, "resnet", block=_block, layers=_layers, num_classes=1000,
+                   doc=f"ResNet-{_name[6:]} (torchvision layout and keys)")
 
 register_model("fastgrnn", "fastgrnn", input_size=9, hidden_size=80, w_rank=9, u_rank=80, num_classes=2,
                doc="FastGRNN for HAR-2, full rank (r_W=9, r_U=80)")

@@ -20,8 +20,7 @@ def save_trained(path: str | os.PathLike, spec: ArchSpec, model: nn.Module, *, p
                  meta: dict[str, Any] | None = None) -> Path:
     """Checkpoint of a trained protocol model: its spec (the base spec when ``plan`` compresses it),
     plan, weights and metadata (which protocol, the dense reference, the summary)."""
-    state = {k: v for k, v in model.state_dict().items()}
-    return save_checkpoint(path, arch=spec.to_dict(), state_dict=state, plan=plan, meta=meta or {})
+    return save_checkpoint(path, arch=spec.to_dict(), state_dict=model.state_dict(), plan=plan, meta=meta or {})
 
 
 def write_summary(path: str | os.PathLike, summary: dict[str, Any]) -> Path:

@@ -107,12 +107,13 @@ class GateSelection(Callback):
         acc = float(acc)
         flat = self.bank.flat().detach()
         nonzero = float((flat != 0).float().mean())
-        row = {"epoch": int(trainer.epoch), "heldout_acc": acc, "nonzero_fraction": nonzero,
+        epoch = int(metrics.get("epoch", trainer.epoch + 1))  # 1-based, as the trainer's history
+        row = {"epoch": epoch, "heldout_acc": acc, "nonzero_fraction": nonzero,
                "mean_gate": float(flat.abs().mean())}
         self.history.append(row)
         if nonzero <= self.ratio and acc > self.best_acc:
             self.best_acc = acc
-            self.best_epoch = int(trainer.epoch)
+            self.best_epoch = epoch
             self.best = self.bank.values()
 
 
@@ -216,7 +217,8 @@ def learn_gates(spec: str | ArchSpec | dict, data: DataBundle, pfs: PFSConfig | 
     ``pfs.expansion`` and randomly initialised with ``train_config.seed``. ``init_from`` (a prunelab
     checkpoint of a *trained* network of the same family) learns them on that network instead;
     ``model`` passes an already built network of the expanded spec (e.g. for benchmarks).
-    The returned network carries no gates and has the weights it started with.
+    The returned network carries no gates, has the weights it started with and stays frozen
+    (``requires_grad`` off); its BatchNorm running statistics moved, as in the reference.
     """
     from prunelab.train import Trainer
 
@@ -232,6 +234,11 @@ def learn_gates(spec: str | ArchSpec | dict, data: DataBundle, pfs: PFSConfig | 
             raise PrunelabError(f"checkpoint {init_from} is already channel-pruned; PFS gates need an unpruned network")
         if loaded.spec.family != default.family:
             raise PrunelabError(f"checkpoint {init_from} is a {loaded.spec.family} network, not {default.family}")
+        fitted = fit_spec_to_data(loaded.spec, data)
+        if fitted != loaded.spec:
+            was = loaded.spec.kwargs
+            diff = {k: (was.get(k), v) for k, v in fitted.kwargs.items() if was.get(k) != v}
+            raise PrunelabError(f"checkpoint {init_from} does not fit dataset {data.name}: (checkpoint, data) {diff}")
         model, learned_spec = loaded.model, loaded.spec
     elif model is None:
         torch.manual_seed(int(config.seed))
@@ -251,7 +258,8 @@ def learn_gates(spec: str | ArchSpec | dict, data: DataBundle, pfs: PFSConfig | 
         if selection.best is not None:
             gates, epoch, by = selection.best, int(selection.best_epoch), "heldout"
         else:
-            gates, epoch, by = bank.values(), max(0, len(selection.history) - 1), "last"
+            gates, by = bank.values(), "last"
+            epoch = selection.history[-1]["epoch"] if selection.history else 0
     finally:
         bank.remove()
     learning = GateLearning(learned_spec, default, units, gates, epoch, by, selection.history,
@@ -408,7 +416,13 @@ def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_co
     shape = tuple(data.input_shape)
     target, reference = budget_macs(default, shape, macs_ratio=macs_ratio, macs=macs)
     # Fail on an impossible budget before spending the gate-learning epochs.
-    _check_budget_reachable(expanded_spec(default, pfs.expansion, pfs.expansion_mode), target, reference, shape, pfs.tol)
+    if init_from is not None:
+        from prunelab.io import load_checkpoint
+
+        gated = ArchSpec.from_dict(load_checkpoint(init_from)["arch"])
+    else:
+        gated = expanded_spec(default, pfs.expansion, pfs.expansion_mode)
+    _check_budget_reachable(gated, target, reference, shape, pfs.tol)
     learning, _ = learn_gates(default, data, pfs, gate_config if gate_config is not None else train_config,
                               init_from=init_from)
     structure = select_structure(learning.spec, learning.units, learning.gates, target, reference, shape,

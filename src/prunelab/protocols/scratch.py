@@ -116,10 +116,11 @@ def narrowed_spec(plan: dict, base: ArchSpec) -> ArchSpec | None:
             rebuilt = create(spec)
         except PrunelabError:
             return None
-    def count(m: nn.Module) -> int:
-        return sum(p.numel() for p in m.parameters())
+    return spec if _numel(rebuilt) == _numel(compressed) else None
 
-    return spec if count(rebuilt) == count(compressed) else None
+
+def _numel(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def scratch_b_factor(dense_macs: float, pruned_macs: float) -> float:

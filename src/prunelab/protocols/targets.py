@@ -48,7 +48,7 @@ class Target:
 def format_metric(metric: str, value: float) -> str:
     if metric == "latency":
         return f"{value:.4g} ms"
-    return f"{int(round(value)):,} {metric}"
+    return f"{int(round(value)):,} {'MACs' if metric == 'macs' else metric}"
 
 
 def parse_target(text: str) -> Target:

@@ -32,9 +32,10 @@ class RunConfig:
     """The resolved configuration of one run.
 
     ``model`` is a zoo name (``model_kwargs`` override its constructor arguments) or, for synthetic
-    kinds, a free label; ``model_label`` is how results name it (the name unless the spec gave kwargs). ``method`` is the name of the study's method entry, ``kind`` its task kind and
-    ``params`` its parameters. ``train`` is a complete :class:`prunelab.train.config.TrainConfig` dict
-    whose ``seed`` equals ``seed``.
+    kinds, a free label; ``model_label`` is how results name it (the name unless the spec gave
+    kwargs). ``method`` is the name of the study's method entry, ``kind`` its task kind and ``params``
+    its parameters. ``train`` is a complete :class:`prunelab.train.config.TrainConfig` dict whose
+    ``seed`` equals ``seed``.
     """
 
     study: str

@@ -200,9 +200,11 @@ def _drive(spec: StudySpec, store: ResultsStore, executor, progress: bool | None
                     display.write(f"failed: {claim.run.label}: {outcome.get('error')}")
                 counts = store.counts()
                 display.update(counts, live, force=True)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             store.release({r: c.token for r, c in claims.items()})
+        if isinstance(exc, _Terminated):
+            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     finally:
         if previous is not None:

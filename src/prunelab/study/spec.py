@@ -59,8 +59,22 @@ class _Map(dict):
     key_lines: dict[Any, int]
 
 
+class _Seq(list):
+    """A YAML sequence that remembers the line of each item (1-based)."""
+
+    line: int = 0
+    item_lines: list[int]
+
+
 class _Loader(yaml.SafeLoader):
     pass
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    out = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+    out.line = node.start_mark.line + 1
+    out.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return out
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -83,6 +97,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 def _plain(obj: Any) -> Any:
@@ -316,7 +331,8 @@ def _string_list(node: _Map, key: str, where: _Where) -> list[str]:
 def _parse_data(doc: _Map, where: _Where) -> DataSpec:
     value = doc["data"]
     if isinstance(value, str):
-        value = {"name": value}
+        value = _Map(name=value)
+        value.line, value.key_lines = doc.key_lines["data"], {"name": doc.key_lines["data"]}
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise where.error(doc, "data", "'data' must be a dataset name or a mapping with 'name', 'root', 'options'")
     extra = [k for k in value if k not in ("name", "root", "options")]
@@ -394,13 +410,12 @@ def _parse_methods(doc: _Map, where: _Where) -> list[MethodSpec]:
     if not isinstance(items, list) or not items:
         raise where.error(doc, "methods", "'methods' must be a non-empty list")
     out: list[MethodSpec] = []
-    for item in items:
-        node = item if isinstance(item, _Map) else doc
+    for i, item in enumerate(items):
+        node = item if isinstance(item, _Map) else _at_line(_item_line(items, i, doc, "methods"))
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise where.error(node, "methods" if node is doc else None,
-                              f"a method is a name or a mapping with 'name' and 'kind', got {item!r}")
+            raise where.error(node, None, f"a method is a name or a mapping with 'name' and 'kind', got {item!r}")
         kind = item.get("kind", item["name"])
         if not isinstance(kind, str):
             raise where.error(node, "kind", f"method kind must be a name, got {kind!r}")
@@ -507,9 +522,8 @@ def _check_pattern_values(spec: StudySpec, item: _Map, key: str, values: list[An
             values = [check_target(None if v == "none" else v) for v in values]
         except PrunelabError as exc:
             raise where.error(item, key, str(exc)) from None
-    elif key == "seed":
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise where.error(item, key, f"seeds must be integers, got {values!r}")
+    elif key == "seed" and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise where.error(item, key, f"seeds must be integers, got {values!r}")
     return values
 
 
@@ -629,7 +643,9 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
     runs: dict[str, RunConfig] = {}
     for run, node in candidates:
         kind = get_kind(run.kind)
-        method_node = _method_node(spec, run.method) or node
+        method_node = _method_node(spec, run.method)
+        if method_node is None:
+            method_node = node
         if kind.protocols is not None and kind.protocols and run.protocol not in kind.protocols:
             raise where.error(method_node, None,
                               f"method {run.method!r} (kind {run.kind}) cannot run protocol {run.protocol!r}; "
@@ -651,7 +667,7 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
 
                 zoo = list_models()
             if run.model not in zoo:
-                raise where.error(_model_node(spec, run.model_label) or doc, None,
+                raise where.error(_model_node(spec, run.model_label), None,
                                   str(unknown_choice("model", run.model, zoo)))
         if kind.resolve is not None:
             try:
@@ -668,24 +684,35 @@ def _method_node(spec: StudySpec, name: str) -> Any:
     doc = spec._nodes.get("doc")
     if not isinstance(doc, _Map):
         return None
-    for item in doc.get("methods") or []:
+    items = doc.get("methods") or []
+    for i, item in enumerate(items):
         if isinstance(item, _Map) and item.get("name") == name:
             return item
-    return _line_of(doc, "methods")
+        if item == name and isinstance(items, _Seq):
+            return _at_line(items.item_lines[i])
+    return _at_line(doc.key_lines.get("methods", doc.line))
 
 
 def _model_node(spec: StudySpec, label: str) -> Any:
     doc = spec._nodes.get("doc")
     if not isinstance(doc, _Map):
         return None
-    for item in doc.get("models") or []:
+    items = doc.get("models") or []
+    for i, item in enumerate(items):
         if isinstance(item, _Map) and label in (item.get("label"), item.get("name")):
             return item
-    return _line_of(doc, "models")
+        if item == label and isinstance(items, _Seq):
+            return _at_line(items.item_lines[i])
+    return _at_line(doc.key_lines.get("models", doc.line))
 
 
-def _line_of(node: _Map, key: str) -> _Map:
+def _item_line(items: Any, i: int, parent: _Map, key: str) -> int:
+    if isinstance(items, _Seq):
+        return items.item_lines[i]
+    return parent.key_lines.get(key, parent.line)
+
+
+def _at_line(line: int) -> _Map:
     m = _Map()
-    m.line = node.key_lines.get(key, node.line)
-    m.key_lines = {}
+    m.line, m.key_lines = line, {}
     return m

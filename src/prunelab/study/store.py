@@ -153,12 +153,14 @@ class ResultsStore:
 
     @classmethod
     def _open_existing(cls, path: Path) -> ResultsStore:
+        # The file is never opened outside SQLite: closing any descriptor of it would drop the POSIX
+        # locks this process's connections hold, and another process could then delete the live WAL.
         if path.stat().st_size == 0:
             raise _corrupt(path, "empty file")
-        with open(path, "rb") as fh:
-            if fh.read(16) != b"SQLite format 3\x00":
-                raise _corrupt(path, "not an SQLite file")
-        conn = _connect(path)
+        try:
+            conn = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            raise _corrupt(path, exc) from None
         try:
             rows = conn.execute("SELECT key, value FROM study").fetchall()
             meta = {k: json.loads(v) for k, v in rows}

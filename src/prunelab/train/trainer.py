@@ -7,10 +7,10 @@ autocast (bfloat16, or float16 with a GradScaler) and channels_last on CUDA. Und
 permutation is sharded by rank and the model wrapped in DistributedDataParallel.
 
 Repeatability: the same seed gives the same numbers on CPU. ``torch.manual_seed(seed)`` is set at the
-start of a fresh run (dropout), the permutation depends only on ``(seed, epoch)`` and the augmentation
-draws come from the trainer's own generator, whose state is saved in checkpoints with everything else
-(model, optimiser, scheduler, scaler, callback states, RNG states, step / epoch / position in the
-epoch), so a resumed run ends with the same weights as an uninterrupted one.
+start of a fresh run (dropout); the permutation depends only on ``(seed, epoch)`` and the crop / flip
+draws only on ``(seed, rank, epoch)``. Checkpoints hold everything else (model, optimiser, scheduler,
+scaler, callback states, the global RNG states, step / epoch / position in the epoch), so a resumed
+run ends with the same weights as an uninterrupted one.
 
 Per batch the hooks run in this order (see :mod:`prunelab.train.callbacks`)::
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.data.base import DataBundle
-from prunelab.data.pipeline import augment_batch
+from prunelab.data.pipeline import augment_batch, draw_augment_params
 from prunelab.errors import PrunelabError
 from prunelab.io import atomic_torch_save, torch_load
 from prunelab.train import distributed as ddp
@@ -84,7 +84,9 @@ def _mix_seed(*parts: int) -> int:
 
 
 def _overrides(cb: Callback, hook: str) -> bool:
-    return getattr(type(cb), hook, None) is not getattr(Callback, hook)
+    """True when ``cb`` has its own ``hook`` (the base class's no-ops are skipped in the hot loop)."""
+    fn = getattr(cb, hook, None)
+    return callable(fn) and getattr(fn, "__func__", fn) is not getattr(Callback, hook)
 
 
 class Trainer:
@@ -131,7 +133,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self._amp and amp_dtype == torch.float16 else None
         self._augment = data.augment if (self.config.augment and data.augment.active and self._image_input) else None
         self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(_mix_seed(self.config.seed, self.rank, 1))
         self.step = 0
         self.epoch = 0
         self.stop = False
@@ -168,6 +169,13 @@ class Trainer:
             perm = perm[self.rank::self.world_size][: self._n_per_rank]
         return perm.to(self.device, non_blocking=True)
 
+    def epoch_augment_params(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets and flips for every position of this rank's ``epoch``, drawn at once on the
+        device from a generator seeded by ``(seed, rank, epoch)`` (so a run resumed inside an epoch
+        draws the same ones)."""
+        self._generator.manual_seed(_mix_seed(self.config.seed, self.rank, epoch, 3))
+        return draw_augment_params(self._n_per_rank, self._augment, self._generator, self.device)
+
     def _autocast(self):
         if self._amp:
             return torch.autocast(device_type="cuda", dtype=self._amp_dtype)
@@ -197,8 +205,7 @@ class Trainer:
         total = int(min(max_steps, cfg.epochs * spe))
         bar = self._progress_bar(total)
         start = time.perf_counter() - self._elapsed
-        net, opt, sched, scaler, gen, aug = self._net, self.optimizer, self.scheduler, self.scaler, self._generator, \
-            self._augment
+        net, opt, sched, scaler, aug = self._net, self.optimizer, self.scheduler, self.scaler, self._augment
         smoothing = cfg.label_smoothing
         stopped = self.stop or self.step >= max_steps
         epoch = self.epoch
@@ -210,11 +217,13 @@ class Trainer:
                     fn(self)
             self.model.train()
             order = self.epoch_indices(epoch)
+            dy, dx, flip = self.epoch_augment_params(epoch) if aug is not None else (None, None, None)
             for b in range(self._batch_in_epoch, spe):
-                idx = order[b * bsz:(b + 1) * bsz]
+                sl = slice(b * bsz, (b + 1) * bsz)
+                idx = order[sl]
                 x, y = x_train.index_select(0, idx), y_train.index_select(0, idx)
                 if aug is not None:
-                    x = augment_batch(x, aug, gen)
+                    x = augment_batch(x, aug, params=(dy[sl], dx[sl], flip[sl]))
                 if self._channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for fn in hooks["on_batch_start"]:
@@ -366,7 +375,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly (tensors and plain containers only)."""
-        rng = {"torch": torch.get_rng_state(), "augment": self._generator.get_state().cpu()}
+        rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         self._sync_buffers()
@@ -421,7 +430,6 @@ class Trainer:
             cb.load_state_dict(s)
         rng = state["rng"][self.rank if len(state["rng"]) > self.rank else 0]
         torch.set_rng_state(rng["torch"])
-        self._generator.set_state(rng["augment"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])

@@ -96,6 +96,8 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
 
 def _vanish(model: nn.Module, group: ChannelGroup) -> None:
     for m in group.members:
+        if m.kind == "pool":
+            continue
         module = model.get_submodule(m.module)
         _set_module(model, m.module, emptied(module, m.kind))
 

@@ -1,15 +1,16 @@
 """Size of the would-be compressed model, without compressing it.
 
-Every Conv / Linear layer's weight count is ``out * (in / groups) * k`` and its MACs that times its
-output positions; a BatchNorm holds 2 parameters per channel. A channel group changes the ``out`` of
-its producers, the ``in`` of its consumers (at concat offsets) and both of its depthwise layers, so
-for a given set of live channels every layer's size is known exactly. The estimate is the measured
-size of the current model (``prunelab.measure``) minus these layers' current contributions plus their
-contributions with only the live channels: it moves exactly as the compressed model's counts do
-under the conventions of :func:`prunelab.measure.count_params` / :func:`prunelab.measure.count_macs`
-(Conv MACs = weight elements, plus one per output element for a bias, x output positions), except for parameter-free layers such as
-pooling, whose channels the estimate does not follow. Targets are therefore confirmed on the
-compressed model before a run stops.
+Every Conv / Linear layer's weight count is ``out * (in / groups) * k``; its MACs are that (plus one
+per output element for a conv bias) times its output positions; an average pool costs its input
+elements; a BatchNorm holds 2 parameters per channel. A channel group changes the ``out`` of its
+producers, the ``in`` of its consumers (at concat offsets), both sides of its depthwise layers and
+the channels of the pools it passes through, so for a given set of live channels every layer's size
+is known exactly. The estimate is the measured size of the current model (``prunelab.measure``)
+minus these layers' current contributions plus their contributions with only the live channels: it
+moves exactly as the compressed model's counts do under the conventions of
+:func:`prunelab.measure.count_params` / :func:`prunelab.measure.count_macs`. Layers run from inline
+functional code are not seen; targets are therefore confirmed on the compressed model before a run
+stops.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class _Layer:
     positions: int
     per_channel_params: int  # for BatchNorm-like layers
     conv: bool = False  # a conv's bias costs one MAC per output element; a Linear's is free
+    pool: bool = False  # an average pool: MACs = input elements
 
 
 def model_size(model: nn.Module, input_shape) -> tuple[int, int]:
@@ -70,7 +72,12 @@ class CostModel:
         for g in groups:
             off = self.offsets[g.name]
             for m in g.members:
-                targets = (out_maps,) if m.kind == "out" else (in_maps,) if m.kind == "in" else (out_maps, in_maps)
+                if m.kind in ("out", "pool"):
+                    targets = (out_maps,)
+                elif m.kind == "in":
+                    targets = (in_maps,)
+                else:
+                    targets = (out_maps, in_maps)
                 for t in targets:
                     d = t.setdefault(m.module, {})
                     for i, c in zip(m.idxs, m.channels):
@@ -79,7 +86,11 @@ class CostModel:
         for name, module in model.named_modules():
             if name not in out_maps and name not in in_maps:
                 continue
-            if isinstance(module, (*CONV_TYPES, nn.Linear)):
+            shape = groups.layers.get(name)
+            if shape is not None and shape.kind == "pool":
+                self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), shape.out_channels), None, 0, 1,
+                                          False, False, shape.positions, 0, pool=True))
+            elif isinstance(module, (*CONV_TYPES, nn.Linear)):
                 shape = groups.layers.get(name)
                 if shape is None:
                     continue
@@ -111,6 +122,9 @@ class CostModel:
         params = macs = 0
         for layer in self.layers:
             out = layer.out.fixed + int(alive[layer.out.ids].sum()) if layer.out.ids.numel() else layer.out.fixed
+            if layer.pool:
+                macs += out * layer.positions
+                continue
             if layer.inp is None:
                 params += layer.per_channel_params * out
                 continue

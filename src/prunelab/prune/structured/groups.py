@@ -44,6 +44,8 @@ SCOPES = ("internal", "all")
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
+POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+              nn.AdaptiveAvgPool3d)
 # Layers whose parameters are one value per channel (sliced with the channel, no mixing across channels).
 PER_CHANNEL_TYPES = (*BN_TYPES, nn.PReLU)
 
@@ -56,8 +58,9 @@ def is_depthwise(module: nn.Module) -> bool:
 @dataclass
 class Member:
     """One layer touched by a group: ``kind`` is ``out`` (its output channels go), ``in`` (its input
-    slices go) or ``depthwise`` (both, one filter per channel). ``idxs[k]`` is the position in that
-    layer of group channel ``channels[k]``."""
+    slices go), ``depthwise`` (both, one filter per channel) or ``pool`` (an average pool the channels
+    pass through: no weights, but MACs). ``idxs[k]`` is the position in that layer of group channel
+    ``channels[k]``."""
 
     module: str
     kind: str
@@ -97,12 +100,12 @@ class LayerShape:
     """Geometry of one Conv / Linear layer from the tracing forward pass (for the cost model)."""
 
     name: str
-    kind: str  # conv | linear
+    kind: str  # conv | linear | pool
     in_channels: int
     out_channels: int
     groups: int
     kernel: int
-    positions: int  # output positions per sample (H_out*W_out, or tokens for Linear on 3-D input)
+    positions: int  # output positions per sample (H_out*W_out; tokens for a Linear; input positions for a pool)
     bias: bool
 
 
@@ -144,32 +147,45 @@ def _module_device(model: nn.Module) -> torch.device:
 
 
 def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.DependencyGraph, dict[str, LayerShape]]:
-    """Trace ``model`` with Torch-Pruning on one example input; also record Conv/Linear geometry.
+    """Trace ``model`` with Torch-Pruning on one example input; also record Conv / Linear / average-
+    pool geometry for the cost model (positions summed over calls of a module used several times).
 
     The model's train/eval mode is restored afterwards (Torch-Pruning leaves it in eval mode).
     """
     names = {m: n for n, m in model.named_modules()}
     layers: dict[str, LayerShape] = {}
+    pool_inputs: dict[str, object] = {}
 
     def record(module: nn.Module, inputs, output) -> None:
-        if not isinstance(output, torch.Tensor):
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
             return
         name = names[module]
         if isinstance(module, CONV_TYPES):
-            pos = int(output[0, 0].numel())
-            layers[name] = LayerShape(name, "conv", module.in_channels, module.out_channels, module.groups,
-                                      int(torch.tensor(module.kernel_size).prod()), pos, module.bias is not None)
+            shape = LayerShape(name, "conv", module.in_channels, module.out_channels, module.groups,
+                               int(torch.tensor(module.kernel_size).prod()), int(output[0, 0].numel()),
+                               module.bias is not None)
         elif isinstance(module, nn.Linear):
-            pos = int(output.numel() // (output.shape[0] * module.out_features)) if output.dim() > 1 else 1
-            layers[name] = LayerShape(name, "linear", module.in_features, module.out_features, 1, 1, pos,
-                                      module.bias is not None)
+            pos = int(output.numel() // (output.shape[0] * module.out_features))
+            shape = LayerShape(name, "linear", module.in_features, module.out_features, 1, 1, pos,
+                               module.bias is not None)
+        else:  # average pooling: MACs = input numel (the counters' convention)
+            x = inputs[0]
+            if not isinstance(x, torch.Tensor) or x.dim() < 3:
+                return
+            pool_inputs[name] = x.grad_fn
+            shape = LayerShape(name, "pool", x.shape[1], x.shape[1], 1, 1, int(x[0, 0].numel()), False)
+        prev = layers.get(name)
+        if prev is not None:
+            shape.positions += prev.positions
+        layers[name] = shape
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, PRODUCER_TYPES)]
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (*PRODUCER_TYPES,
+                                                                                           *POOL_TYPES))]
     was_training = model.training
     try:
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_batch(input_shape, 1, _module_device(model)), verbose=False)
+                model, example_inputs=(example_batch(input_shape, 1, _module_device(model)),), verbose=False)
     except PrunelabError:
         raise
     except Exception as exc:  # tracing failures of Torch-Pruning are the user's model, not a bug here
@@ -179,6 +195,9 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.Depend
         for h in handles:
             h.remove()
         model.train(was_training)
+    # An average pool is not a Torch-Pruning layer: find the graph node that feeds it.
+    by_grad_fn = {id(node.grad_fn): node for node in dg.module2node.values() if node.grad_fn is not None}
+    dg._prunelab_pools = {name: by_grad_fn.get(id(gf)) for name, gf in pool_inputs.items()}
     return dg, layers
 
 
@@ -224,6 +243,19 @@ def _channel_dim_size(module: nn.Module, kind: str) -> int | None:
     return None
 
 
+def _merge_member(members: dict, name: str, kind: str, idxs: list[int], roots: list[int]) -> None:
+    m = members.get((name, kind))
+    if m is None:
+        members[(name, kind)] = Member(name, kind, list(idxs), list(roots))
+        return
+    seen = set(m.idxs)
+    for i, r in zip(idxs, roots):
+        if i not in seen:
+            seen.add(i)
+            m.idxs.append(i)
+            m.channels.append(r)
+
+
 def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], order: dict[str, int],
              root_name: str | None = None):
     """Turn a Torch-Pruning group into members indexed by the chosen root's output channels.
@@ -237,11 +269,18 @@ def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], orde
     merge = False
     output = False
     has_mapping_op = False
+    pools_of: dict[int, list[str]] = {}
+    for pool, feeder in getattr(dg, "_prunelab_pools", {}).items():
+        if feeder is not None:
+            pools_of.setdefault(id(feeder), []).append(pool)
     for item in tp_group.items:
         dep, idxs = item.dep, list(item.idxs)
         roots = list(item.root_idxs)
         node = dep.target
         module = node.module
+        if module not in names or dep.handler in out_fns:  # the feeder's *output* channels
+            for pool in pools_of.get(id(node), ()):
+                _merge_member(members, pool, "pool", idxs, roots)
         if node.type == tp.ops.OPTYPE.OUTPUT:
             output = True
             continue
@@ -278,16 +317,7 @@ def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], orde
             problems.append(f"grouped convolution {name} (groups={module.groups})")
         if kind in ("out", "depthwise") and not node.outputs:
             output = True
-        key = (name, kind)
-        if key in members:
-            m = members[key]
-            seen = set(m.idxs)
-            for i, r in zip(idxs, roots):
-                if i not in seen:
-                    m.idxs.append(i)
-                    m.channels.append(r)
-        else:
-            members[key] = Member(name, kind, idxs, roots)
+        _merge_member(members, name, kind, idxs, roots)
     producers = sorted((m for m in members.values() if m.kind in ("out", "depthwise")
                         and isinstance(dg.model.get_submodule(m.module), PRODUCER_TYPES)),
                        key=lambda m: (m.kind == "depthwise", order[m.module]))

@@ -190,26 +190,13 @@ def spec_of_compressed(plan: dict):
 
 
 def _write_widths(spec, plan: dict, widths: dict[str, int]):
-    """Write unit widths into the spec's kwargs, through the registry's helper when it has one."""
-    from prunelab.models import registry
+    """Write unit widths into the spec's kwargs with the registry's :func:`spec_from_units`."""
+    from prunelab.models import WidthUnit
+    from prunelab.models.registry import spec_from_units
 
-    helper = getattr(registry, "spec_with_unit_widths", None) or getattr(registry, "with_unit_widths", None)
-    if helper is not None:
-        return helper(spec, widths)
-    kwargs = dict(spec.kwargs)
-    for r in plan["groups"]:
-        key, index = r["unit"]["key"], r["unit"]["index"]
-        width = widths[str(r["name"])]
-        if index is None:
-            kwargs[key] = width
-        else:
-            values = list(kwargs.get(key) or [])
-            if index >= len(values):
-                raise PrunelabError(f"cannot write width of unit {r['name']!r}: spec has no {key}[{index}]; "
-                                    f"the family must expose per-unit widths in its constructor")
-            values[index] = width
-            kwargs[key] = values
-    return type(spec)(spec.family, kwargs)
+    units = [WidthUnit(str(r["name"]), None, r["root"], r["unit"]["key"], r["unit"]["index"], widths[str(r["name"])])
+             for r in plan["groups"]]
+    return spec_from_units(spec, units)
 
 
 def save_pruned(path: str | os.PathLike, model: nn.Module, plan: dict, meta: dict | None = None):

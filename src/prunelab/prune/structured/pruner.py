@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -56,7 +56,6 @@ class StructuredConfig:
     finetune_steps: int = 0
     checkpoint_every: int | None = None
     seed: int = 0
-    exclude_patterns: list[str] = field(default_factory=list)
 
     def validate(self) -> StructuredConfig:
         check_choice("criterion", self.criterion, CRITERIA)
@@ -83,7 +82,6 @@ class StructuredConfig:
         d = asdict(self)
         d["target"] = None if self.target is None else self.target.to_dict()
         d["exclude"] = list(self.exclude)
-        d.pop("exclude_patterns", None)
         return d
 
 
@@ -285,24 +283,14 @@ class StructuredPruner:
 
 
 def _all_reduce_mean(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Average accumulated scores over data-parallel ranks so every rank ranks the same channels."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return scores
-    world = torch.distributed.get_world_size()
-    if world <= 1:
+    """Average accumulated scores over data-parallel ranks so every rank ranks the same channels
+    (each rank saw its own shard of every batch). A no-op outside a distributed run."""
+    from prunelab.train.distributed import all_reduce_, is_distributed
+
+    if not is_distributed():
         return scores
     names = list(scores)
-    flat = torch.cat([scores[n].flatten() for n in names])
-    backend = torch.distributed.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    flat = flat.to(device)
-    try:
-        from prunelab.train.distributed import all_reduce_
-    except ImportError:
-        torch.distributed.all_reduce(flat)
-    else:
-        all_reduce_(flat)
-    flat = flat.cpu() / world
+    flat = all_reduce_(torch.cat([scores[n].float().flatten() for n in names]), op="mean")
     out, i = {}, 0
     for n in names:
         k = scores[n].numel()

@@ -29,17 +29,18 @@ def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     return module._buffers.get(name + MASK_SUFFIX)
 
 
-def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> torch.Tensor:
+def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *, copy: bool = True) -> torch.Tensor:
     """Attach ``mask`` to ``module.<name>`` (or overwrite the existing buffer in place) and zero
     the pruned entries. Returns the buffer. Overwriting in place keeps the buffer object, so
-    optimisers and callbacks holding a reference see the new mask."""
+    optimisers and callbacks holding a reference see the new mask. ``copy=False`` lets a new buffer
+    take ``mask`` itself (for a fresh tensor nobody else holds)."""
     param = getattr(module, name)
-    mask = mask.to(device=param.device, dtype=torch.bool)
-    if mask.shape != param.shape:
+    if mask.numel() != param.numel():
         raise PrunelabError(f"mask of shape {tuple(mask.shape)} does not fit {name} of shape {tuple(param.shape)}")
+    mask = mask.to(device=param.device, dtype=torch.bool).view(param.shape)
     buf = get_mask(module, name)
     if buf is None:
-        module.register_buffer(name + MASK_SUFFIX, mask.clone(), persistent=True)
+        module.register_buffer(name + MASK_SUFFIX, mask.clone() if copy else mask, persistent=True)
         buf = get_mask(module, name)
     else:
         buf.copy_(mask)

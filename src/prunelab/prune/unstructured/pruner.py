@@ -45,7 +45,7 @@ from prunelab.prune.unstructured.masks import set_mask
 from prunelab.prune.unstructured.report import PruneReport, build_report
 from prunelab.prune.unstructured.scores import criterion, score_buffer
 from prunelab.prune.unstructured.selection import DEFAULT_SELECTION, LayerSelection, PrunableLayer, select_layers
-from prunelab.prune.unstructured.topk import keep_largest
+from prunelab.prune.unstructured.topk import keep_largest, keep_largest_segments
 
 #: method -> (criterion, scope)
 METHODS: dict[str, tuple[str, str]] = {
@@ -177,32 +177,35 @@ def prune(model: nn.Module, config: PruneConfig, *, batch: tuple[torch.Tensor, t
         details: dict[str, Any] = {"criterion": config.criterion, "scope": config.scope}
         if config.scope == "global":
             keep_total = kept_count(total, config.sparsity)
-            flat = keep_largest(buf, keep_total)
-            masks = [flat[a:b] for a, b in zip(offsets, offsets[1:])]
+            masks = keep_largest_segments(buf, keep_total, offsets)
             if sigma is not None:
                 global_pruned = [n - int(torch.count_nonzero(m)) for n, m in zip(sizes, masks)]
                 mt = minimum_threshold(sizes, global_pruned, sigma, total - keep_total, [x.name for x in layers])
                 for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
                     if mt.pruned[i] != global_pruned[i]:
                         masks[i] = keep_largest(buf[a:b], sizes[i] - mt.pruned[i])
+                kept = [n - p for n, p in zip(sizes, mt.pruned)]
                 details.update(sigma=sigma, mt_factor=float(mt.factor),
                                mt_dense=[layers[i].name for i in mt.dense],
                                mt_pinned=[layers[i].name for i in mt.pinned],
                                global_mp_kept=[n - p for n, p in zip(sizes, global_pruned)])
+            else:
+                kept = None
             target = config.sparsity
         else:
             per_layer = ([config.sparsity] * len(layers) if config.scope == "uniform"
                          else layer_sparsities(layers, config.sparsity, config.layer_sparsity))
-            masks = [keep_largest(buf[a:b], kept_count(n, s))
-                     for a, b, n, s in zip(offsets, offsets[1:], sizes, per_layer)]
-            target = 1.0 - sum(kept_count(n, s) for n, s in zip(sizes, per_layer)) / total
+            kept = [kept_count(n, s) for n, s in zip(sizes, per_layer)]
+            masks = [keep_largest(buf[a:b], k) for a, b, k in zip(offsets, offsets[1:], kept)]
+            target = 1.0 - sum(kept) / total
             if config.scope == "given":
                 details["layer_sparsity"] = {x.name: s for x, s in zip(layers, per_layer)}
-        for layer, mask in zip(layers, masks):
-            set_mask(layer.module, mask.view(layer.weight.shape))
         del buf
+        for layer, mask in zip(layers, masks):
+            set_mask(layer.module, mask, copy=False)
+    known = None if kept is None else {x.name: k for x, k in zip(layers, kept)}
     return build_report(model, layers, method=config.method, target_sparsity=target, input_shape=input_shape,
-                        sigma=sigma, details=details, warn=warn)
+                        sigma=sigma, details=details, warn=warn, kept=known)
 
 
 def prune_global(model: nn.Module, sparsity: float, *, mt: int | None = None, mt_percent: float | None = None,

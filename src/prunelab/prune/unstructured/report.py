@@ -180,26 +180,32 @@ def outputs_connected(model: nn.Module, input_shape: tuple[int, ...], trials: in
 
 def build_report(model: nn.Module, selected: list[PrunableLayer], *, method: str, target_sparsity: float,
                  input_shape: tuple[int, ...] | None = None, sigma: int | None = None,
-                 details: dict[str, Any] | None = None, warn: bool = True) -> PruneReport:
-    """Summarise the masks now on ``model``; with ``input_shape`` also MACs and the path check."""
+                 details: dict[str, Any] | None = None, warn: bool = True,
+                 kept: dict[str, int] | None = None) -> PruneReport:
+    """Summarise the masks now on ``model``; with ``input_shape`` also MACs and the path check.
+    ``kept`` (layer name -> kept count) saves counting masks the caller already counted."""
     chosen = {layer.name for layer in selected}
     stats, macs_dense, macs_sparse = _layer_macs(model, input_shape) if input_shape else ({}, None, None)
-    layers, total, kept, collapsed = [], 0, 0, []
+    known = kept or {}
+    layers, total, kept_total, collapsed = [], 0, 0, []
     for layer in candidate_layers(model):
         mask = get_mask(layer.module)
         n = layer.numel
-        k = int(torch.count_nonzero(mask)) if mask is not None else n
+        if layer.name in known:
+            k = known[layer.name]
+        else:
+            k = int(torch.count_nonzero(mask)) if mask is not None else n
         st = stats.get(layer.name)
         layers.append(LayerReport(layer.name, layer.kind, tuple(layer.weight.shape), n, k, layer.name in chosen,
                                   st.macs_dense if st is not None else None,
                                   st.macs_sparse if st is not None else None))
         if layer.name in chosen:
             total += n
-            kept += k
+            kept_total += k
             if k == 0:
                 collapsed.append(layer.name)
     connected = outputs_connected(model, input_shape) if input_shape else None
-    report = PruneReport(method, float(target_sparsity), total, kept, layers, sigma, macs_dense, macs_sparse,
+    report = PruneReport(method, float(target_sparsity), total, kept_total, layers, sigma, macs_dense, macs_sparse,
                          collapsed, connected, dict(details or {}))
     if warn:
         for message in report.warnings:

@@ -14,6 +14,7 @@ reference code of Gupta et al., which keeps every weight ``>= t`` (seed notes, s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -21,49 +22,59 @@ _SAMPLE = 1 << 16
 _EXACT_BELOW = 1 << 20  # below this many elements kthvalue on the whole vector is cheap
 
 
-def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th smallest element (1-based) of the flat tensor ``x``, as a 0-d tensor."""
+def _threshold(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int, int]:
+    """The ``k``-th smallest value ``t`` of flat ``x`` (1-based), with ``#(x <= t)`` and ``#(x == t)``."""
     n = x.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} out of range for {n} elements")
-    if n <= _EXACT_BELOW:
-        return torch.kthvalue(x, k).values
-    gen = torch.Generator(device=x.device).manual_seed(0)
-    idx = torch.randint(0, n, (_SAMPLE,), generator=gen, device=x.device)
-    sample = torch.sort(x[idx]).values
-    q = k / n
-    center = q * _SAMPLE
-    margin = 6.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 32.0
-    lo_i, hi_i = int(center - margin), int(math.ceil(center + margin))
-    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-    lo = sample[lo_i] if lo_i >= 0 else -inf
-    hi = sample[hi_i] if hi_i < _SAMPLE else inf
-    below = int(torch.count_nonzero(x < lo)) if lo_i >= 0 else 0
-    window = x[(x >= lo).logical_and_(x <= hi)]
-    if below < k <= below + window.numel():
-        return torch.kthvalue(window, k - below).values
-    return torch.kthvalue(x, k).values
+    if n > _EXACT_BELOW:
+        gen = torch.Generator(device=x.device).manual_seed(0)
+        idx = torch.randint(0, n, (_SAMPLE,), generator=gen, device=x.device)
+        sample = torch.sort(x[idx]).values
+        q = k / n
+        center = q * _SAMPLE
+        margin = 6.0 * math.sqrt(_SAMPLE * q * (1.0 - q)) + 32.0
+        lo_i, hi_i = int(center - margin), int(math.ceil(center + margin))
+        if lo_i >= 0 and hi_i < _SAMPLE:
+            inside = x >= sample[lo_i]
+            below = n - int(torch.count_nonzero(inside))
+            window = x[inside.logical_and_(x <= sample[hi_i])]
+            if below < k <= below + window.numel():
+                t = torch.kthvalue(window, k - below).values
+                return t, below + int(torch.count_nonzero(window <= t)), int(torch.count_nonzero(window == t))
+    t = torch.kthvalue(x, k).values
+    return t, int(torch.count_nonzero(x <= t)), int(torch.count_nonzero(x == t))
+
+
+def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest element (1-based) of the flat tensor ``x``, as a 0-d tensor."""
+    return _threshold(x, k)[0]
+
+
+def keep_largest_segments(scores: torch.Tensor, keep: int, offsets: Sequence[int]) -> list[torch.Tensor]:
+    """Boolean masks, one per segment ``scores[offsets[i]:offsets[i + 1]]``, that together keep exactly
+    ``keep`` largest entries of the flat ``scores``: entries above the threshold are kept, entries below
+    dropped, and ties at the threshold kept in order of position until the count is exactly ``keep``.
+    Each mask is a fresh tensor (no view of a shared buffer)."""
+    n = scores.numel()
+    bounds = list(zip(offsets, offsets[1:]))
+    if keep >= n or keep <= 0:
+        fill = torch.ones if keep >= n else torch.zeros
+        return [fill(b - a, dtype=torch.bool, device=scores.device) for a, b in bounds]
+    t, n_le, n_eq = _threshold(scores, n - keep)
+    need = keep - (n - n_le)  # ties at t to keep
+    if need == n_eq:
+        return [torch.ge(scores[a:b], t) for a, b in bounds]
+    masks = [torch.gt(scores[a:b], t) for a, b in bounds]
+    for mask, (a, b) in zip(masks, bounds):
+        if need <= 0:
+            break
+        ties = torch.nonzero(scores[a:b] == t).view(-1)[:need]
+        mask[ties] = True
+        need -= ties.numel()
+    return masks
 
 
 def keep_largest(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Boolean mask (same shape as the flat ``scores``) keeping exactly ``keep`` largest entries.
-
-    Entries below the threshold are dropped, entries above it kept, and ties at the threshold are
-    kept in order of position until the count is exactly ``keep``.
-    """
-    n = scores.numel()
-    if keep >= n:
-        return torch.ones(n, dtype=torch.bool, device=scores.device)
-    if keep <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=scores.device)
-    t = kth_smallest(scores, n - keep)
-    mask = scores > t
-    need = keep - int(torch.count_nonzero(mask))
-    if need > 0:
-        ties = scores == t
-        n_ties = int(torch.count_nonzero(ties))
-        if need == n_ties:
-            mask.logical_or_(ties)
-        else:
-            mask[ties.nonzero().view(-1)[:need]] = True
-    return mask
+    """Boolean mask over the flat ``scores`` keeping exactly ``keep`` largest entries (ties by position)."""
+    return keep_largest_segments(scores, keep, [0, scores.numel()])[0]

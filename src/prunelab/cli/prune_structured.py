@@ -1,0 +1,287 @@
+"""``prunelab prune --structured``: channel pruning with Fisher, L1, BN or random scores.
+
+Pipeline (Crowley et al. 2018, after Theis et al. 2018): load MODEL (a zoo name, trained dense first
+for ``--pretrain-epochs``, or a checkpoint, possibly already pruned), find its channel groups
+(``--scope``), then either
+
+* iterative (default): fine-tune with the training flags and remove ``--channels-per-prune`` channels
+  every ``--prune-every`` steps until the target, then ``--finetune-steps`` more; ``--epochs`` /
+  ``--max-steps`` bound the run (the seeds fine-tune at a small constant LR: ``--schedule constant
+  --lr 8e-4``);
+* ``--oneshot``: rank once (Fisher accumulated over ``--prune-every`` batches), remove to the target,
+  compress, then fine-tune the compressed model for ``--epochs``.
+
+The result is compressed, checked against the masked model, and written to ``--out`` as a plan plus a
+plain state_dict (no pickled modules), with a JSON summary beside it (per-group widths before/after,
+params, MACs, accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.errors import PrunelabError
+
+#: steps between prunes when --prune-every is not given (pytorch-prunes: one channel every 100 steps)
+DEFAULT_PRUNE_EVERY = 100
+
+
+class _NotGiven(int):
+    """An int default that remembers it was not typed on the command line.
+
+    ``--prune-every`` is shared with unstructured gradual pruning (default 1 update per epoch); for
+    structured pruning the default is :data:`DEFAULT_PRUNE_EVERY` steps.
+    """
+
+
+def _has_option(parser, flag: str):
+    return parser._option_string_actions.get(flag)
+
+
+def add_arguments(parser) -> None:
+    from prunelab.prune.structured import CRITERIA, SCOPES
+
+    g = parser
+    g.add_argument("--criterion", choices=CRITERIA, default="fisher",
+                   help="channel score: fisher (Theis et al.), l1 (sum |w| of the filter), l1-signed "
+                        "(pytorch-prunes' signed sum), bn (|gamma|), random (default: fisher)")
+    g.add_argument("--scope", choices=SCOPES, default="internal",
+                   help="internal: channels inside residual/dense blocks only (the seeds); all: every group, "
+                        "residual streams pruned jointly (default: internal)")
+    exclude = _has_option(g, "--exclude")
+    if exclude is None:
+        g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                       help="keep the output width of layers whose path or class name matches a glob")
+    else:
+        exclude.help = (exclude.help or "") + "; --structured: also class names, the group keeps its width"
+    every = _has_option(g, "--prune-every")
+    if every is None:
+        g.add_argument("--prune-every", type=int, default=DEFAULT_PRUNE_EVERY, metavar="K",
+                       help=f"training steps between prunes (default: {DEFAULT_PRUNE_EVERY})")
+    else:
+        every.default = _NotGiven(every.default)
+        every.help = (every.help or "") + f"; --structured: training steps between prunes (default " \
+                                          f"{DEFAULT_PRUNE_EVERY})"
+    g.add_argument("--channels-per-prune", type=int, default=1, metavar="N",
+                   help="channels removed at each prune (default: 1)")
+    g.add_argument("--oneshot", action="store_true",
+                   help="remove to the target at once, then fine-tune the compressed model")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--target-channels", type=_count, metavar="N", help="channels left in the pruned groups")
+    t.add_argument("--target-params", type=_count, metavar="N", help="parameters of the compressed model")
+    t.add_argument("--target-macs", type=_count, metavar="N", help="MACs (batch 1) of the compressed model")
+    t.add_argument("--target-latency-ms", type=float, metavar="MS",
+                   help="measured median latency of the compressed model (eager, see --latency-batch)")
+    g.add_argument("--latency-batch", type=int, default=1, metavar="B", help="batch size of latency targets")
+    g.add_argument("--latency-threads", type=int, default=None, metavar="T",
+                   help="CPU threads of latency targets (default: torch's current count)")
+    g.add_argument("--latency-device", default="cpu", metavar="DEVICE",
+                   help="device of latency targets: cpu, cuda, cuda:N (default: cpu)")
+    g.add_argument("--fisher-beta", type=float, default=0.0, metavar="BETA",
+                   help="Fisher cost term: score - BETA x cost freed (Theis et al.; default 0 as the seeds)")
+    g.add_argument("--fisher-cost", choices=("macs", "params"), default="macs",
+                   help="what --fisher-beta charges (default: macs)")
+    g.add_argument("--round-to", type=int, choices=(8, 16), default=None,
+                   help="keep every group's width a multiple of 8 or 16")
+    g.add_argument("--finetune-steps", type=int, default=0, metavar="S",
+                   help="iterative: keep fine-tuning S steps after the target is reached (default: 0)")
+    g.add_argument("--checkpoint-every-prunes", type=int, default=None, metavar="N",
+                   help="iterative: write the compressed model and its plan every N prunes next to --out "
+                        "(PATH.pruneN.pt; the seeds keep every 100)")
+
+
+def _count(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
+    return int(value)
+
+
+def _target(args):
+    from prunelab.prune.structured import Target
+
+    for kind, value in (("channels", args.target_channels), ("params", args.target_params),
+                        ("macs", args.target_macs), ("latency_ms", args.target_latency_ms)):
+        if value is not None:
+            return Target(kind, value, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
+                          latency_device=args.latency_device)
+    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs or "
+                        "--target-latency-ms")
+
+
+def structured_config(args):
+    """The :class:`~prunelab.prune.structured.StructuredConfig` of the parsed flags."""
+    from prunelab.prune.structured import StructuredConfig
+
+    every = DEFAULT_PRUNE_EVERY if isinstance(args.prune_every, _NotGiven) else int(args.prune_every)
+    return StructuredConfig(
+        criterion=args.criterion, scope=args.scope, exclude=tuple(args.exclude or ()),
+        schedule="oneshot" if args.oneshot else "iterative", prune_every=every,
+        channels_per_prune=args.channels_per_prune, target=_target(args), fisher_beta=args.fisher_beta,
+        fisher_cost=args.fisher_cost, round_to=args.round_to, finetune_steps=args.finetune_steps,
+        checkpoint_every=args.checkpoint_every_prunes, seed=args.seed).validate()
+
+
+def _overrides(name: str, data) -> dict[str, Any]:
+    """Constructor overrides that fit a zoo model to the data: classes, and input channels of images."""
+    from prunelab.models import get_family, resolve
+
+    spec = resolve(name)
+    params = inspect.signature(get_family(spec.family).build).parameters
+    out: dict[str, Any] = {}
+    if "num_classes" in params:
+        out["num_classes"] = data.num_classes
+    if "in_channels" in params and data.task == "image" and len(data.input_shape) == 3:
+        out["in_channels"] = int(data.input_shape[0])
+    return out
+
+
+def _is_path(name: str) -> bool:
+    import os
+
+    return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)
+
+
+def _acc(metrics: dict | None) -> float | None:
+    return None if metrics is None else metrics.get("acc")
+
+
+def _sizes(model, input_shape) -> dict[str, int]:
+    from prunelab.prune.structured.cost import model_size
+
+    params, macs = model_size(model, input_shape)
+    return {"params": params, "macs": macs}
+
+
+def run(args) -> int:
+    from prunelab.checkpoint import model_or_checkpoint
+    from prunelab.cli.common import emit_json, train_config_from_args
+    from prunelab.data import load as load_data
+    from prunelab.io import atomic_write_json
+    from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
+    from prunelab.train import Trainer, evaluate, resolve_device
+
+    train_config = train_config_from_args(args)
+    cfg = structured_config(args)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix == ".json":
+        raise PrunelabError(f"--out {args.out} must not end in .json (the summary goes to PATH with suffix .json)")
+    if cfg.checkpoint_every and out is None:
+        raise PrunelabError("--checkpoint-every-prunes needs --out (checkpoints are written next to it)")
+    if cfg.checkpoint_every and cfg.schedule == "oneshot":
+        raise PrunelabError("--checkpoint-every-prunes applies to the iterative schedule only")
+    if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
+        raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
+
+    data = load_data(args.data, root=args.data_root, seed=args.seed)
+    torch.manual_seed(train_config.seed)
+    is_checkpoint = _is_path(args.model)
+    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else _overrides(args.model, data)))
+    model, spec = loaded.model, loaded.spec
+    if any(k.endswith("_mask") for k in model.state_dict()):
+        raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
+                            f"channel-pruned model")
+    input_shape = tuple(data.input_shape)
+    device = resolve_device(train_config.device)
+    pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)
+
+    pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
+                                                                              train_config.epochs)
+    summary: dict[str, Any] = {
+        "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
+        "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,
+        "skipped_groups": pruner.groups.skipped, "accuracy": {},
+    }
+    if pretrain > 0:
+        pruner.detach()
+        Trainer(model, data, replace(train_config, epochs=pretrain, max_steps=None, checkpoint=None, resume=False)).fit()
+        pruner.masks.attach()
+    summary["accuracy"]["before"] = _acc(evaluate(model, data))
+    before = pruner.initial
+
+    written: list[str] = []
+
+    def checkpoint(p) -> None:
+        path = out.with_name(f"{out.stem}.prune{p.prunes}{out.suffix}")
+        small = p.compress()
+        save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict()})
+        written.append(str(path))
+
+    steps = 0
+    if cfg.schedule == "oneshot":
+        model.to(device)
+        pruner.prune_oneshot(data, batch_size=train_config.batch_size, device=device)
+        small = pruner.compress()
+        summary["accuracy"]["pruned"] = _acc(evaluate(small, data))
+        pruner.detach()
+        if train_config.epochs > 0:
+            trainer = Trainer(small, data, train_config)
+            trainer.fit()
+            steps = trainer.step
+    else:
+        callback = pruner.callback(checkpoint if cfg.checkpoint_every else None)
+        trainer = Trainer(model, data, train_config, callbacks=[callback])
+        trainer.fit()
+        steps = trainer.step
+        small = pruner.compress()
+        pruner.detach()
+    small.eval()
+
+    reached = pruner.reached() if cfg.target.kind != "latency_ms" else None
+    after = {"channels": pruner.masks.remaining, **_sizes(small, input_shape)}
+    if cfg.target.kind == "latency_ms":
+        from prunelab.prune.structured.targets import measure_latency_ms
+
+        after["latency_ms"] = measure_latency_ms(small, input_shape, cfg.target)
+        reached = cfg.target.met(after["latency_ms"])
+    summary["accuracy"]["after"] = _acc(evaluate(small, data))
+    summary.update(
+        target={**cfg.target.to_dict(), "reached": bool(reached)},
+        channels={"before": before["channels"], "after": after["channels"]},
+        params={"before": before["params"], "after": after["params"]},
+        macs={"before": before["macs"], "after": after["macs"]},
+        groups=pruner.widths(), prunes=len(pruner.history), steps=steps, history=pruner.history,
+        group_seconds=round(pruner.group_seconds, 4),
+    )
+    if "latency_ms" in after:
+        summary["latency_ms"] = after["latency_ms"]
+    plan = pruner.plan()
+    try:
+        summary["compressed_spec"] = spec_of_compressed(plan).to_dict()
+    except PrunelabError:
+        summary["compressed_spec"] = None
+    if not reached:
+        sys.stderr.write(f"prunelab prune: warning: target {cfg.target.describe()} not reached "
+                         f"(training ended after {steps} steps; raise --epochs or --max-steps)\n")
+    if out is not None:
+        save_pruned(out, small, plan, meta={"structured": cfg.to_dict(), "accuracy": summary["accuracy"],
+                                             "target": summary["target"]})
+        summary["checkpoints"] = written
+        atomic_write_json(out.with_suffix(".json"), summary)
+    if args.json:
+        emit_json(summary)
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    print(f"{'group':32s} {'before':>7s} {'after':>7s}")
+    for row in s["groups"]:
+        print(f"{row['group']:32s} {row['before']:7d} {row['after']:7d}")
+    print(f"channels {s['channels']['before']:,} -> {s['channels']['after']:,}; "
+          f"params {s['params']['before']:,} -> {s['params']['after']:,}; "
+          f"MACs {s['macs']['before']:,} -> {s['macs']['after']:,}")
+    acc = s["accuracy"]
+    print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))

@@ -1,0 +1,170 @@
+"""Study specs: parsing, one-line errors with line numbers, expansion into runs with stable ids."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from prunelab.errors import PrunelabError
+from prunelab.study import parse_spec
+from prunelab.study.tasks import RunOutput, register
+
+BASE = """
+name: t
+data: digits
+models: [a, b]
+methods:
+  - {name: s, kind: sleep}
+"""
+
+
+def spec(text: str, base: str = BASE):
+    return parse_spec(textwrap.dedent(base) + textwrap.dedent(text), source="study.yaml")
+
+
+def error(text: str, base: str = BASE) -> str:
+    with pytest.raises(PrunelabError) as info:
+        spec(text, base)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+@register("test-finetune-only", protocols=("finetune", "scratch-e"), targets=("sparsity",), uses_model=False)
+def _finetune_only(run, ctx):
+    return RunOutput()
+
+
+def test_malformed_yaml_reports_its_line():
+    msg = error("targets: [{sparsity: 0.5}\nseeds: 2\n")
+    assert msg.startswith("study.yaml:8: malformed YAML")  # the line where the list breaks
+
+
+def test_malformed_yaml_indentation_line():
+    with pytest.raises(PrunelabError, match=r"^x.yaml:3: malformed YAML"):
+        parse_spec("name: t\ndata: digits\n  models: [a]\n", source="x.yaml")
+
+
+def test_duplicate_key_is_an_error_with_its_line():
+    assert error("seeds: 2\nseeds: 3\n").startswith("study.yaml:8: malformed YAML: duplicate key 'seeds'")
+
+
+def test_unknown_top_level_key_lists_valid_keys():
+    msg = error("seed: 3\n")
+    assert msg.startswith("study.yaml:7: unknown study key 'seed'") and "seeds" in msg
+
+
+def test_unknown_model_is_checked_against_the_zoo():
+    msg = error("", "name: t\ndata: digits\nmodels:\n  - mlp\n  - no-such-net\nmethods: [dense]\n")
+    assert msg.startswith("study.yaml:5: unknown model 'no-such-net'; valid choices:")
+    assert "wrn-16-2" in msg
+
+
+def test_synthetic_kinds_accept_any_model_label():
+    assert len(spec("").expand()) == 2
+
+
+def test_unknown_dataset_names_the_valid_ones():
+    msg = error("", "name: t\ndata: digitz\nmodels: [mlp]\nmethods: [dense]\n")
+    assert msg.startswith("study.yaml:2: unknown dataset 'digitz'") and "mnist1d" in msg
+
+
+def test_unknown_method_kind():
+    msg = error("", "name: t\ndata: digits\nmodels: [mlp]\nmethods:\n  - dense\n  - {name: x, kind: magic}\n")
+    assert msg.startswith("study.yaml:6: unknown method kind 'magic'") and "dense" in msg
+
+
+def test_unknown_protocol():
+    msg = error("protocols: [finetune, scrath-b]\n")
+    assert "unknown protocol 'scrath-b'" in msg and "scratch-b" in msg
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("{sparsity: 1.0}", "impossible target sparsity=1.0"),
+    ("{sparsity: -0.1}", "impossible target sparsity=-0.1"),
+    ("{params: 0}", "impossible target params=0"),
+    ("{params: 10.5}", "impossible target params=10.5"),
+    ("{macs_ratio: 1.5}", "impossible target macs_ratio=1.5"),
+    ("{compression: 0.5}", "impossible target compression=0.5"),
+    ("{sparsity: high}", "target sparsity must be a number"),
+    ("{flops: 3}", "unknown target 'flops'"),
+    ("{sparsity: 0.5, params: 10}", "one-key mapping"),
+])
+def test_impossible_targets(target, fragment):
+    msg = error(f"targets: [{target}]\n")
+    assert fragment in msg and msg.startswith("study.yaml:")
+
+
+def test_unknown_method_parameter_is_reported_by_its_kind():
+    msg = error("", "name: t\ndata: digits\nmodels: [a]\nmethods:\n  - {name: s, kind: sleep, secs: 1}\n")
+    assert msg.startswith("study.yaml:5: method 's': unknown parameter(s) ['secs']")
+
+
+def test_training_settings_are_validated():
+    assert "unknown training setting(s) ['epoch']" in error("train: {epoch: 3}\n")
+    assert "set seeds with the study's 'seeds' axis" in error("train: {seed: 3}\n")
+    assert "unknown optimizer 'sgdd'" in error("train: {optimizer: sgdd}\n")
+
+
+def test_exclude_pattern_that_matches_nothing_is_an_error():
+    assert "matches no run" in error("exclude: [{model: a, seed: 7}]\n")
+    assert "unknown model 'c'" in error("exclude: [{model: c}]\n")
+
+
+def test_expansion_axes_exclude_include_and_runs():
+    s = spec("""
+        targets: [{sparsity: [0.5, 0.9]}, {params: 1000}]
+        protocols: [finetune, scratch-e]
+        seeds: 3
+        exclude: [{target: {params: 1000}, protocol: scratch-e}]
+    """)
+    runs = s.expand()
+    assert len(runs) == 2 * 3 * 2 * 3 - 2 * 3  # models x targets x protocols x seeds, minus the excluded
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert {r.seed for r in runs} == {0, 1, 2}
+    assert all(r.train["seed"] == r.seed for r in runs)
+    s2 = spec("targets: [{sparsity: [0.5, 0.9]}]\nseeds: 2\ninclude: [{model: b, target: {sparsity: 0.9}}]\n")
+    assert [(r.model, r.target, r.seed) for r in s2.expand()] == [("b", {"sparsity": 0.9}, 0),
+                                                                  ("b", {"sparsity": 0.9}, 1)]
+    s3 = spec("targets: [{sparsity: [0.5, 0.9]}]\nseeds: 2\nruns: [{model: a, seeds: [5]}, {target: {sparsity: 0.5}}]\n")
+    combos = [(r.model, r.target["sparsity"], r.seed) for r in s3.expand()]
+    assert combos == [("a", 0.5, 5), ("a", 0.9, 5), ("a", 0.5, 0), ("a", 0.5, 1), ("b", 0.5, 0), ("b", 0.5, 1)]
+
+
+def test_kind_declarations_collapse_and_restrict_axes():
+    base = "name: t\ndata: digits\nmodels: [mlp]\n"
+    s = spec("methods: [dense, {name: f, kind: test-finetune-only}]\ntargets: [{sparsity: [0.5, 0.9]}]\n"
+             "protocols: [finetune, scratch-e]\nseeds: 2\n", base)
+    runs = s.expand()
+    dense = [r for r in runs if r.kind == "dense"]
+    assert len(dense) == 2 and all(r.target is None and r.protocol is None for r in dense)  # one per seed
+    assert len(runs) - len(dense) == 2 * 2 * 2
+    msg = error("methods: [{name: f, kind: test-finetune-only}]\ntargets: [{sparsity: 0.5}]\nprotocols: [pfs]\n", base)
+    assert "cannot run protocol 'pfs'" in msg and msg.startswith("study.yaml:4:")
+    msg = error("methods: [{name: f, kind: test-finetune-only}]\ntargets: [{params: 100}]\n", base)
+    assert "cannot aim at target 'params'" in msg
+    assert "needs a target" in error("methods: [{name: f, kind: test-finetune-only}]\n", base)
+    # the method's own axes replace the study's; no protocol means the kind's default
+    s = spec("methods: [{name: f, kind: test-finetune-only, targets: [{sparsity: 0.8}]}]\n"
+             "targets: [{params: 100}]\n", base)
+    assert [(r.target, r.protocol) for r in s.expand()] == [({"sparsity": 0.8}, "finetune")]
+
+
+def test_run_ids_are_stable_and_follow_the_resolved_config():
+    ids = [r.run_id for r in spec("seeds: 2\n").expand()]
+    assert ids == [r.run_id for r in spec("seeds: 2\n").expand()]
+    renamed = parse_spec(textwrap.dedent(BASE).replace("name: t", "name: other") + "seeds: 2\n")
+    assert ids == [r.run_id for r in renamed.expand()]  # the study name is not part of a run's identity
+    changed = [r.run_id for r in spec("seeds: 2\ntrain: {lr: 0.01}\n").expand()]
+    assert not set(ids) & set(changed)
+    default_filled = [r.run_id for r in spec("seeds: 2\n", BASE.replace("kind: sleep", "kind: sleep, epochs: 2"))
+                      .expand()]
+    assert default_filled == ids  # parameters are resolved (defaults filled) before hashing
+    run = spec("").expand()[0]
+    assert run.params["seconds"] == 0.0 and run.train["epochs"] == 10
+
+
+def test_spec_hash_changes_with_the_spec():
+    assert spec("seeds: 2\n").spec_hash == spec("seeds: [0, 1]\n").spec_hash
+    assert spec("seeds: 2\n").spec_hash != spec("seeds: 3\n").spec_hash
