@@ -11,7 +11,7 @@
     mask enforcement alone is timed too, since on a noisy shared machine it is far below the noise of
     a whole step.
 
-Usage: ``python benchmarks/unstructured.py [--threads 2] [--reps 5] [--steps 20] [--skip-a | --skip-b]``
+Usage: ``python benchmarks/unstructured.py [--threads 1] [--reps 5] [--steps 20] [--skip-a | --skip-b]``
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ def bench_masked_step(steps: int, batch: int = 128) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on a shared machine multi-threaded memory-bound ops stall "
+                             "on descheduled threads, which distorts the comparison)")
     parser.add_argument("--reps", type=int, default=5, help="(a) repetitions of each pruning call")
     parser.add_argument("--steps", type=int, default=20, help="(b) timed training steps of each kind")
     parser.add_argument("--skip-a", action="store_true")

@@ -85,7 +85,8 @@ def test_layer_plot_equals_the_store(study):
     rows = conn.execute(
         "SELECT r.model, r.method, r.protocol, l.idx, AVG(1.0 - json_extract(l.data, '$.nonzero') * 1.0 / "
         "json_extract(l.data, '$.weight_numel')) FROM layers l JOIN runs r USING (run_id) "
-        "WHERE r.status = 'done' AND r.target = 'sparsity=0.9' GROUP BY r.model, r.method, r.protocol, l.idx").fetchall()
+        "WHERE r.status = 'done' AND r.target = 'sparsity=0.9' GROUP BY r.model, r.method, r.protocol, l.idx"
+    ).fetchall()
     expected = {(m, (me if p is None else f"{me} / {p}") + " @ sparsity=0.9", i): v for m, me, p, i, v in rows}
     plotted = {(s.model, s.label, int(x)): y for s in figure.series for x, y in zip(s.x, s.y)}
     assert plotted.keys() == expected.keys()
@@ -111,8 +112,8 @@ def test_tables_and_documents(study):
 
 
 def test_report_without_latency_or_done_runs(tmp_path):
-    (tmp_path / "spec.yaml").write_text(SPEC.replace("measure: {latency: true}\n", "").replace("fail: [2]", "fail: true")
-                                        .replace("{name: m1, kind: noop}", "{name: m1, kind: noop, fail: true}"))
+    text = SPEC.replace("measure: {latency: true}\n", "").replace("fail: [2]", "fail: true")
+    (tmp_path / "spec.yaml").write_text(text.replace("{name: m1, kind: noop}", "{name: m1, kind: noop, fail: true}"))
     run_study(tmp_path / "spec.yaml", tmp_path / "study", progress=False)
     report = write_report(tmp_path / "study", tmp_path / "elsewhere")
     assert report.markdown.parent == tmp_path / "elsewhere" and not report.figures

@@ -70,6 +70,11 @@ def test_sigkill_at_any_moment_then_resume_matches_an_uninterrupted_run(tmp_path
     out = tmp_path / "killed"
     db = out / "results.db"
 
+    early = launch(spec, out)  # killed while starting up (importing, maybe creating the store)
+    time.sleep(1.0)
+    early.send_signal(signal.SIGKILL)
+    early.wait()
+
     seen: dict[str, tuple] = {}
     for args, kill_after in ((["--workers", "2"], 2), ([], 2)):
         proc = launch(spec, out, *args)

@@ -127,7 +127,8 @@ def test_expansion_axes_exclude_include_and_runs():
     s2 = spec("targets: [{sparsity: [0.5, 0.9]}]\nseeds: 2\ninclude: [{model: b, target: {sparsity: 0.9}}]\n")
     assert [(r.model, r.target, r.seed) for r in s2.expand()] == [("b", {"sparsity": 0.9}, 0),
                                                                   ("b", {"sparsity": 0.9}, 1)]
-    s3 = spec("targets: [{sparsity: [0.5, 0.9]}]\nseeds: 2\nruns: [{model: a, seeds: [5]}, {target: {sparsity: 0.5}}]\n")
+    s3 = spec("targets: [{sparsity: [0.5, 0.9]}]\nseeds: 2\n"
+              "runs: [{model: a, seeds: [5]}, {target: {sparsity: 0.5}}]\n")
     combos = [(r.model, r.target["sparsity"], r.seed) for r in s3.expand()]
     assert combos == [("a", 0.5, 5), ("a", 0.9, 5), ("a", 0.5, 0), ("a", 0.5, 1), ("b", 0.5, 0), ("b", 0.5, 1)]
 

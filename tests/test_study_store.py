@@ -47,7 +47,7 @@ def test_run_records_every_run_once_with_its_config(tmp_path):
     assert list(df["attempt"]) == [1] * 8
     conn = sqlite3.connect(out / "results.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    for run_id, config, metrics, acc, params in conn.execute("SELECT run_id, config, metrics, acc, params FROM runs"):
+    for config, metrics, acc, params in conn.execute("SELECT config, metrics, acc, params FROM runs"):
         cfg, m = json.loads(config), json.loads(metrics)
         assert cfg["params"]["seconds"] == 0.0 and cfg["train"]["seed"] == cfg["seed"]  # resolved config stored
         assert acc == m["acc"] and params == m["params"]

@@ -144,6 +144,11 @@ def test_masks_are_bool_buffers_without_weight_orig():
 def test_strip_and_attach_round_trip():
     model = tiny_cnn()
     prune_global(model, 0.7)
+    with torch.no_grad():
+        for m in conv_linear(model):
+            m.weight.add_(1.0)  # an update that ignores the masks
+    apply_masks_(model)
+    assert all(torch.all(m.weight[~get_mask(m)] == 0) for m in conv_linear(model))
     plain = strip(model)
     assert not any(k.endswith("_mask") for k in plain.state_dict())
     assert any(k.endswith("_mask") for k in model.state_dict())  # the original is untouched

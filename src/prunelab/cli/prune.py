@@ -10,6 +10,7 @@ checkpoint (``--out``) with its JSON summary beside it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from dataclasses import replace
@@ -18,7 +19,13 @@ from typing import Any
 
 import torch
 
-from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.cli.common import (
+    add_data_arguments,
+    add_train_arguments,
+    data_from_args,
+    emit_json,
+    train_config_from_args,
+)
 from prunelab.errors import PrunelabError
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
@@ -159,6 +166,29 @@ def _check_fits(model, data, name: str) -> None:
                             f"{data.num_classes} classes")
 
 
+def _is_path(name: str) -> bool:
+    """What :func:`prunelab.checkpoint.model_or_checkpoint` treats as a checkpoint path."""
+    return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)
+
+
+def _fit_to_data(name: str, data) -> dict[str, Any]:
+    """Constructor overrides that fit a zoo model to the data: classes and input width."""
+    from prunelab.models import get_family, resolve
+
+    params = inspect.signature(get_family(resolve(name).family).build).parameters
+    shape = tuple(data.input_shape)
+    out: dict[str, Any] = {}
+    if "num_classes" in params:
+        out["num_classes"] = data.num_classes
+    if "in_channels" in params and len(shape) >= 2 and data.task != "sequence":
+        out["in_channels"] = shape[0]
+    if "in_features" in params and len(shape) == 1:
+        out["in_features"] = shape[0]
+    if "input_size" in params and data.task == "sequence" and len(shape) == 2:
+        out["input_size"] = shape[-1]
+    return out
+
+
 def _snip_batch(data, size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:size]
@@ -177,7 +207,6 @@ def run(args) -> int:
         return structured.run(args)
 
     from prunelab.checkpoint import model_or_checkpoint
-    from prunelab.data import load as load_data
     from prunelab.io import atomic_write_json, save_checkpoint
     from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
     from prunelab.prune.unstructured.masks import MaskCallback
@@ -201,11 +230,11 @@ def run(args) -> int:
                                    args.initial_sparsity, args.prune_unit).validate()
     ranks = _pairs(args.ranks, "--ranks", int) if args.ranks else None
 
-    data = load_data(args.data, root=args.data_root, seed=args.seed)
+    data = data_from_args(args, seed=train_config.seed)
     torch.manual_seed(train_config.seed)
-    loaded = model_or_checkpoint(args.model, num_classes=data.num_classes)
+    is_checkpoint = _is_path(args.model)
+    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else _fit_to_data(args.model, data)))
     model, spec = loaded.model, loaded.spec
-    is_checkpoint = os.path.sep in args.model or args.model.endswith((".pt", ".pth")) or os.path.isfile(args.model)
     _check_fits(model, data, args.model)
     input_shape = tuple(data.input_shape)
     if prune_config is not None:

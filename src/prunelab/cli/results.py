@@ -23,7 +23,15 @@ def run(args) -> int:
     df = load_results(args.study, all_runs=args.all_runs, status=args.status)
     if args.csv or args.json:
         df = df.drop(columns=["config"])
-        text = df.to_csv(index=False) if args.csv else df.to_json(orient="records", indent=2) + "\n"
+        if args.csv:
+            text = df.to_csv(index=False)
+        else:  # json.dumps keeps every float exactly (pandas' to_json rounds to 10 digits)
+            import json
+
+            from prunelab.io import _json_default
+
+            records = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+            text = json.dumps(records, indent=2, default=_json_default) + "\n"
     else:
         cols = ["run_id", "model", "method", "protocol", "target", "seed", "status", "acc", "params", "macs",
                 "sparsity", "latency_ms", "duration"]

@@ -412,8 +412,12 @@ def bench(model: nn.Module, input_shape: Sequence[int], batch_sizes: Iterable[in
 
 
 def format_table(results: Iterable[LatencyResult], title: str | None = None) -> str:
-    """A plain-text table of latency results (medians first; ms per batch and per sample)."""
-    header = ("backend", "device", "threads", "batch", "median ms", "p90 ms", "ms/sample", "samples/s", "peak MB")
+    """A plain-text table of latency results (medians first; ms per batch and per sample).
+
+    ``peak +MB`` is the memory rise over the level before the measurement (see the module docstring).
+    """
+    header = ("backend", "device", "threads", "batch", "median ms", "p90 ms", "ms/sample", "samples/s",
+              "peak +MB")
     rows = [header]
     for r in results:
         mem = "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.1f}"

@@ -111,6 +111,15 @@ def final_metrics(final: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pruning_key(run: RunConfig, **extra: Any) -> dict[str, Any]:
+    """An artifact key for what a pruning method produces from the dense model (a plan, masks, a
+    profile): model, data, dense training, method kind and parameters, target and seed, but not the
+    protocol, so fine-tuning, Scratch-E, Scratch-B and copied-profile runs of one pruning share it."""
+    return {"what": "pruned", "model": run.model, "model_kwargs": run.model_kwargs, "data": run.data,
+            "train": run.train, "kind": run.kind, "params": run.params, "target": run.target, "seed": run.seed,
+            **extra}
+
+
 @dataclass
 class DenseModel:
     """The trained dense model of a run: module, spec, training history and final row, checkpoint path."""

@@ -85,6 +85,8 @@ def execute_run(run_dict: dict[str, Any], job: Job, sink: Callable[[dict[str, An
         ctx = RunContext(run.run_id, study_dir, scratch, Path(job.cache_dir), sink)
         seed_everything(run.seed)
         output = RunOutput.coerce(kind.fn(run, ctx)).to_dict()
+        with contextlib.suppress(OSError):
+            scratch.rmdir()  # only if the run left nothing in it
         return {"ok": True, "output": output, "env": env, "duration": time.time() - start}
     except Exception as exc:
         return {"ok": False, "error": _one_line(exc), "traceback": traceback.format_exc(), "env": env,

@@ -211,7 +211,8 @@ def _drive(spec: StudySpec, store: ResultsStore, executor, progress: bool | None
             signal.signal(signal.SIGTERM, previous)
         executor.shutdown()
         beat.stop()
-        display.update(store.counts(), {}, force=True)
+        with contextlib.suppress(Exception):
+            display.update(store.counts(), {}, force=True)
         display.close()
     return executed, failures
 

@@ -6,7 +6,10 @@ Pruning interleaves with training in every seed paper: masks re-applied after ea
 The trainer calls the hooks in this order for every batch::
 
     on_batch_start -> forward -> loss -> backward -> on_after_backward -> optimizer.step()
-    -> on_step_end
+    -> scheduler.step() -> on_step_end
+
+and around them ``on_fit_start`` (before a checkpoint is resumed), ``on_epoch_start`` /
+``on_epoch_end(trainer, history_row)`` for every complete epoch, and ``on_fit_end``.
 
 ``trainer.step`` counts optimiser steps taken so far (it is already incremented in
 ``on_step_end``); ``trainer.epoch`` is the current epoch (0-based). Setting ``trainer.stop = True``

@@ -168,7 +168,8 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
             set_mask(p.first, first_mask)
             set_mask(p.second, second_mask)
             details["ranks"][p.first_name] = {"second": p.second_name, "rank": p.rank, "kept": int(keep.sum())}
-    layers = [PrunableLayer(n, m) for p in pairs for n, m in ((p.first_name, p.first), (p.second_name, p.second))]
+    named = {n: m for p in pairs for n, m in ((p.first_name, p.first), (p.second_name, p.second))}
+    layers = [PrunableLayer(n, m) for n, m in named.items()]
     report = build_report(model, layers, method="lowrank-columns", target_sparsity=target,
                           input_shape=tuple(input_shape) if input_shape else None, details=details, warn=warn)
     report.details["components_total"] = total

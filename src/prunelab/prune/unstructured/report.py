@@ -138,6 +138,11 @@ class PruneReport:
         if self.flops_pruned is not None:
             out.append(f"MACs: dense {self.macs_dense:,}, sparse-aware {self.macs_sparse:,}, "
                        f"FLOPs pruned {self.flops_pruned:.2%} (weight sparsity {self.sparsity:.2%})")
+        if self.sigma is not None:
+            dense, pinned = self.details.get("mt_dense", []), self.details.get("mt_pinned", [])
+            out.append(f"Minimum Threshold: sigma = {self.sigma:,} weights per layer; {len(dense)} layer(s) of "
+                       f"<= sigma weights kept dense, {len(pinned)} pinned at sigma"
+                       + (f" ({', '.join(pinned[:6])}{', ...' if len(pinned) > 6 else ''})" if pinned else ""))
         out.extend(f"WARNING: {w}" for w in self.warnings)
         return "\n".join(out)
 
