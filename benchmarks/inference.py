@@ -6,8 +6,8 @@
    rounded to multiples of 8. Goal: speed-up >= 0.8 x the MACs ratio at batch 32.
 2. Unstructured sparsity: the sparse-kernel path (prunelab.export.sparse) vs the dense masked model
    at 90% and 95% global magnitude sparsity, for a Linear-heavy MLP at batch 32 (goal >= 3x at 95%)
-   and for a CIFAR ResNet-56 at batch 1 and 32 (goal >= 1.3x at 95%). FP32 throughout: no
-   quantisation is mixed into these ratios.
+   and for a CIFAR ResNet-56 at batch 1 and 32 (goal >= 1.3x at 95%); the ResNet also with
+   layer-wise uniform masks. FP32 throughout: no quantisation is mixed into these ratios.
 3. PyTorch eager vs ONNX Runtime on the same models.
 
 Every comparison alternates its candidates call by call (prunelab.measure.latency.time_interleaved)
@@ -38,7 +38,7 @@ from prunelab.measure import count_macs
 from prunelab.measure.latency import example_input, fixed_threads, time_interleaved
 from prunelab.models import create, resolve
 from prunelab.prune.structured import StructuredConfig, StructuredPruner, Target
-from prunelab.prune.unstructured import prune_global
+from prunelab.prune.unstructured import prune_global, prune_uniform
 
 CIFAR = (3, 32, 32)
 
@@ -127,15 +127,22 @@ def densities(model: nn.Module) -> str:
 
 def section_sparse(args) -> list[dict]:
     out = []
-    cases = [("mlp 2048x3", mlp, 32), ("resnet56", lambda: (create("resnet56").eval(), CIFAR), 1),
-             ("resnet56", lambda: (create("resnet56").eval(), CIFAR), 32)]
-    for name, build, batch in cases:
-        for sparsity in (0.9, 0.95):
+
+    def resnet():
+        return create("resnet56").eval(), CIFAR
+
+    # (label, model, batch, method, sparsities): global magnitude as asked; layer-wise uniform for
+    # the ResNet too, because with random weights global magnitude leaves the early layers dense.
+    cases = [("mlp 2048x3", mlp, 32, "global", (0.9, 0.95)), ("resnet56", resnet, 1, "global", (0.9, 0.95)),
+             ("resnet56", resnet, 32, "global", (0.9, 0.95)), ("resnet56", resnet, 1, "uniform", (0.95,)),
+             ("resnet56", resnet, 32, "uniform", (0.95,))]
+    for name, build, batch, method, sparsities in cases:
+        for sparsity in sparsities:
             torch.manual_seed(0)
             model, shape = build()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                prune_global(model, sparsity)
+                (prune_global if method == "global" else prune_uniform)(model, sparsity)
             model.to(args.device)
             t0 = time.perf_counter()
             sparse, report = convert_to_sparse(model, shape, batch_size=batch, threads=args.threads,
@@ -143,22 +150,22 @@ def section_sparse(args) -> list[dict]:
             convert_s = time.perf_counter() - t0
             x = example_input(shape, batch, args.device)
             med = medians({"dense": eager(model, x), "sparse": eager(sparse, x)}, args)
-            row = {"model": name, "sparsity": sparsity, "batch": batch, "dense_ms": med["dense"],
+            row = {"model": name, "masks": method, "sparsity": sparsity, "batch": batch, "dense_ms": med["dense"],
                    "sparse_ms": med["sparse"], "speedup": med["dense"] / med["sparse"],
                    "sparse_layers": len(report.sparse_layers), "layers": len(report.layers),
                    "relative_error": report.relative_error, "convert_s": convert_s, "densities": densities(model)}
             out.append(row)
-    print(table(("model", "sparsity", "batch", "dense ms", "sparse ms", "speed-up", "sparse layers", "rel. error",
-                 "choose s"),
-                [(r["model"], f"{r['sparsity']:.0%}", r["batch"], f"{r['dense_ms']:.3f}", f"{r['sparse_ms']:.3f}",
-                  f"{r['speedup']:.2f}x", f"{r['sparse_layers']}/{r['layers']}", f"{r['relative_error']:.1e}",
-                  f"{r['convert_s']:.1f}") for r in out]))
+    print(table(("model", "masks", "sparsity", "batch", "dense ms", "sparse ms", "speed-up", "sparse layers",
+                 "rel. error", "choose s"),
+                [(r["model"], r["masks"], f"{r['sparsity']:.0%}", r["batch"], f"{r['dense_ms']:.3f}",
+                  f"{r['sparse_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['sparse_layers']}/{r['layers']}",
+                  f"{r['relative_error']:.1e}", f"{r['convert_s']:.1f}") for r in out]))
     seen = set()
     for r in out:
-        key = (r["model"], r["sparsity"])
+        key = (r["model"], r["masks"], r["sparsity"])
         if key not in seen:
             seen.add(key)
-            print(f"  densities {r['model']} at {r['sparsity']:.0%}: {r['densities']}")
+            print(f"  densities {r['model']} {r['masks']} {r['sparsity']:.0%}: {r['densities']}")
     return out
 
 

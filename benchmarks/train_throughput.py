@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.data import load
+from prunelab.data.pipeline import augment_batch, draw_augment_params
 from prunelab.models import create
 from prunelab.train import Callback, TrainConfig, Trainer, resolve_device
 
@@ -181,6 +182,38 @@ def run_alone(method, args, device: torch.device) -> list[float]:
     return times
 
 
+def data_path_times(args, device: torch.device, data, images: np.ndarray, labels: np.ndarray,
+                    batches: int = 40) -> dict[str, list[float]]:
+    """Seconds per batch of the two data paths alone (no model), interleaved batch by batch: prunelab's
+    slice of the resident tensors plus batched crop/flip, and the reference DataLoader's next batch
+    copied to the device."""
+    x_all, y_all = data.train.x.to(device), data.train.y.to(device)
+    order = torch.randperm(len(data.train)).to(device)
+    dy, dx, flip = draw_augment_params(len(data.train), data.augment, None, device)
+    loader = Reference(args, device, images, labels).loader
+    it = iter(loader)
+    times: dict[str, list[float]] = {"prunelab": [], "reference": []}
+    b = args.batch_size
+    for i in range(batches):
+        sl = slice((i * b) % (len(order) - b), (i * b) % (len(order) - b) + b)
+        sync(device)
+        t0 = time.perf_counter()
+        x = augment_batch(x_all.index_select(0, order[sl]), data.augment, params=(dy[sl], dx[sl], flip[sl]))
+        y = y_all.index_select(0, order[sl])
+        sync(device)
+        times["prunelab"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync(device)
+        times["reference"].append(time.perf_counter() - t0)
+    return times
+
+
 def measure(args, device: torch.device, data, images: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
     """Per-step seconds of each method: interleaved step by step, or one method after another."""
     times: dict[str, list[float]] = {"compute-only": [], "prunelab": [], "reference": []}
@@ -236,6 +269,8 @@ def main(argv=None) -> int:
     ratios = {"prunelab/compute-only": best["prunelab"] / best["compute-only"],
               "prunelab/reference": best["prunelab"] / best["reference"],
               "reference/compute-only": best["reference"] / best["compute-only"]}
+    data_ms = {k: 1000 * statistics.median(v[2:]) for k, v in
+               data_path_times(args, device, data, images, labels).items()}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     setup = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
              "repeats": args.repeats, "schedule": args.schedule, "statistic": "median step time",
@@ -243,7 +278,8 @@ def main(argv=None) -> int:
              "cpus": os.cpu_count(), "reference_workers": args.workers, "amp_bf16": args.amp,
              "channels_last": args.channels_last, "torch": torch.__version__}
     if args.json:
-        json.dump({"setup": setup, "images_per_s": best, "ratios": ratios}, sys.stdout, indent=2)
+        json.dump({"setup": setup, "images_per_s": best, "ratios": ratios, "data_path_ms_per_batch": data_ms},
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     where = gpu or f"CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
@@ -259,6 +295,9 @@ def main(argv=None) -> int:
         print(f"{label:<34}{v:>12.1f}{v / best['compute-only']:>16.3f}{v / best['reference']:>13.3f}")
     print(f"prunelab / compute-only = {ratios['prunelab/compute-only']:.3f} (goal >= 0.95); "
           f"prunelab / reference = {ratios['prunelab/reference']:.2f}x (goal >= 1.3x)")
+    print(f"data path alone, ms per batch of {args.batch_size} (median, interleaved): prunelab "
+          f"{data_ms['prunelab']:.2f}, reference {data_ms['reference']:.2f} "
+          f"({data_ms['reference'] / data_ms['prunelab']:.1f}x)")
     return 0
 
 

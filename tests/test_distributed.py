@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from prunelab.train import distributed as dist
@@ -46,6 +47,7 @@ def test_all_reduce_is_a_no_op_in_one_process():
     dist.barrier()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

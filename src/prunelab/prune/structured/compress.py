@@ -1,7 +1,7 @@
 """Physical compression: the masked model becomes a smaller dense ``nn.Module``.
 
-Each group with removed channels is pruned with Torch-Pruning's pruning functions through its
-dependency group (producers lose output filters, BatchNorms lose gamma, beta and running stats,
+Each layer touched by a group with removed channels is cut with Torch-Pruning's pruning function
+for its type (producers lose output filters, BatchNorms lose gamma, beta and running stats,
 depthwise layers lose their filters, consumers lose input slices at the right concat offsets). A
 group that loses every channel is handled as pytorch-prunes does: producers output nothing, per-
 channel layers vanish, consumers output zeros (or their bias), so the block reduces to its shortcut.
@@ -21,10 +21,10 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.structured.groups import (
+    BN_TYPES,
     CONV_TYPES,
     ChannelGroup,
     GroupSet,
-    build_graph,
     example_batch,
     is_depthwise,
 )
@@ -32,16 +32,6 @@ from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.zero import emptied
 
 RTOL = 1e-4
-
-
-def _out_fn(module: nn.Module):
-    if is_depthwise(module):
-        return tp.prune_depthwise_conv_out_channels
-    if isinstance(module, CONV_TYPES):
-        return tp.prune_conv_out_channels
-    if isinstance(module, nn.Linear):
-        return tp.prune_linear_out_channels
-    raise PrunelabError(f"cannot prune the output channels of {type(module).__name__}")
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -70,28 +60,52 @@ def _check_keep(groups: GroupSet, keep: dict[str, list[int]]) -> dict[str, list[
 def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]]) -> nn.Module:
     """Compress ``model`` itself (no masks on it) so that group ``g`` keeps channels ``keep[g]``.
 
-    Groups absent from ``keep`` are left whole. Returns ``model``.
+    The groups already list every layer they touch with the positions of their channels in it (concat
+    offsets included), in the uncompressed model's coordinates. So the removed positions of all groups
+    are gathered per layer and side, and each layer is cut once with Torch-Pruning's pruning function
+    for its type; no second trace is needed. Groups absent from ``keep`` are left whole. Returns ``model``.
     """
     keep = _check_keep(groups, keep)
     by_name = groups.by_name()
-    partial = [(by_name[n], k) for n, k in keep.items() if 0 < len(k) < by_name[n].width]
-    vanish = [by_name[n] for n, k in keep.items() if not k]
-    if partial:
-        dg, _ = build_graph(model, groups.input_shape)
-        for g, kept in partial:
-            root = model.get_submodule(g.root)
-            removed = sorted(set(range(g.width)) - set(kept))
-            try:
-                group = dg.get_pruning_group(root, _out_fn(root), removed)
-                group.prune(record_history=False)
-            except PrunelabError:
-                raise
-            except Exception as exc:
-                raise PrunelabError(f"Torch-Pruning could not prune group {g.name} "
-                                    f"({type(exc).__name__}: {exc})") from exc
-    for g in vanish:
-        _vanish(model, g)
+    removed: dict[tuple[str, str], set[int]] = {}
+    for name, kept in keep.items():
+        g = by_name[name]
+        if len(kept) == g.width:
+            continue
+        alive = set(kept)
+        for m in g.members:
+            if m.kind == "pool":
+                continue
+            side = "in" if m.kind == "in" else "out"
+            removed.setdefault((m.module, side), set()).update(i for i, c in zip(m.idxs, m.channels) if c not in alive)
+    for (name, side), idxs in removed.items():
+        if not idxs:
+            continue
+        module = model.get_submodule(name)
+        try:
+            _prune_fn(module, side)(module, sorted(idxs))
+        except PrunelabError:
+            raise
+        except Exception as exc:
+            raise PrunelabError(f"Torch-Pruning could not cut layer {name} ({type(exc).__name__}: {exc})") from exc
+    for name, kept in keep.items():
+        if not kept:
+            _vanish(model, by_name[name])
     return model
+
+
+def _prune_fn(module: nn.Module, side: str):
+    if is_depthwise(module):
+        return tp.prune_depthwise_conv_out_channels
+    if isinstance(module, CONV_TYPES):
+        return tp.prune_conv_out_channels if side == "out" else tp.prune_conv_in_channels
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels if side == "out" else tp.prune_linear_in_channels
+    if isinstance(module, BN_TYPES):
+        return tp.prune_batchnorm_out_channels
+    if isinstance(module, nn.PReLU):
+        return tp.prune_prelu_out_channels
+    raise PrunelabError(f"cannot remove channels of {type(module).__name__}")
 
 
 def _vanish(model: nn.Module, group: ChannelGroup) -> None:

@@ -15,6 +15,7 @@ from prunelab.prune.unstructured.allocation import (
     minimum_threshold,
     sigma_from_percent,
 )
+from prunelab.prune.unstructured.lowrank import LowRankPair, find_lowrank_pairs, prune_lowrank_columns
 from prunelab.prune.unstructured.masks import (
     MaskCallback,
     apply_masks_,
@@ -36,14 +37,26 @@ from prunelab.prune.unstructured.pruner import (
     prune_uniform,
 )
 from prunelab.prune.unstructured.report import LayerCollapseWarning, LayerReport, PruneReport, outputs_connected
+from prunelab.prune.unstructured.schedules import (
+    GradualPruning,
+    GradualSchedule,
+    WeightSnapshot,
+    cubic_sparsity,
+    iterative_sparsities,
+    prune_iterative,
+)
 from prunelab.prune.unstructured.selection import LayerSelection, PrunableLayer, select_layers
 
 __all__ = [
     "METHODS",
+    "GradualPruning",
+    "GradualSchedule",
     "LayerCollapseWarning",
     "LayerReport",
     "LayerSelection",
+    "LowRankPair",
     "MaskCallback",
+    "WeightSnapshot",
     "PrunableLayer",
     "PruneConfig",
     "PruneReport",
@@ -51,14 +64,19 @@ __all__ = [
     "attach_masks_from_state_dict",
     "check_feasible",
     "check_mt_feasible",
+    "cubic_sparsity",
+    "find_lowrank_pairs",
     "get_mask",
+    "iterative_sparsities",
     "kept_count",
     "mask_counts",
     "minimum_threshold",
     "outputs_connected",
     "prune",
     "prune_global",
+    "prune_iterative",
     "prune_layerwise",
+    "prune_lowrank_columns",
     "prune_random",
     "prune_snip",
     "prune_uniform",

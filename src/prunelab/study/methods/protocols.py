@@ -238,14 +238,14 @@ def _resolve_reduced(run: RunConfig) -> RunConfig:
     return resolve_params(run, _REDUCED)
 
 
-@register("reduced", protocols=("reduced",), targets=SIZE_TARGETS, resolve=_resolve_reduced,
+@register("reduced", protocols=(), targets=SIZE_TARGETS, resolve=_resolve_reduced,
           doc="a uniformly reduced network (width, bottleneck or depth) at the target, trained from scratch")
 def reduced(run: RunConfig, ctx: RunContext) -> RunOutput:
     """Crowley et al. (2018, sec. 4.1): the model shrunk uniformly to the run's parameter or MACs target
     (bisection on the multiplier, within ``tol``; nearest legal depth for ``depth``), then trained
     from scratch with the study's training recipe, like the dense model."""
-    from prunelab.protocols import build_and_train, reduced_network
     from prunelab.protocols import Target as SizeTarget
+    from prunelab.protocols import build_and_train, reduced_network
 
     p = run.params
     data = load_data(run)

@@ -203,9 +203,9 @@ def _scratch(ctx: RunContext, run: RunConfig, pruned: nn.Module, spec, data, ini
     """Liu et al. (2019) for a sparse architecture: ``pruned``'s masks on fresh weights, trained with the
     study's recipe (Scratch-E) or for the dense compute (Scratch-B)."""
     from prunelab.measure import count_macs
-    from prunelab.prune.unstructured import apply_masks_, get_mask, set_mask
     from prunelab.protocols import build_model, scale_schedule
     from prunelab.protocols.scratch import scratch_b_factor
+    from prunelab.prune.unstructured import apply_masks_, get_mask, set_mask
 
     shape = tuple(data.input_shape)
     if init_model is None:
@@ -229,9 +229,9 @@ def _scratch(ctx: RunContext, run: RunConfig, pruned: nn.Module, spec, data, ini
 
 def unstructured(run: RunConfig, ctx: RunContext) -> RunOutput:
     """One unstructured pruning run (see the module doc)."""
+    from prunelab.protocols import build_model
     from prunelab.prune.unstructured import prune
     from prunelab.prune.unstructured.schedules import GradualPruning, GradualSchedule, prune_iterative
-    from prunelab.protocols import build_model
     from prunelab.train import evaluate
 
     p = run.params
