@@ -94,7 +94,13 @@ def test_checkpoint_of_another_architecture_exits_2(tmp_path, capsys):
 
 def test_model_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
     out = tmp_path / "x.pt"
-    rc = main(["prune", "resnet20", *FAST, "--sparsity", "0.5", "--out", str(out)])
+    rc = main(["prune", "fastgrnn", *FAST, "--sparsity", "0.5", "--out", str(out)])
     assert rc == 2
     assert "does not accept digits inputs" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    three = tmp_path / "three.pt"
+    spec = resolve("mlp", num_classes=3)
+    save_checkpoint(three, arch=spec.to_dict(), state_dict=create(spec).state_dict())
+    rc = main(["prune", str(three), *FAST, "--sparsity", "0.5", "--out", str(out)])
+    assert rc == 2
+    assert "has 10 classes" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three.pt"]

@@ -138,6 +138,8 @@ def _check_args(args, train_config) -> None:
             raise PrunelabError("--mt, --mt-percent and --layer-sparsity do not apply to --method lowrank")
     elif args.ranks:
         raise PrunelabError("--ranks applies to --method lowrank only")
+    if args.method == "layerwise" and args.prune_schedule != "oneshot":
+        raise PrunelabError("--method layerwise (given per-layer sparsities) supports --prune-schedule oneshot only")
     if args.prune_schedule == "iterative":
         if args.rounds < 1:
             raise PrunelabError(f"--rounds must be >= 1, got {args.rounds}")

@@ -114,7 +114,9 @@ class StructuredPruner:
     @property
     def cost(self) -> CostModel:
         if self._cost is None:
-            self._cost = CostModel(self.model, self.groups)
+            with self.masks.detached():
+                self._cost = CostModel(self.model, self.groups, params=self.initial["params"],
+                                       macs=self.initial["macs"])
         return self._cost
 
     def measure(self, exact: bool = False) -> dict:

@@ -112,6 +112,12 @@ class GradualSchedule:
                 "every": self.every, "unit": self.unit}
 
 
+def _check_scheduled(config: PruneConfig) -> None:
+    if config.layer_sparsity:
+        raise PrunelabError("per-layer sparsities (method 'layerwise') cannot follow a sparsity schedule; "
+                            "use them one-shot, or a global or uniform method")
+
+
 class GradualPruning(MaskCallback):
     """Raise the sparsity during training along a :class:`GradualSchedule`; keep masks in between.
 
@@ -124,6 +130,7 @@ class GradualPruning(MaskCallback):
 
     def __init__(self, config: PruneConfig, schedule: GradualSchedule, *, loss_fn: Callable | None = None) -> None:
         super().__init__()
+        _check_scheduled(config)
         self.config = config.with_sparsity(schedule.final).validate()
         self.schedule = schedule.validate()
         self.loss_fn = loss_fn
@@ -239,6 +246,7 @@ def prune_iterative(model: nn.Module, data, train_config, config: PruneConfig, *
     """
     from prunelab.train import Trainer
 
+    _check_scheduled(config)
     check_feasible(model, config)
     if rewind_epoch is not None and rewind_state is None and rewind_epoch >= max(1, train_config.epochs):
         raise PrunelabError(f"rewind epoch {rewind_epoch} must be < the fine-tuning epochs ({train_config.epochs})")
