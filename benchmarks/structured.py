@@ -151,7 +151,7 @@ def latency(dense: nn.Module, small: nn.Module, shape, batches, args) -> list[di
             return call
 
         samples = time_interleaved({"dense": run(dense), "compressed": run(small)}, warmup=2,
-                                   repeats=args.repeats if b == 1 else max(3, args.repeats // 4))
+                                   repeats=args.repeats if b == 1 else max(5, args.repeats // 2))
         d, c = statistics.median(samples["dense"]), statistics.median(samples["compressed"])
         rows.append({"batch": b, "dense_ms": d, "compressed_ms": c, "speedup": d / c, "macs_ratio": ratio})
     return rows

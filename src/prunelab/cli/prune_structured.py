@@ -67,7 +67,8 @@ def add_arguments(parser) -> None:
         g.add_argument("--prune-every", type=int, default=DEFAULT_PRUNE_EVERY, metavar="K",
                        help=f"training steps between prunes (default: {DEFAULT_PRUNE_EVERY})")
     else:
-        every.default = _NotGiven(every.default)
+        if isinstance(every.default, int):
+            every.default = _NotGiven(every.default)
         every.help = (every.help or "") + f"; --structured: training steps between prunes (default " \
                                           f"{DEFAULT_PRUNE_EVERY})"
     g.add_argument("--channels-per-prune", type=int, default=1, metavar="N",
@@ -124,7 +125,8 @@ def structured_config(args):
     """The :class:`~prunelab.prune.structured.StructuredConfig` of the parsed flags."""
     from prunelab.prune.structured import StructuredConfig
 
-    every = DEFAULT_PRUNE_EVERY if isinstance(args.prune_every, _NotGiven) else int(args.prune_every)
+    given = args.prune_every is not None and not isinstance(args.prune_every, _NotGiven)
+    every = int(args.prune_every) if given else DEFAULT_PRUNE_EVERY
     return StructuredConfig(
         criterion=args.criterion, scope=args.scope, exclude=tuple(args.exclude or ()),
         schedule="oneshot" if args.oneshot else "iterative", prune_every=every,
@@ -205,7 +207,8 @@ def run(args) -> int:
     }
     if pretrain > 0:
         pruner.detach()
-        Trainer(model, data, replace(train_config, epochs=pretrain, max_steps=None, checkpoint=None, resume=False)).fit()
+        dense_config = replace(train_config, epochs=pretrain, max_steps=None, checkpoint=None, resume=False)
+        Trainer(model, data, dense_config).fit()
         pruner.masks.attach()
     summary["accuracy"]["before"] = _acc(evaluate(model, data))
     before = pruner.initial

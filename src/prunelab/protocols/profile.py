@@ -205,7 +205,7 @@ def profile_to_target(profile: WidthProfile, target: Target, input_shape: tuple[
     """Bisect alpha so the profile's member hits ``target`` within ``tol`` (at least one channel per unit)."""
     measurer = Measurer(target.metric, input_shape, latency) if latency else Measurer(target.metric, input_shape)
     hi = 1.0
-    while measurer(profile.scaled(hi, round_to)) < target.value * (1 - tol) and hi < MAX_ALPHA:
+    while measurer(profile.scaled(hi, round_to)) < target.value and hi < MAX_ALPHA:
         hi = min(MAX_ALPHA, hi * 2)
     return bisect_scalar(lambda a: profile.scaled(a, round_to), measurer, target, lo=1e-3, hi=hi, tol=tol,
                          name="alpha", what="member of the profile's family")

@@ -17,8 +17,9 @@ settings) it runs once, as a study artifact, and every protocol reads its result
 * ``scratch-e`` / ``scratch-b``: the pruned architecture re-initialised for its actual sizes and trained
   with the dense recipe for the same epochs, or for the dense model's compute (Liu et al. 2019).
 * ``copy-profile``: the width profile of one prune (at ``profile_target``, default the run's own
-  target) scaled by one factor to the run's target and trained from scratch: "prune once, get a
-  family" (Crowley et al. 2018).
+  target; the other protocols ignore it) scaled by one factor to the run's target and trained from
+  scratch: "prune once, get a family" (Crowley et al. 2018). A block pruned to zero width keeps one
+  channel in the copies.
 """
 
 from __future__ import annotations
@@ -196,6 +197,41 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
     return ctx.artifact(key, produce)
 
 
+def _architecture(plan: dict):
+    """The pruned architecture of ``plan`` for training from scratch. A block pruned to zero width has
+    no constructor form (widths are >= 1), so the base model compressed by the plan is used then."""
+    from prunelab.models import ArchSpec
+    from prunelab.protocols import PrunedArchitecture, pruned_architecture
+
+    arch = pruned_architecture(plan)
+    if arch.plan is None:
+        try:
+            fresh_model(arch.spec)
+        except PrunelabError:
+            base = ArchSpec.from_dict(plan["base"])
+            arch = PrunedArchitecture(base, plan, base, "plan")
+    return arch
+
+
+def _profile(plan: dict):
+    """The width profile of ``plan`` (Crowley et al. 2018): kept / unpruned width per width unit. Read
+    from the plan itself when a unit was pruned to zero width (its narrowed spec cannot be built); the
+    scaled members keep at least one channel per unit."""
+    from prunelab.models import ArchSpec
+    from prunelab.protocols import read_profile
+    from prunelab.protocols.profile import ProfileEntry, WidthProfile
+
+    try:
+        return read_profile(plan)
+    except PrunelabError:
+        groups = plan.get("groups") or []
+        if plan.get("scope") != "internal" or not all(g.get("unit") for g in groups) or \
+                all(g["kept"] for g in groups):
+            raise
+    base = ArchSpec.from_dict(plan["base"])
+    return WidthProfile(base, base, [ProfileEntry(str(g["name"]), int(g["width"]), len(g["kept"])) for g in groups])
+
+
 def _read(folder: Path):
     from prunelab.checkpoint import load_model
 
@@ -208,7 +244,7 @@ def _read(folder: Path):
 def structured(run: RunConfig, ctx: RunContext) -> RunOutput:
     """One structured pruning run: the shared prune, then the run's protocol (see the module doc)."""
     from prunelab.protocols import Target as SizeTarget
-    from prunelab.protocols import build_and_train, copy_profile, read_profile, train_from_scratch
+    from prunelab.protocols import build_and_train, copy_profile, train_from_scratch
     from prunelab.train import Trainer
 
     p = run.params
@@ -253,8 +289,9 @@ def structured(run: RunConfig, ctx: RunContext) -> RunOutput:
                          artifacts=artifacts)
 
     if run.protocol in ("scratch-e", "scratch-b"):
-        res = train_from_scratch(loaded.plan, data, run.train_config(), budget="B" if run.protocol == "scratch-b"
-                                 else "E", callbacks=[ctx.callback(run.protocol)])
+        budget = "B" if run.protocol == "scratch-b" else "E"
+        res = train_from_scratch(_architecture(loaded.plan), data, run.train_config(), budget=budget,
+                                 callbacks=[ctx.callback(run.protocol)])
         extra.update(budget_factor=res.factor, epochs=res.epochs)
         return trained_output(ctx, run, res.model, base, data, res.result, extra, artifacts, save=p["checkpoint"],
                               spec=res.spec, plan=res.plan)
@@ -264,7 +301,7 @@ def structured(run: RunConfig, ctx: RunContext) -> RunOutput:
     if p["profile_target"] is not None:
         source = shared_prune(ctx, run, data, p["profile_target"])
         artifacts["profile_prune"] = ctx.relative(source)
-    profile = read_profile(_read(source)[0].plan)
+    profile = _profile(_read(source)[0].plan)
     metric, value = size_target(run.target, *sizes(base, shape))
     member = copy_profile(profile, data, target=SizeTarget(metric, float(value)), round_to=p["profile_round_to"],
                           tol=p["tol"], train=False)

@@ -13,7 +13,8 @@ Kinds, all aiming at a weight ``sparsity`` (or ShrinkBench's ``compression``, Bl
 Schedules (``schedule``): ``oneshot`` prunes the trained dense model of the run's seed (the study's
 cached one) once and fine-tunes it with the ``finetune`` settings; ``iterative`` does the same in
 ``rounds`` rounds; ``gradual`` trains from scratch with the study's recipe while the sparsity follows
-the cubic schedule of Zhu & Gupta (2017) (``gradual: {start, end, every, unit, initial}``).
+the cubic schedule of Zhu & Gupta (2017) (``gradual: {start, end, every, unit, initial}``). Gradual
+pruning is itself training from scratch, so its runs take no protocol (the protocols axis collapses).
 
 Protocols: ``finetune`` (above), and, for one-shot masks, Liu et al.'s (2019, sec. 5) retraining of
 the sparse architecture from scratch: the mask is kept, the weights are drawn afresh (``reinit:
@@ -127,7 +128,9 @@ def _resolve(run: RunConfig) -> RunConfig:
         GradualSchedule(target_sparsity(run.target), **p["gradual"]).validate()
     else:
         check_finetune(run)
-    if run.protocol in ("scratch-e", "scratch-b") and p["schedule"] != "oneshot":
+    if p["schedule"] == "gradual":
+        run.protocol = None  # gradual pruning is itself training from scratch: it takes no protocol
+    elif run.protocol in ("scratch-e", "scratch-b") and p["schedule"] != "oneshot":
         raise PrunelabError(f"protocol {run.protocol} retrains a one-shot mask from scratch; schedule "
                             f"{p['schedule']!r} has none (use schedule: oneshot)")
     if run.kind == "snip" and p["at"] == "init" and run.protocol == "finetune":
