@@ -26,18 +26,67 @@ CHECKPOINT_VERSION = 1
 
 def _atomic(path: str | os.PathLike, write: Callable[[Any], None], binary: bool) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise PrunelabError(f"cannot write {path}: it is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb" if binary else "w") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
+    return path
+
+
+def _write_error(path: Path, exc: OSError) -> PrunelabError:
+    """A one-line error for an output path the file system refuses (missing or read-only folder, a file
+    where a folder should be, a full disk)."""
+    blocker = _nearest_existing(path.parent)
+    if blocker is not None and not blocker.is_dir():
+        return PrunelabError(f"cannot write {path}: {blocker} is a file, not a folder")
+    return PrunelabError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Check, before any work, that ``path`` (a file, or a folder with ``folder``) can be written.
+
+    The nearest existing folder on the way must accept a new file: a probe file is created there and
+    removed at once (an unnamed ``O_TMPFILE`` where the file system has them), so nothing is left
+    behind. Raises :class:`PrunelabError` naming the path and the reason.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise PrunelabError(f"cannot write into {path}: it is a file, not a folder")
+        if not folder and path.is_dir():
+            raise PrunelabError(f"cannot write {path}: it is a folder; give a file path")
+    start = path if folder else path.parent
+    existing = _nearest_existing(start.absolute())
+    if existing is None or not existing.is_dir():
+        raise PrunelabError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PrunelabError(f"cannot write {path}: folder {existing} is not writable ({exc.strerror or exc})") \
+            from exc
     return path
 
 
@@ -84,7 +133,21 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise PrunelabError(f"{what} {path} is corrupt or not a prunelab file ({type(exc).__name__})") from exc
     except Exception as exc:  # pickle.UnpicklingError for files that are not weights-only
-        raise PrunelabError(f"{what} {path} cannot be loaded safely ({type(exc).__name__}: {exc})") from exc
+        raise PrunelabError(f"{what} {path} cannot be loaded safely: it is corrupt or "
+                            f"not a weights-only file ({_unpickling_detail(exc)})") from exc
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The useful part of torch's weights-only refusal (e.g. ``Unsupported global: GLOBAL x.Y ...``)
+    without its multi-paragraph advice."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = text.split(marker, 1)[1].strip()
+        first = rest.splitlines()[0].strip() if rest else ""
+        return first.split(". ", 1)[0].rstrip(".") or type(exc).__name__
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def save_checkpoint(path: str | os.PathLike, *, arch: dict, state_dict: dict, plan: dict | None = None,

@@ -53,6 +53,37 @@ def build_parser(command: str | None = None) -> ArgumentParser:
     return parser
 
 
+#: options naming where a command writes; checked before any work (folders when their metavar is DIR)
+OUTPUT_OPTIONS = ("--out", "--output", "--state")
+
+
+def _output_actions(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The output-path actions of the sub-command (and sub-action) that ``args`` selects."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                yield from _output_actions(action.choices[chosen], args)
+        elif any(flag in OUTPUT_OPTIONS for flag in action.option_strings):
+            yield action
+
+
+def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fail fast, before loading data or training, on an output path that cannot be written
+    (missing or read-only folder, a file where a folder is expected, or the reverse)."""
+    from prunelab.io import check_writable
+
+    for action in _output_actions(parser, args):
+        value = getattr(args, action.dest, None)
+        if isinstance(value, str) and value:
+            check_writable(value, folder=action.metavar == "DIR")
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{exc.strerror or exc}: {where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -66,9 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(f"prunelab.cli.{COMMANDS[args.command][0]}")
     try:
+        check_outputs(parser, args)
         return int(module.run(args) or 0)
     except PrunelabError as exc:
         sys.stderr.write(f"prunelab {args.command}: error: {exc}\n")
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a real fault, keep its traceback
+            raise
+        sys.stderr.write(f"prunelab {args.command}: error: {_os_error_line(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("prunelab: interrupted\n")

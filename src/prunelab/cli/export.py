@@ -37,7 +37,7 @@ def run(args) -> int:
         from prunelab.export.onnx import DEFAULT_OPSET, to_onnx
 
         result = to_onnx(loaded.model, shape, args.out, dynamic_batch=not args.static_batch,
-                         opset=args.opset or DEFAULT_OPSET)
+                         opset=DEFAULT_OPSET if args.opset is None else args.opset)
         summary = result.to_dict()
         text = (f"wrote {result.path} ({result.bytes} bytes, opset {result.opset}); ONNX Runtime vs PyTorch: "
                 f"max abs error {result.max_abs_error:.2e}, relative error {result.relative_error:.2e}")

@@ -92,8 +92,33 @@ def add_arguments(parser) -> None:
                    help="leave layers whose module path matches one of these globs dense")
     add_train_arguments(parser)
     structured = _structured_module()
+    s = None
     if structured is not None:
-        structured.add_arguments(parser.add_argument_group("structured pruning (with --structured)"))
+        s = parser.add_argument_group("structured pruning (with --structured)")
+        structured.add_arguments(s)
+    # Flags of one mode are refused in the other (rather than silently ignored); --exclude and
+    # --prune-every serve both.
+    shared = {"exclude", "prune_every"}
+    parser.set_defaults(_mode_flags={
+        "unstructured": _group_flags(g, shared),
+        "structured": _group_flags(s, shared) if s is not None else {},
+    })
+
+
+def _group_flags(group, skip: set[str]) -> dict[str, tuple[str, Any]]:
+    """``dest -> (flag, default)`` of the options in an argument group."""
+    return {a.dest: (a.option_strings[-1], a.default) for a in group._group_actions
+            if a.option_strings and a.dest not in skip}
+
+
+def _check_mode_flags(args) -> None:
+    """Refuse unstructured-only flags with ``--structured`` and structured-only flags without it."""
+    flags = getattr(args, "_mode_flags", None) or {}
+    other = "unstructured" if args.structured else "structured"
+    for dest, (flag, default) in flags.get(other, {}).items():
+        if getattr(args, dest, default) != default:
+            hint = "drop --structured" if args.structured else "add --structured"
+            raise PrunelabError(f"{flag} applies to {other} pruning only ({hint})")
 
 
 def _pairs(items: list[str], flag: str, convert) -> dict[str, Any]:
@@ -202,6 +227,7 @@ def _acc(metrics: dict | None) -> float | None:
 
 
 def run(args) -> int:
+    _check_mode_flags(args)
     if args.structured:
         structured = _structured_module()
         if structured is None:

@@ -168,8 +168,7 @@ def _sizes(model, input_shape) -> dict[str, int]:
 
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
-    from prunelab.cli.common import emit_json, train_config_from_args
-    from prunelab.data import load as load_data
+    from prunelab.cli.common import data_from_args, emit_json, train_config_from_args
     from prunelab.io import atomic_write_json
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
     from prunelab.train import Trainer, evaluate, resolve_device
@@ -186,7 +185,7 @@ def run(args) -> int:
     if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
         raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
 
-    data = load_data(args.data, root=args.data_root, seed=args.seed)
+    data = data_from_args(args, seed=args.seed)
     torch.manual_seed(train_config.seed)
     is_checkpoint = _is_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else _overrides(args.model, data)))

@@ -28,6 +28,24 @@ from prunelab.errors import PrunelabError, check_choice
 
 EXPORTERS = ("auto", "legacy", "dynamo")
 DEFAULT_OPSET = 17
+#: oldest opset ONNX Runtime runs (BatchNormalization and friends changed form at 7)
+MIN_OPSET = 7
+
+
+def max_opset() -> int:
+    """The newest opset this torch can export to."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:
+        return DEFAULT_OPSET
+    return int(ONNX_MAX_OPSET)
+
+
+def check_opset(opset: int) -> int:
+    """Return ``opset`` if ONNX Runtime and this torch both support it, else raise :class:`PrunelabError`."""
+    if not MIN_OPSET <= int(opset) <= max_opset():
+        raise PrunelabError(f"ONNX opset {opset} is not supported; valid: {MIN_OPSET} to {max_opset()}")
+    return int(opset)
 
 
 def _require_onnxruntime():
@@ -66,6 +84,7 @@ def onnx_bytes_of(model: nn.Module, input_shape: Sequence[int], *, dynamic_batch
     (:mod:`prunelab.export.sparse`) have no ONNX form: export the masked model they came from.
     """
     check_choice("ONNX exporter", exporter, EXPORTERS)
+    check_opset(opset)
     from prunelab.export.sparse import has_sparse_modules
 
     if has_sparse_modules(model):

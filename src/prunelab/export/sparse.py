@@ -429,6 +429,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
         check_device,
         check_threads,
         example_input,
+        _trial_call,
         fixed_threads,
         time_interleaved,
     )
@@ -441,6 +442,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
     converted.eval().to(device)
     layers = _candidate_layers(converted, masked_only)
     x = example_input(input_shape, batch_size, device)
+    _trial_call(lambda: _output(converted, x), input_shape, batch_size)  # a wrong input shape: one line
     choices: list[LayerChoice] = []
     with fixed_threads(threads) as n_threads:
         reference = _output(converted, x) if verify else None

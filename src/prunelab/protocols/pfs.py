@@ -420,6 +420,8 @@ def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_co
         from prunelab.io import load_checkpoint
 
         gated = ArchSpec.from_dict(load_checkpoint(init_from)["arch"])
+        if gated.family != default.family:
+            raise PrunelabError(f"checkpoint {init_from} is a {gated.family} network, not {default.family}")
     else:
         gated = expanded_spec(default, pfs.expansion, pfs.expansion_mode)
     _check_budget_reachable(gated, target, reference, shape, pfs.tol)

@@ -75,6 +75,10 @@ def pruned_architecture(source: Any, dense: str | ArchSpec | dict | None = None)
         raise PrunelabError(f"cannot read a pruned architecture from {type(source).__name__}; "
                             "valid: a checkpoint path, a structured plan, an architecture spec")
     if dense_spec is not None:
+        if dense_spec.family != arch.spec.family:
+            name = dense if isinstance(dense, str) else dense_spec.family
+            raise PrunelabError(f"dense model {name} is a {dense_spec.family} network but the pruned "
+                                f"architecture is {arch.spec.family}; give the model it was pruned from")
         arch.dense = dense_spec
     return arch
 

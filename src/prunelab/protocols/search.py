@@ -62,6 +62,8 @@ def bisect_scalar(make: Callable[[float], ArchSpec], measure: Callable[[ArchSpec
     the reachable range when the target lies outside it, or the nearest value when rounding to
     whole channels leaves no step within ``tol``.
     """
+    if not 0.0 <= tol < 1.0:
+        raise PrunelabError(f"relative tolerance of the target must be in [0, 1), got {tol}")
     if not lo < hi:
         raise PrunelabError(f"{name} range [{lo}, {hi}] is empty")
     goal = target.value

@@ -1,7 +1,8 @@
 """Study reports: Markdown and HTML with PNG plots, built only from a study's results store.
 
-``write_report(study)`` draws accuracy against parameters, MACs, sparsity and measured latency (when
-runs measured it), one curve per method / protocol with seed standard deviations as error bars; a
+``write_report(study)`` draws accuracy against parameters, MACs and sparsity, one curve per method /
+protocol with seed standard deviations as error bars; when runs measured latency, latency against
+parameters and accuracy against latency for every batch size timed (Crowley et al. 2018, sec. 5); a
 per-layer sparsity plot to spot layer collapse; tables in the shape of the seed papers' tables; and
 the environment the runs executed in. It follows the reporting checklist of Blalock et al. (2020,
 ShrinkBench): compression ratio and theoretical speed-up side by side, trade-off curves, variation
@@ -22,7 +23,14 @@ import yaml
 from prunelab.io import atomic_write_text
 from prunelab.report.aggregate import layer_sparsity, summarize
 from prunelab.report.document import Code, Document, Heading, Image, Paragraph, Table
-from prunelab.report.plots import AXES, Figure, collapsed_layers, layer_figure, tradeoff_figure
+from prunelab.report.plots import (
+    Figure,
+    collapsed_layers,
+    latency_figure,
+    latency_measures,
+    layer_figure,
+    tradeoff_figure,
+)
 from prunelab.report.tables import results_table
 
 __all__ = ["Report", "write_report"]
@@ -47,6 +55,30 @@ def _environment_table(envs: list[dict]) -> Table:
         values = list(dict.fromkeys(str(env[k]) for env in envs if k in env))
         rows.append([k, ", ".join(values)])
     return Table(["", "value(s) over the runs"], rows)
+
+
+def _latency_section(doc: Document, figures: dict[str, Figure], summary: pd.DataFrame, spec: dict,
+                     out_dir: Path) -> None:
+    """Measured latency against parameters and accuracy against latency, one pair per batch size the
+    runs were timed at: the comparison of Crowley et al. (2018, sec. 5), where reduced networks beat
+    pruned networks of the same size on real hardware."""
+    measures = latency_measures(summary)
+    if not measures:
+        return
+    opts = spec.get("measure") or {}
+    threads = opts.get("threads")
+    doc.add(Heading("Measured latency"))
+    doc.add(Paragraph(
+        f"Median latency of one forward pass (eager PyTorch) on {opts.get('device', 'cpu')}"
+        + (f" with {threads} thread(s)" if threads else "") + ", timed after each run trained its model; "
+        "one pair of plots per batch size. Points are targets, error bars are the sample standard deviation over "
+        "seeds. Timings compare models within one study on one machine; they are not portable across machines."))
+    for measure in measures:
+        for fig in (latency_figure(summary, measure, out_dir / f"{measure}_vs_params.png"),
+                    tradeoff_figure(summary, measure, out_dir / f"acc_vs_{measure}.png")):
+            if fig is not None:
+                figures[fig.name] = fig
+                doc.add(Image(fig.path.name, fig.title))
 
 
 def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None) -> Report:
@@ -82,11 +114,12 @@ def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
         doc.add(Heading("Trade-off curves"))
         doc.add(Paragraph("Top-1 accuracy against each cost measure; one curve per method / protocol, points are "
                           "targets, error bars are the sample standard deviation over seeds (none for one seed)."))
-        for x in AXES:
+        for x in ("params", "macs", "sparsity"):
             fig = tradeoff_figure(summary, x, out_dir / f"acc_vs_{x}.png")
             if fig is not None:
                 figures[fig.name] = fig
                 doc.add(Image(fig.path.name, fig.title))
+        _latency_section(doc, figures, summary, meta.get("spec") or {}, out_dir)
         doc.add(Heading("Results"))
         doc.add(Paragraph("Params: parameters that remain (non-zero weights for unstructured pruning). MACs: "
                           "multiply-accumulates at batch 1 (sparse-aware for unstructured pruning). Compression: "

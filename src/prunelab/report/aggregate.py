@@ -6,11 +6,28 @@ as ``-``, for a single seed), as in the "mean ± std over runs" tables of the se
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
 GROUP = ["model", "method", "protocol", "target", "target_key", "target_value"]
 MEASURES = ["acc", "loss", "params", "macs", "sparsity", "latency_ms", "base_params", "base_macs"]
+BATCH_LATENCY = re.compile(r"^latency_ms_b(\d+)$")
+
+
+def batch_latency_columns(columns: Iterable[str]) -> list[str]:
+    """The per-batch-size latency measures among ``columns`` (``latency_ms_b<N>``, what a study stores
+    for each of its ``measure.batch_sizes``), in increasing batch size."""
+    found = [(int(m.group(1)), c) for c in columns if (m := BATCH_LATENCY.match(str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def batch_of(measure: str) -> int | None:
+    """The batch size of a ``latency_ms_b<N>`` measure (None for any other measure)."""
+    m = BATCH_LATENCY.match(measure)
+    return int(m.group(1)) if m else None
 
 
 def series_label(method: str, protocol: str | None) -> str:
@@ -21,9 +38,10 @@ def series_label(method: str, protocol: str | None) -> str:
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Done runs grouped by :data:`GROUP`: ``n``, ``<m>_mean`` / ``<m>_std`` for each measure present,
     and the ratios the reporting standard asks for: ``compression`` (base params / params),
-    ``macs_pruned`` (1 - MACs / base MACs) and ``speedup`` (base MACs / MACs), from the means."""
+    ``macs_pruned`` (1 - MACs / base MACs) and ``speedup`` (base MACs / MACs), from the means.
+    Measured latencies per batch size (``latency_ms_b<N>``) are summarised like the other measures."""
     done = results[results["status"] == "done"].copy()
-    measures = [m for m in MEASURES if m in done.columns]
+    measures = [m for m in MEASURES if m in done.columns] + batch_latency_columns(done.columns)
     for m in measures:
         done[m] = pd.to_numeric(done[m], errors="coerce")
     rows = []

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prunelab.report.aggregate import series_label
+from prunelab.errors import unknown_choice
+from prunelab.report.aggregate import batch_latency_columns, batch_of, series_label
 
 AXES = {
     "params": ("parameters", "params"),
@@ -62,29 +63,53 @@ def _nan_to_zero(values: list[float]) -> list[float]:
     return [0.0 if (v is None or math.isnan(v)) else v for v in values]
 
 
-def tradeoff_figure(summary: pd.DataFrame, x: str, path: Path) -> Figure | None:
-    """Top-1 accuracy (%) against ``x`` (params, macs, sparsity or latency_ms), one curve per
-    method / protocol, error bars = standard deviation over seeds. None when no run reports ``x``."""
-    xlabel, column = AXES[x]
-    mean, std = f"{column}_mean", f"{column}_std"
-    if summary.empty or mean not in summary.columns or "acc_mean" not in summary.columns:
-        return None
-    data = summary[summary[mean].notna() & summary["acc_mean"].notna()]
-    if data.empty:
-        return None
-    models = list(dict.fromkeys(data["model"]))
+def axis_label(measure: str) -> str:
+    """The axis label of a plotted measure: one of :data:`AXES` or a per-batch latency ``latency_ms_b<N>``."""
+    if measure in AXES:
+        return AXES[measure][0]
+    batch = batch_of(measure)
+    if batch is None:
+        raise unknown_choice("plot axis", measure, [*AXES, "latency_ms_b<N>"])
+    return f"measured latency, batch {batch} (ms)"
+
+
+def latency_measures(summary: pd.DataFrame) -> list[str]:
+    """The latencies a study measured, to plot: one ``latency_ms_b<N>`` per stored batch size, or the
+    single ``latency_ms`` when runs stored no per-batch figure; empty when nothing was timed."""
+    def present(measure: str) -> bool:
+        return f"{measure}_mean" in summary.columns and bool(summary[f"{measure}_mean"].notna().any())
+
+    per_batch = [m for m in batch_latency_columns(c[:-len("_mean")] for c in summary.columns if c.endswith("_mean"))
+                 if present(m)]
+    if per_batch:
+        return per_batch
+    return ["latency_ms"] if present("latency_ms") else []
+
+
+def _series(summary: pd.DataFrame, x: str, y: str, y_scale: float = 1.0) -> list[Series]:
+    """One :class:`Series` per model x method / protocol: the groups reporting both ``x`` and ``y``,
+    means and seed standard deviations, sorted by ``x``."""
+    xm, xs, ym, ys = f"{x}_mean", f"{x}_std", f"{y}_mean", f"{y}_std"
+    if summary.empty or xm not in summary.columns or ym not in summary.columns:
+        return []
+    data = summary[summary[xm].notna() & summary[ym].notna()]
     series: list[Series] = []
-    for model in models:
+    for model in dict.fromkeys(data["model"]):
         rows = data[data["model"] == model]
         for label in dict.fromkeys(rows["label"]):
-            pts = rows[rows["label"] == label].sort_values(mean, kind="stable")
+            pts = rows[rows["label"] == label].sort_values(xm, kind="stable")
             series.append(Series(
-                model=model, label=label, x=[float(v) for v in pts[mean]],
-                y=[100.0 * float(v) for v in pts["acc_mean"]],
-                x_std=[float(v) for v in pts[std]] if std in pts else [math.nan] * len(pts),
-                y_std=[100.0 * float(v) for v in pts["acc_std"]] if "acc_std" in pts else [math.nan] * len(pts),
+                model=model, label=label, x=[float(v) for v in pts[xm]], y=[y_scale * float(v) for v in pts[ym]],
+                x_std=[float(v) for v in pts[xs]] if xs in pts else [math.nan] * len(pts),
+                y_std=[y_scale * float(v) for v in pts[ys]] if ys in pts else [math.nan] * len(pts),
                 n=[int(v) for v in pts["n"]], points=[str(t) for t in pts["target"]]))
+    return series
+
+
+def _draw(series: list[Series], path: Path, xlabel: str, ylabel: str, title: str, log_x: bool) -> None:
+    """One panel per model, one curve per series with x and y error bars; written as a PNG."""
     plt = _pyplot()
+    models = list(dict.fromkeys(s.model for s in series))
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         panel = [s for s in series if s.model == model]
@@ -92,20 +117,44 @@ def tradeoff_figure(summary: pd.DataFrame, x: str, path: Path) -> Figure | None:
             ax.errorbar(s.x, s.y, yerr=_nan_to_zero(s.y_std), xerr=_nan_to_zero(s.x_std), marker="o", markersize=4,
                         capsize=3, linewidth=1.2, linestyle="-" if len(s.x) > 1 else "none", label=s.label)
         xs = [v for s in panel for v in s.x if v > 0]
-        if x in ("params", "macs") and xs and max(xs) / min(xs) > 20:
+        if log_x and xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
         ax.set_title(model)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    title = f"accuracy vs {xlabel.split(' (')[0]}"
     fig.suptitle(f"{title} (mean ± std over seeds)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def tradeoff_figure(summary: pd.DataFrame, x: str, path: Path) -> Figure | None:
+    """Top-1 accuracy (%) against ``x`` (params, macs, sparsity, latency_ms or a per-batch latency
+    ``latency_ms_b<N>``), one curve per method / protocol, error bars = standard deviation over seeds.
+    None when no run reports ``x``."""
+    xlabel = axis_label(x)
+    series = _series(summary, x, "acc", 100.0)
+    if not series:
+        return None
+    title = f"accuracy vs {xlabel.split(' (')[0]}"
+    _draw(series, path, xlabel, "top-1 accuracy (%)", title, log_x=x in ("params", "macs"))
     return Figure(f"acc_vs_{x}", path, title, xlabel, "top-1 accuracy (%)", series)
+
+
+def latency_figure(summary: pd.DataFrame, latency: str, path: Path) -> Figure | None:
+    """Measured latency (``latency_ms`` or ``latency_ms_b<N>``, ms) against parameters, one curve per
+    method / protocol, error bars = standard deviation over seeds: Crowley et al. (2018, sec. 5) compare
+    reduced and pruned networks this way, at matched parameter counts. None when nothing was timed."""
+    ylabel = axis_label(latency)
+    series = _series(summary, "params", latency)
+    if not series:
+        return None
+    title = f"{ylabel.split(' (')[0]} vs parameters"
+    _draw(series, path, AXES["params"][0], ylabel, title, log_x=True)
+    return Figure(f"{latency}_vs_params", path, title, AXES["params"][0], ylabel, series)
 
 
 def layer_figure(layers: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Figure | None:

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from prunelab.report.aggregate import batch_latency_columns, batch_of
 from prunelab.report.document import Table
 
 
@@ -36,13 +37,19 @@ def fmt_mean_std(mean, std, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def results_table(summary: pd.DataFrame, model: str) -> Table:
-    """One model's rows: dense / no-target rows first, then by target value, methods in study order."""
+    """One model's rows: dense / no-target rows first, then by target value, methods in study order.
+
+    Measured latency gets one column per batch size when the runs stored them (``latency_ms_b<N>``),
+    else the single ``latency_ms`` column."""
     rows = summary[summary["model"] == model].copy()
     rows["_order"] = range(len(rows))
     rows["_tv"] = pd.to_numeric(rows["target_value"], errors="coerce")
     rows = rows.sort_values(["target_key", "_tv", "_order"], na_position="first", kind="stable")
+    latencies = batch_latency_columns(c[:-len("_mean")] for c in summary.columns if c.endswith("_mean")) \
+        or ["latency_ms"]
+    latency_cols = [f"Latency b{batch_of(m)} (ms)" if batch_of(m) is not None else "Latency (ms)" for m in latencies]
     cols = ["Method", "Protocol", "Target", "Top-1 (%)", "Params", "Sparsity", "Compression", "MACs",
-            "FLOPs pruned", "Latency (ms)", "Seeds"]
+            "FLOPs pruned", *latency_cols, "Seeds"]
     out = []
     for _, r in rows.iterrows():
         out.append([
@@ -51,7 +58,7 @@ def results_table(summary: pd.DataFrame, model: str) -> Table:
             fmt_count(r.get("params_mean")), fmt_pct(r.get("sparsity_mean"), 2),
             "-" if _missing(r.get("compression")) else f"{r['compression']:.2f}x",
             fmt_count(r.get("macs_mean")), fmt_pct(r.get("macs_pruned")),
-            fmt_mean_std(r.get("latency_ms_mean"), r.get("latency_ms_std"), 1.0, 3), str(int(r["n"])),
+            *[fmt_mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std"), 1.0, 3) for m in latencies], str(int(r["n"])),
         ])
     keep = [i for i, _ in enumerate(cols) if i < 4 or any(row[i] != "-" for row in out)]
     return Table([cols[i] for i in keep], [[row[i] for i in keep] for row in out],

@@ -265,7 +265,12 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None and not os.environ.get("RAY_ADDRESS") and workers:
                 kwargs["num_cpus"] = max(1, int(workers * cpus_per_run))
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                where = address or os.environ.get("RAY_ADDRESS") or "local"
+                raise PrunelabError(f"cannot start or reach Ray (address {where}): {first}") from exc
             self._owns = True
         self.job = job
         self.capacity = int(workers or max(1, ray.cluster_resources().get("CPU", 1) // max(cpus_per_run, 1e-9)))

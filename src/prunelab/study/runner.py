@@ -127,6 +127,13 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     ``progress``: show the live display (default: when stderr is a terminal). ``threads``: torch
     threads per worker process (default: CPU count / workers). ``report``: write the report afterwards.
     """
+    if threads is not None:  # checked before the store is opened; Ray workers may have more CPUs than this machine
+        if executor != "ray":
+            from prunelab.measure.latency import check_threads
+
+            check_threads(threads)
+        elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise PrunelabError(f"thread count {threads!r} must be a positive integer")
     spec, out_dir, store = prepare_study(spec, out, update=update)
     out_dir = out_dir.resolve()
     try:

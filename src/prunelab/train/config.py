@@ -87,6 +87,12 @@ class TrainConfig:
                                 f"{self.checkpoint_every}")
         if self.warmup_epochs < 0 or self.momentum < 0 or self.weight_decay < 0:
             raise PrunelabError("warmup_epochs, momentum and weight_decay must be >= 0")
+        if self.momentum >= 1:
+            raise PrunelabError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.gamma <= 0:
+            raise PrunelabError(f"gamma (learning-rate decay factor) must be > 0, got {self.gamma}")
+        if self.resume and not self.checkpoint:
+            raise PrunelabError("resume needs a training state path (--state PATH / checkpoint)")
         if self.schedule == "step" and self.step_size <= 0:
             raise PrunelabError(f"step_size must be > 0 for the step schedule, got {self.step_size}")
         if any(m < 0 for m in self.milestones):

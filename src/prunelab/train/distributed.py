@@ -130,6 +130,11 @@ def all_gather_object(obj):
 
 
 def destroy() -> None:
-    """Leave the process group if one was joined."""
+    """Leave the process group if one was joined.
+
+    Every rank first meets at a barrier: a rank that tears its gloo connections down while a peer is
+    still sending aborts the peer's process.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

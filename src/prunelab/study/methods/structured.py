@@ -12,8 +12,10 @@ settings) it runs once, as a study artifact, and every protocol reads its result
   trained dense model is fine-tuned continuously (``finetune`` settings; default the reference's
   constant lr 8e-4) and ``channels_per_prune`` channels are removed every ``prune_every`` (K) steps
   until the target; ``finetune_epochs`` more epochs may follow (default 0: the reference evaluates
-  the checkpoint at the target). With ``oneshot`` the channels go at once and ``finetune_epochs``
-  (default: the dense epochs) of fine-tuning follow.
+  the checkpoint at the target). The pruning phase runs until the target is met (its epoch count is
+  only a bound), so its learning rate is best constant, as in the reference. With ``oneshot`` the
+  channels go at once (Fisher accumulated over K batches) and ``finetune_epochs`` (default: the
+  dense epochs) of fine-tuning follow.
 * ``scratch-e`` / ``scratch-b``: the pruned architecture re-initialised for its actual sizes and trained
   with the dense recipe for the same epochs, or for the dense model's compute (Liu et al. 2019).
 * ``copy-profile``: the width profile of one prune (at ``profile_target``, default the run's own
@@ -35,7 +37,9 @@ from prunelab.study.context import RunContext
 from prunelab.study.methods.protocols import (
     SIZE_TARGETS,
     Param,
+    architecture_metrics,
     check_finetune,
+    evaluate_final,
     finetune_config,
     fresh_model,
     is_bool,
@@ -243,66 +247,73 @@ def _read(folder: Path):
 
 def structured(run: RunConfig, ctx: RunContext) -> RunOutput:
     """One structured pruning run: the shared prune, then the run's protocol (see the module doc)."""
-    from prunelab.protocols import Target as SizeTarget
-    from prunelab.protocols import build_and_train, copy_profile, train_from_scratch
-    from prunelab.train import Trainer
-
-    p = run.params
     data = load_data(run)
-    shape = tuple(data.input_shape)
     dense = dense_model(ctx, run, data)
     base = fresh_model(dense.spec)
     folder = shared_prune(ctx, run, data, run.target)
     loaded, record = _read(folder)
     extra: dict[str, Any] = {k: record[k] for k in ("acc_dense", "acc_pruned", "prunes", "steps", "channels_before",
                                                     "channels_after")}
-    artifacts = {"prune": ctx.relative(folder)}
-
+    artifacts: dict[str, Any] = {"prune": ctx.relative(folder)}
     if run.protocol == "finetune":
-        model = loaded.model
-        curves = [{**row, "phase": "pruning"} for row in record["history"]]
-        epochs = int(p["finetune_epochs"])
-        if epochs > 0:
-            result = Trainer(model, data, finetune_config(run, epochs=epochs),
-                             callbacks=[ctx.callback("finetune")]).fit()
-            offset = float(curves[-1]["epoch"]) if curves else 0.0
-            curves += [{**row, "epoch": offset + float(row["epoch"]), "phase": "finetune"} for row in result.history]
-            final = result.final
-        else:
-            from prunelab.train import evaluate
-
-            test, val = evaluate(model, data, "test"), evaluate(model, data, "val")
-            final = {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"], "val_loss": val["loss"]}
-        model.eval()
-        from prunelab.study.methods.protocols import architecture_metrics
-
-        metrics = final_metrics(final)
-        metrics.update(architecture_metrics(model, base, shape, run))
-        metrics.update(extra)
-        if p["checkpoint"]:
-            from prunelab.prune.structured import save_pruned
-
-            path = ctx.scratch_dir / "model.pt"
-            save_pruned(path, model, loaded.plan, meta={"study_run": run.run_id, "protocol": run.protocol})
-            artifacts["checkpoint"] = ctx.relative(path)
-        return RunOutput(metrics=metrics, curves=curves, layers=layers_against(model, base, shape),
-                         artifacts=artifacts)
-
+        return _fine_tuned(ctx, run, data, loaded, record, base, extra, artifacts)
     if run.protocol in ("scratch-e", "scratch-b"):
-        budget = "B" if run.protocol == "scratch-b" else "E"
-        res = train_from_scratch(_architecture(loaded.plan), data, run.train_config(), budget=budget,
-                                 callbacks=[ctx.callback(run.protocol)])
-        extra.update(budget_factor=res.factor, epochs=res.epochs)
-        return trained_output(ctx, run, res.model, base, data, res.result, extra, artifacts, save=p["checkpoint"],
-                              spec=res.spec, plan=res.plan)
+        return _from_scratch(ctx, run, data, loaded.plan, base, extra, artifacts)
+    return _copied(ctx, run, data, folder, base, extra, artifacts)
 
-    # copy-profile: the profile of one prune, scaled to this run's target
+
+def _fine_tuned(ctx: RunContext, run: RunConfig, data, loaded, record: dict, base, extra: dict,
+                artifacts: dict) -> RunOutput:
+    """The pruned network itself, after ``finetune_epochs`` more epochs of fine-tuning."""
+    from prunelab.prune.structured import save_pruned
+    from prunelab.train import Trainer
+
+    shape = tuple(data.input_shape)
+    model = loaded.model
+    curves = [{**row, "phase": "pruning"} for row in record["history"]]
+    epochs = int(run.params["finetune_epochs"])
+    if epochs > 0:
+        result = Trainer(model, data, finetune_config(run, epochs=epochs), callbacks=[ctx.callback("finetune")]).fit()
+        offset = float(curves[-1]["epoch"]) if curves else 0.0
+        curves += [{**row, "epoch": offset + float(row["epoch"]), "phase": "finetune"} for row in result.history]
+        final = result.final
+    else:
+        final = evaluate_final(model, data)
+    model.eval()
+    metrics = final_metrics(final)
+    metrics.update(architecture_metrics(model, base, shape, run))
+    metrics.update(extra)
+    if run.params["checkpoint"]:
+        path = ctx.scratch_dir / "model.pt"
+        save_pruned(path, model, loaded.plan, meta={"study_run": run.run_id, "protocol": run.protocol})
+        artifacts["checkpoint"] = ctx.relative(path)
+    return RunOutput(metrics=metrics, curves=curves, layers=layers_against(model, base, shape), artifacts=artifacts)
+
+
+def _from_scratch(ctx: RunContext, run: RunConfig, data, plan: dict, base, extra: dict, artifacts: dict) -> RunOutput:
+    """Liu et al. (2019): the pruned architecture re-initialised, trained for the dense epochs (E) or compute (B)."""
+    from prunelab.protocols import train_from_scratch
+
+    budget = "B" if run.protocol == "scratch-b" else "E"
+    res = train_from_scratch(_architecture(plan), data, run.train_config(), budget=budget,
+                             callbacks=[ctx.callback(run.protocol)])
+    extra.update(budget_factor=res.factor, epochs=res.epochs)
+    return trained_output(ctx, run, res.model, base, data, res.result, extra, artifacts, save=run.params["checkpoint"],
+                          spec=res.spec, plan=res.plan)
+
+
+def _copied(ctx: RunContext, run: RunConfig, data, folder: Path, base, extra: dict, artifacts: dict) -> RunOutput:
+    """Crowley et al. (2018): the profile of the prune at ``profile_target`` scaled to this run's target."""
+    from prunelab.protocols import Target as SizeTarget
+    from prunelab.protocols import build_and_train, copy_profile
+
+    p = run.params
     source = folder
     if p["profile_target"] is not None:
         source = shared_prune(ctx, run, data, p["profile_target"])
         artifacts["profile_prune"] = ctx.relative(source)
     profile = _profile(_read(source)[0].plan)
-    metric, value = size_target(run.target, *sizes(base, shape))
+    metric, value = size_target(run.target, *sizes(base, tuple(data.input_shape)))
     member = copy_profile(profile, data, target=SizeTarget(metric, float(value)), round_to=p["profile_round_to"],
                           tol=p["tol"], train=False)
     model, result = build_and_train(member.spec, data, run.train_config(), callbacks=[ctx.callback("copy-profile")])

@@ -39,6 +39,7 @@ from prunelab.study.context import RunContext
 from prunelab.study.methods.protocols import (
     Param,
     check_finetune,
+    evaluate_final,
     finetune_config,
     is_bool,
     is_int,
@@ -126,11 +127,10 @@ def _resolve(run: RunConfig) -> RunConfig:
         from prunelab.prune.unstructured.schedules import GradualSchedule
 
         GradualSchedule(target_sparsity(run.target), **p["gradual"]).validate()
-    else:
-        check_finetune(run)
-    if p["schedule"] == "gradual":
         run.protocol = None  # gradual pruning is itself training from scratch: it takes no protocol
-    elif run.protocol in ("scratch-e", "scratch-b") and p["schedule"] != "oneshot":
+        return run
+    check_finetune(run)
+    if run.protocol in ("scratch-e", "scratch-b") and p["schedule"] != "oneshot":
         raise PrunelabError(f"protocol {run.protocol} retrains a one-shot mask from scratch; schedule "
                             f"{p['schedule']!r} has none (use schedule: oneshot)")
     if run.kind == "snip" and p["at"] == "init" and run.protocol == "finetune":
@@ -184,20 +184,13 @@ def _output(ctx: RunContext, run: RunConfig, model: nn.Module, spec, data, final
     return RunOutput(metrics=metrics, curves=curves, layers=layer_rows(model, shape), artifacts=artifacts)
 
 
-def _evaluate_final(model: nn.Module, data) -> dict[str, Any]:
-    from prunelab.train import evaluate
-
-    test, val = evaluate(model, data, "test"), evaluate(model, data, "val")
-    return {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"], "val_loss": val["loss"]}
-
-
 def _fine_tune(ctx: RunContext, model: nn.Module, data, config, phase: str = "finetune"):
     """Train ``model`` with its masks held; returns (final row, history)."""
     from prunelab.prune.unstructured import MaskCallback
     from prunelab.train import Trainer
 
     if config.epochs == 0 or config.max_steps == 0:
-        return _evaluate_final(model, data), []
+        return evaluate_final(model, data), []
     result = Trainer(model, data, config, callbacks=[MaskCallback(), ctx.callback(phase)]).fit()
     return result.final, list(result.history)
 
@@ -274,7 +267,7 @@ def unstructured(run: RunConfig, ctx: RunContext) -> RunOutput:
                 curves.append({**row, "epoch": offset + float(row["epoch"]), "round": r.round})
             offset += float(r.history[-1]["epoch"]) if r.history else 0.0
         extra["acc_pruned"] = (rounds[-1].pruned_metrics or {}).get("acc")
-        final = _evaluate_final(model, data)
+        final = evaluate_final(model, data)
         return _output(ctx, run, model, spec, data, final, curves, rounds[-1].report, extra)
 
     report = prune(model, config, batch=batch, input_shape=shape, warn=False)
@@ -327,7 +320,7 @@ def lowrank(run: RunConfig, ctx: RunContext) -> RunOutput:
     """Gupta et al. (2022, sec. 3, FastGRNN on HAR-2): rank the columns of the low-rank factors by
     absolute sum, keep the top ones globally (``sparsity`` over all rank columns) or to given ``ranks``,
     then fine-tune the trained model with its masks held."""
-    from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
+    from prunelab.prune.unstructured.lowrank import find_lowrank_pairs, prune_lowrank_columns
     from prunelab.train import evaluate
 
     data = load_data(run)
@@ -337,8 +330,13 @@ def lowrank(run: RunConfig, ctx: RunContext) -> RunOutput:
     sparsity = None if run.target is None else float(run.target["sparsity"])
     report = prune_lowrank_columns(model, sparsity=sparsity, ranks=run.params["ranks"], input_shape=shape,
                                    warn=False)
+    pairs = find_lowrank_pairs(model, shape)
+    kept = {pair.first_name: int(pair.kept_components().sum()) for pair in pairs}
+    total = sum(pair.rank for pair in pairs)
     extra = {"acc_dense": dense.final.get("test_acc"), "acc_pruned": evaluate(model, data)["acc"],
-             "prune_sparsity": report.sparsity, "flops_pruned": report.flops_pruned}
+             "prune_sparsity": report.sparsity, "flops_pruned": report.flops_pruned,
+             "rank_sparsity": 1.0 - sum(kept.values()) / max(1, total),
+             **{f"rank_{name}": k for name, k in kept.items()}}
     final, history = _fine_tune(ctx, model, data, finetune_config(run))
     model.eval()
     metrics = final_metrics(final)
