@@ -85,7 +85,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise PrunelabError(f"cannot write {path}: folder {existing} is not writable ({exc.strerror or exc})") \
+        raise PrunelabError(f"cannot write {path}: cannot create files in {existing} ({exc.strerror or exc})") \
             from exc
     return path
 

@@ -425,11 +425,11 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
     """
     from prunelab.export.onnx import relative_error
     from prunelab.measure.latency import (
+        _trial_call,
         check_batch_size,
         check_device,
         check_threads,
         example_input,
-        _trial_call,
         fixed_threads,
         time_interleaved,
     )

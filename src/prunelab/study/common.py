@@ -77,6 +77,10 @@ def model_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig
     return metrics
 
 
+#: keys of a study's ``measure:`` mapping, read by :func:`latency_metrics`
+MEASURE_KEYS = ("latency", "batch_sizes", "threads", "device", "repeats", "min_time_s")
+
+
 def latency_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig) -> dict[str, float]:
     """Measured latency when the study asks for it (``measure: {latency: true, batch_sizes: [1, 64],
     threads: 1, device: cpu}``), with :func:`prunelab.measure.latency.measure_latency`."""

@@ -285,7 +285,7 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
         seeds=_parse_seeds(doc, "seeds", where) if "seeds" in doc else [0],
         targets=_parse_targets(doc, "targets", where) if doc.get("targets") is not None else [None],
         protocols=_parse_protocols(doc, "protocols", where) if doc.get("protocols") is not None else [None],
-        measure=_mapping(doc, "measure", where),
+        measure=_parse_measure(doc, where),
         plugins=_string_list(doc, "plugins", where),
         cache=_optional_str(doc, "cache", where),
         _where=where,
@@ -311,6 +311,30 @@ def _mapping(node: _Map, key: str, where: _Where) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise where.error(node, key, f"{key!r} must be a mapping, got {type(value).__name__}")
     return _plain(value)
+
+
+def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
+    """``measure: {latency, batch_sizes, threads, device, repeats, min_time_s}``: names and value ranges."""
+    from prunelab.study.common import MEASURE_KEYS
+
+    measure = _mapping(doc, "measure", where)
+    node = doc.get("measure")
+    for key, value in measure.items():
+        if key not in MEASURE_KEYS:
+            raise where.error(node, key, f"unknown measure key {key!r}; valid keys: {', '.join(MEASURE_KEYS)}")
+        if key == "batch_sizes":
+            sizes = _as_list(value)
+            if not sizes or not all(_positive_int(b) for b in sizes):
+                raise where.error(node, key, f"measure batch_sizes must be positive integers, got {value!r}")
+        elif key in ("threads", "repeats") and value is not None and not _positive_int(value):
+            raise where.error(node, key, f"measure {key} must be a positive integer, got {value!r}")
+        elif key == "min_time_s" and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise where.error(node, key, f"measure min_time_s must be a number >= 0, got {value!r}")
+    return measure
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _optional_str(node: _Map, key: str, where: _Where) -> str | None:
@@ -669,6 +693,9 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
             if run.model not in zoo:
                 raise where.error(_model_node(spec, run.model_label), None,
                                   str(unknown_choice("model", run.model, zoo)))
+            unknown = _unknown_model_kwargs(run.model, run.model_kwargs)
+            if unknown:
+                raise where.error(_model_node(spec, run.model_label), None, unknown)
         if kind.resolve is not None:
             try:
                 run = kind.resolve(run)
@@ -678,6 +705,23 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
     if not runs:
         raise where.error(doc, None, "the study has no runs (check 'exclude', 'include' and 'runs')")
     return list(runs.values())
+
+
+def _unknown_model_kwargs(model: str, kwargs: dict[str, Any]) -> str | None:
+    """A message when ``kwargs`` names arguments the model's constructor does not take, else None."""
+    if not kwargs:
+        return None
+    import inspect
+
+    from prunelab.models import get_entry, get_family
+
+    params = inspect.signature(get_family(get_entry(model).family).build).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    unknown = sorted(k for k in kwargs if k not in params)
+    if not unknown:
+        return None
+    return f"model {model!r}: unknown kwargs {unknown}; valid: {', '.join(params)}"
 
 
 def _method_node(spec: StudySpec, name: str) -> Any:

@@ -1,0 +1,215 @@
+"""Bad input on every sub-command: one stderr line naming the problem, exit status 2, no traceback,
+nothing written (no output file or folder left, inputs and stores untouched).
+
+Every case fails before any training, so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunelab.cli import main
+from prunelab.io import save_checkpoint
+from prunelab.models import create, resolve
+
+HAS_PROC = sys.platform.startswith("linux") and Path("/proc/self").exists()
+TRAIN = ["--epochs", "1", "--max-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> Path:
+    """Input files: a checkpoint, a corrupt one, JSON posing as a checkpoint, a checkpoint whose spec
+    names another architecture, broken plans and study specs."""
+    d = tmp_path_factory.mktemp("fx")
+    torch.manual_seed(0)
+    cnn, mlp = resolve("cnn"), resolve("mlp")
+    save_checkpoint(d / "cnn.pt", arch=cnn.to_dict(), state_dict=create(cnn).state_dict(),
+                    meta={"input_shape": [1, 8, 8]})
+    save_checkpoint(d / "mlp.pt", arch=mlp.to_dict(), state_dict=create(mlp).state_dict())
+    save_checkpoint(d / "wrongarch.pt", arch=mlp.to_dict(), state_dict=create(cnn).state_dict())
+    (d / "corrupt.pt").write_bytes(os.urandom(2000))
+    (d / "notckpt.json").write_text(json.dumps({"a": 1}))
+    (d / "badjson.json").write_text('{"base": ')
+    (d / "afile").write_text("a file, not a folder")
+    (d / "bad.yaml").write_text("name: x\nmodels: [cnn\n  - : :\n")
+    ok = "name: t\ndata: {name: digits}\ntrain: {epochs: 1, max_steps: 2}\nmodels: [mlp]\nmethods: [dense]\n"
+    (d / "ok.yaml").write_text(ok)
+    (d / "unknown_model.yaml").write_text(ok.replace("[mlp]", "[nosuch]"))
+    (d / "bad_measure.yaml").write_text(ok + "measure: {latency: true, batch_size: 8}\n")
+    (d / "bad_kwargs.yaml").write_text(ok.replace("[mlp]", "[{name: mlp, kwargs: {bogus: 3}}]"))
+    (d / "sparsity.yaml").write_text(ok.replace("[dense]", "[{name: g, kind: global-magnitude}]")
+                                     + "targets: [{sparsity: 1.5}]\n")
+    return d
+
+
+# (argv with {fx} for the fixture folder, a word the error line must contain)
+CASES = [
+    # models / info
+    (["models", "--family", "nosuch"], "valid choices"),
+    (["info", "nosuch"], "unknown model"),
+    (["info", "cnn", "--input-size", "3xfoo"], "3x32x32"),
+    (["info", "cnn", "--num-classes", "0"], "num-classes"),
+    (["info", "{fx}/missing.pt"], "not found"),
+    (["info", "{fx}/corrupt.pt"], "corrupt"),
+    (["info", "{fx}/notckpt.json"], "weights-only"),
+    (["info", "{fx}/wrongarch.pt"], "does not fit architecture mlp"),
+    (["info", "{fx}/cnn.pt", "--input-size", "3x32x32"], "cannot run"),
+    # train
+    (["train", "--model", "nosuch", "--data", "digits", "--out", "o.pt", *TRAIN], "unknown model"),
+    (["train", "--model", "cnn", "--data", "nosuch", "--out", "o.pt", *TRAIN], "unknown dataset"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--epochs", "-1"], "epochs"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--batch-size", "0", *TRAIN], "batch"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--momentum", "2", *TRAIN], "momentum"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--gamma", "-1", *TRAIN], "gamma"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--resume", *TRAIN], "--state"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--device", "tpu", *TRAIN], "device"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--val-fraction", "1.5", *TRAIN],
+     "val_fraction"),
+    (["train", "--model", "cnn", "--data", "cifar10", "--data-root", "{fx}/nowhere", "--out", "o.pt", *TRAIN],
+     "not found"),
+    (["train", "--model", "{fx}/corrupt.pt", "--data", "digits", "--out", "o.pt", *TRAIN], "corrupt"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "{fx}/afile/o.pt", *TRAIN], "not a folder"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", ".", *TRAIN], "is a folder"),
+    # prune, unstructured and structured
+    (["prune", "cnn", "--data", "digits", "--sparsity", "1.5", "--out", "o.pt", *TRAIN], "sparsity"),
+    (["prune", "cnn", "--data", "digits", "--sparsity", "-0.1", "--out", "o.pt", *TRAIN], "sparsity"),
+    (["prune", "cnn", "--data", "digits", "--method", "nosuch", "--sparsity", "0.5"], "invalid choice"),
+    (["prune", "cnn", "--data", "digits", "--sparsity", "0.5", "--criterion", "l1", "--out", "o.pt"],
+     "--structured"),
+    (["prune", "cnn", "--structured", "--data", "digits", "--sparsity", "0.5", "--target-channels", "10",
+      "--out", "o.pt"], "--structured"),
+    (["prune", "cnn", "--structured", "--data", "digits", "--target-channels", "10", "--data-option",
+      "bogus=1", "--out", "o.pt"], "bogus"),
+    (["prune", "cnn", "--structured", "--data", "digits", "--target-latency-ms", "1", "--latency-threads",
+      "999", "--out", "o.pt"], "thread count"),
+    (["prune", "{fx}/wrongarch.pt", "--structured", "--data", "digits", "--target-channels", "10",
+      "--out", "o.pt"], "does not fit"),
+    (["prune", "cnn", "--structured", "--data", "digits", "--target-channels", "10", "--out",
+      "{fx}/afile/o.pt"], "not a folder"),
+    # reduce / scratch / copy-profile / pfs
+    (["reduce", "--model", "cnn", "--data", "digits", "--params", "10000", "--tol", "5", "--out", "od", *TRAIN],
+     "tolerance"),
+    (["reduce", "--model", "cnn", "--data", "digits", "--params", "1e12", "--out", "od", *TRAIN], "unreachable"),
+    (["reduce", "--model", "cnn", "--data", "digits", "--multiplier", "0", "--out", "od", *TRAIN], "positive"),
+    (["reduce", "--model", "cnn", "--data", "digits", "--params", "1e4", "--out", "{fx}/afile", *TRAIN],
+     "not a folder"),
+    (["scratch", "{fx}/cnn.pt", "--dense", "mlp", "--data", "digits", "--out", "od", *TRAIN], "mlp network"),
+    (["scratch", "{fx}/badjson.json", "--data", "digits", "--out", "od", *TRAIN], "not valid JSON"),
+    (["copy-profile", "{fx}/cnn.pt", "--base", "cnn", "--alpha", "0", "--data", "digits", "--out", "od", *TRAIN],
+     "alpha"),
+    (["copy-profile", "{fx}/cnn.pt", "--alpha", "0.5", "--params", "1000", "--data", "digits", "--out", "od"],
+     "exactly one"),
+    (["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "1.5", "--out", "od", *TRAIN], "MACs ratio"),
+    (["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "0.5", "--init-from", "{fx}/mlp.pt",
+      "--out", "od", *TRAIN], "mlp network"),
+    # bench / export
+    (["bench", "cnn", "--threads", "999"], "thread count"),
+    (["bench", "cnn", "--batch-sizes", "0"], "batch size"),
+    (["bench", "cnn", "--backend", "nosuch"], "valid choices"),
+    (["bench", "cnn", "--input-size", "3xfoo"], "3x32x32"),
+    (["bench", "cnn", "--out", "{fx}/afile/b.json"], "not a folder"),
+    (["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "5"], "opset"),
+    (["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "0"], "opset"),
+    (["export", "{fx}/notckpt.json", "--format", "onnx", "--out", "o.onnx"], "weights-only"),
+    (["export", "{fx}/cnn.pt", "--format", "sparse", "--policy", "dense", "--input-size", "3x32x32",
+      "--out", "s.pt"], "cannot run"),
+    (["export", "cnn", "--format", "sparse", "--policy", "nosuch", "--out", "s.pt"], "valid choices"),
+    # study / results / report
+    (["study", "validate", "{fx}/bad.yaml"], "malformed YAML"),
+    (["study", "validate", "{fx}/missing.yaml"], "not found"),
+    (["study", "validate", "{fx}/unknown_model.yaml"], "unknown model"),
+    (["study", "validate", "{fx}/bad_measure.yaml"], "measure key"),
+    (["study", "validate", "{fx}/bad_kwargs.yaml"], "bogus"),
+    (["study", "validate", "{fx}/sparsity.yaml"], "sparsity"),
+    (["study", "run", "{fx}/bad.yaml", "--out", "st", "--quiet"], "malformed YAML"),
+    (["study", "run", "{fx}/ok.yaml", "--out", "st", "--threads", "0", "--quiet"], "thread count"),
+    (["study", "run", "{fx}/ok.yaml", "--out", "st", "--workers", "0", "--quiet"], "workers"),
+    (["study", "status", "{fx}/nowhere"], "no study"),
+    (["results", "{fx}/corrupt.pt"], "not a prunelab store"),
+    (["report", "{fx}/nowhere", "--out", "rep"], "no study"),
+]
+
+PROC_CASES = [
+    (["train", "--model", "cnn", "--data", "digits", "--out", "/proc/x/out.pt", *TRAIN], "cannot write"),
+    (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--state", "/proc/x/s.pt", *TRAIN],
+     "cannot write"),
+    (["export", "cnn", "--format", "onnx", "--out", "/proc/x/o.onnx"], "cannot write"),
+    (["study", "run", "{fx}/ok.yaml", "--out", "/proc/x/st", "--quiet"], "cannot write"),
+]
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _check(argv, word, fx, tmp_path, monkeypatch, capsys):
+    argv = [a.replace("{fx}", str(fx)) for a in argv]
+    monkeypatch.chdir(tmp_path)
+    inputs = _listing(fx)
+    code, err = _run(argv, capsys)
+    assert code == 2, (argv, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert word in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == [], "bad input left files behind"
+    assert _listing(fx) == inputs, "bad input changed the input folder"
+
+
+@pytest.mark.parametrize(("argv", "word"), CASES, ids=lambda v: " ".join(v)[:70] if isinstance(v, list) else None)
+def test_bad_input_is_one_line_exit_2_nothing_written(argv, word, fx, tmp_path, monkeypatch, capsys):
+    _check(argv, word, fx, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc (a folder no one can create files in)")
+@pytest.mark.parametrize(("argv", "word"), PROC_CASES, ids=lambda v: " ".join(v)[:70] if isinstance(v, list) else None)
+def test_unwritable_output_is_refused_before_any_work(argv, word, fx, tmp_path, monkeypatch, capsys):
+    _check(argv, word, fx, tmp_path, monkeypatch, capsys)
+
+
+def test_bad_input_leaves_an_existing_study_store_untouched(fx, tmp_path, monkeypatch, capsys):
+    from prunelab.study.runner import prepare_study
+
+    _, out_dir, store = prepare_study(fx / "ok.yaml", tmp_path / "st")
+    store.close()
+    before = {p: p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    for argv in (["study", "run", str(fx / "ok.yaml"), "--out", "st", "--threads", "0", "--quiet"],
+                 ["study", "run", str(fx / "unknown_model.yaml"), "--out", "st", "--quiet"],
+                 ["results", "st", "--output", "st/results.db/table.csv", "--csv"],
+                 ["report", "st", "--out", "st/results.db"]):
+        code, err = _run(argv, capsys)
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+    after = {p: p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["info", "{fx}/corrupt.pt"],
+    ["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "999"],
+])
+def test_bad_input_in_a_real_process(argv, fx, tmp_path):
+    """The installed entry point, in its own process: stderr is one line, stdout stays empty."""
+    argv = [a.replace("{fx}", str(fx)) for a in argv]
+    code = "import sys; from prunelab.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []
