@@ -119,8 +119,8 @@ def _check_timing(warmup: int, repeats: int, min_time_s: float) -> None:
         raise PrunelabError(f"warm-up count {warmup} must be >= 0")
     if repeats < 1:
         raise PrunelabError(f"repeat count {repeats} must be >= 1")
-    if min_time_s < 0:
-        raise PrunelabError(f"minimum time {min_time_s} must be >= 0 seconds")
+    if not min_time_s >= 0 or math.isinf(min_time_s):  # also refuses nan
+        raise PrunelabError(f"minimum time {min_time_s} must be a finite number >= 0 seconds")
 
 
 # ---------------------------------------------------------------------------------------------

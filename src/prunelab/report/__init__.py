@@ -132,9 +132,10 @@ def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
             figures[lf.name] = lf
             doc.add(Heading("Per-layer sparsity"))
             collapsed = collapsed_layers(lf)
-            doc.add(Paragraph("Each method at its sparsest target. A layer at sparsity 1 is cut: the network "
-                              "has collapsed there. " + (f"Collapsed layers: {len(collapsed)}." if collapsed else
-                                                         "No layer collapsed.")))
+            doc.add(Paragraph("Each method at its sparsest target. A layer at sparsity 1 is cut (all its weights "
+                              "pruned, or absent from a smaller architecture): without a shortcut around it the "
+                              "network has collapsed there; a residual block cut entirely still passes its "
+                              "shortcut. " + (f"Layers cut: {len(collapsed)}." if collapsed else "No layer cut.")))
             doc.add(Image(lf.path.name, lf.title))
             if collapsed:
                 doc.add(Table(["model", "method @ target", "layer", "sparsity"],

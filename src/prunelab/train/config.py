@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -68,6 +69,10 @@ class TrainConfig:
             raise PrunelabError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise PrunelabError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PrunelabError(f"{name} must be a finite number, got {value}")
         if self.epochs < 0:
             raise PrunelabError(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
