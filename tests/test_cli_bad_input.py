@@ -18,6 +18,7 @@ import torch
 from prunelab.cli import main
 from prunelab.io import save_checkpoint
 from prunelab.models import create, resolve
+from prunelab.prune.unstructured import prune_global
 
 HAS_PROC = sys.platform.startswith("linux") and Path("/proc/self").exists()
 TRAIN = ["--epochs", "1", "--max-steps", "2"]
@@ -33,6 +34,10 @@ def fx(tmp_path_factory) -> Path:
     save_checkpoint(d / "cnn.pt", arch=cnn.to_dict(), state_dict=create(cnn).state_dict(),
                     meta={"input_shape": [1, 8, 8]})
     save_checkpoint(d / "mlp.pt", arch=mlp.to_dict(), state_dict=create(mlp).state_dict())
+    masked = create(cnn)
+    prune_global(masked, 0.5)
+    save_checkpoint(d / "cnn-masked.pt", arch=cnn.to_dict(), state_dict=masked.state_dict(),
+                    meta={"input_shape": [1, 8, 8]})
     save_checkpoint(d / "wrongarch.pt", arch=mlp.to_dict(), state_dict=create(cnn).state_dict())
     (d / "corrupt.pt").write_bytes(os.urandom(2000))
     (d / "notckpt.json").write_text(json.dumps({"a": 1}))
@@ -120,8 +125,9 @@ CASES = [
     (["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "5"], "opset"),
     (["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "0"], "opset"),
     (["export", "{fx}/notckpt.json", "--format", "onnx", "--out", "o.onnx"], "weights-only"),
-    (["export", "{fx}/cnn.pt", "--format", "sparse", "--policy", "dense", "--input-size", "3x32x32",
+    (["export", "{fx}/cnn-masked.pt", "--format", "sparse", "--policy", "dense", "--input-size", "3x32x32",
       "--out", "s.pt"], "cannot run"),
+    (["export", "{fx}/cnn.pt", "--format", "sparse", "--out", "s.pt"], "no pruned"),
     (["export", "cnn", "--format", "sparse", "--policy", "nosuch", "--out", "s.pt"], "valid choices"),
     # study / results / report
     (["study", "validate", "{fx}/bad.yaml"], "malformed YAML"),

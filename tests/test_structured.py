@@ -311,6 +311,8 @@ def test_exclusion_by_name_pattern_and_type():
     assert {g.name for g in groups} == {"d2.conv1", "d2.conv2", "pw", "pw2"}
     groups = find_groups(model, (1, 8, 8), "all", exclude=["Conv2d"])
     assert len(groups) == 0 and all("Conv2d" in s["reason"] for s in groups.skipped)
+    with pytest.raises(PrunelabError, match="matches no module"):
+        find_groups(model, (1, 8, 8), "all", exclude=["d9.*"])
 
 
 def test_unsupported_operation_is_named():

@@ -42,10 +42,13 @@ def run(args) -> int:
         text = (f"wrote {result.path} ({result.bytes} bytes, opset {result.opset}); ONNX Runtime vs PyTorch: "
                 f"max abs error {result.max_abs_error:.2e}, relative error {result.relative_error:.2e}")
     else:
-        from prunelab.errors import check_choice
+        from prunelab.errors import PrunelabError, check_choice
         from prunelab.export.sparse import POLICIES, convert_to_sparse, save_sparse
 
         check_choice("sparse conversion policy", args.policy, POLICIES)
+        if not any(hasattr(m, "weight_mask") for m in loaded.model.modules()):
+            raise PrunelabError(f"{args.checkpoint} has no pruned (masked) layers; sparse export needs a checkpoint "
+                                "from unstructured pruning (prunelab prune --method ...)")
         _, report = convert_to_sparse(loaded.model, shape, batch_size=args.batch_size, threads=args.threads,
                                       device=args.device, policy=args.policy)
         meta = {**loaded.meta, "input_shape": list(shape)}

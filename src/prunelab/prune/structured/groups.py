@@ -415,6 +415,14 @@ def _excluded(model: nn.Module, members: list[Member], patterns: Sequence[str]) 
     return None
 
 
+def _check_patterns_match(model: nn.Module, patterns: Sequence[str]) -> None:
+    """A pattern that matches no module path or class name is almost always a typo: refuse it."""
+    targets = [(n, type(m).__name__) for n, m in model.named_modules() if n]
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(c, p) for n, c in targets):
+            raise PrunelabError(f"exclude pattern {p!r} matches no module path or class name of the model")
+
+
 def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "internal",
                 exclude: Iterable[str] = (), spec=None, units=None) -> GroupSet:
     """The prunable channel groups of ``model`` (see the module docstring for scopes and exclusions).
@@ -424,6 +432,7 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
     """
     check_choice("scope", scope, SCOPES)
     patterns = [p for p in exclude if p]
+    _check_patterns_match(model, patterns)
     input_shape = tuple(int(d) for d in input_shape)
     if units is None and spec is not None:
         from prunelab.models import width_units
