@@ -15,9 +15,9 @@ Warm-up steps are excluded and images/s come from each method's median step time
 three methods run interleaved step by step (the prunelab trainer's ``on_step_end`` runs one timed
 step of each other method), so load from other processes on a shared machine hits all three alike;
 with DataLoader workers (default on CUDA) they run one after another instead, so the workers'
-prefetching cannot overlap the other methods' steps. On CUDA, compute-only and
-prunelab use the trainer's numerics (bfloat16 autocast, channels_last unless ``--fp32``); the
-reference stays float32 NCHW as in the seed code.
+prefetching cannot overlap the other methods' steps. Compute-only and prunelab use the trainer's
+numerics: channels_last (unless ``--nchw``; on this CPU it makes convolutions faster too) and, on
+CUDA, bfloat16 autocast (unless ``--fp32``); the reference stays float32 NCHW as in the seed code.
 
     python benchmarks/train_throughput.py --steps 20
     python benchmarks/train_throughput.py --device cuda --steps 300 --fp32
@@ -246,13 +246,14 @@ def main(argv=None) -> int:
                         "shared machine) or run them one after another (default with workers, whose prefetching "
                         "would otherwise overlap the other methods' steps)")
     p.add_argument("--fp32", action="store_true", help="on CUDA: no autocast, no channels_last for prunelab")
+    p.add_argument("--nchw", action="store_true", help="no channels_last for prunelab and compute-only")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.amp = device.type == "cuda" and not args.fp32
-    args.channels_last = device.type == "cuda" and not args.fp32
+    args.channels_last = not (args.nchw or args.fp32)
     if args.workers is None:
         args.workers = 4 if device.type == "cuda" else 0
     if args.schedule is None:
@@ -283,7 +284,8 @@ def main(argv=None) -> int:
         sys.stdout.write("\n")
         return 0
     where = gpu or f"CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
-    numerics = "bf16 autocast + channels_last" if args.amp else "fp32 NCHW"
+    numerics = " + ".join(["bf16 autocast" if args.amp else "fp32",
+                           "channels_last" if args.channels_last else "NCHW"])
     print(f"{args.model}, synthetic 3x32x32, batch {args.batch_size}, {where}; {args.steps} timed steps x "
           f"{args.repeats} after {args.warmup} warm-up, {args.schedule}, images/s from the median step time; "
           f"compute-only and prunelab: {numerics}; reference: fp32 NCHW, DataLoader workers={args.workers}")
