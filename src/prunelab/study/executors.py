@@ -94,7 +94,8 @@ def execute_run(run_dict: dict[str, Any], job: Job, sink: Callable[[dict[str, An
 
 
 class LocalExecutor:
-    """Runs one run at a time in this process (progress goes straight to the display)."""
+    """Runs one run at a time in this process (progress goes straight to the display), with the job's
+    torch thread count while a run executes."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -114,7 +115,15 @@ class LocalExecutor:
             time.sleep(timeout)
             return []
         run, self._next = self._next, None
-        outcome = execute_run(run.to_dict(), self.job, lambda info: on_progress(run.run_id, info))
+        import torch
+
+        before = torch.get_num_threads()
+        if self.job.threads:
+            torch.set_num_threads(self.job.threads)
+        try:
+            outcome = execute_run(run.to_dict(), self.job, lambda info: on_progress(run.run_id, info))
+        finally:
+            torch.set_num_threads(before)
         return [(run.run_id, outcome)]
 
     def shutdown(self) -> None:
