@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from prunelab.errors import PrunelabError
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    if os.environ.get("RANK", "0") != "0":
+        # Under torchrun every rank runs the command; only rank 0 speaks on stdout.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     if args.command is None:
         parser.print_help()
         return 0
