@@ -151,3 +151,16 @@ def test_latency_plots_equal_the_store(tiny_study, batch):
     text = report.markdown.read_text()
     assert f"(latency_ms_b{batch}_vs_params.png)" in text and f"(acc_vs_latency_ms_b{batch}.png)" in text
     assert f"Latency b{batch} (ms)" in text and "## Measured latency" in text
+
+
+def test_batch_latency_columns_are_ordered_by_batch_size():
+    from prunelab.errors import PrunelabError
+    from prunelab.report.aggregate import batch_latency_columns, batch_of
+    from prunelab.report.plots import axis_label
+
+    cols = ["acc", "latency_ms_b32", "latency_ms", "latency_ms_b8", "latency_ms_b1", "latency_ms_bx"]
+    assert batch_latency_columns(cols) == ["latency_ms_b1", "latency_ms_b8", "latency_ms_b32"]
+    assert batch_of("latency_ms_b64") == 64 and batch_of("latency_ms") is None
+    assert axis_label("latency_ms_b8") == "measured latency at batch 8 (ms)"
+    with pytest.raises(PrunelabError, match="unknown plot axis 'flops'"):
+        axis_label("flops")

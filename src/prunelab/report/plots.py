@@ -70,7 +70,7 @@ def axis_label(measure: str) -> str:
     batch = batch_of(measure)
     if batch is None:
         raise unknown_choice("plot axis", measure, [*AXES, "latency_ms_b<N>"])
-    return f"measured latency, batch {batch} (ms)"
+    return f"measured latency at batch {batch} (ms)"
 
 
 def latency_measures(summary: pd.DataFrame) -> list[str]:
