@@ -119,6 +119,10 @@ def _draw(series: list[Series], path: Path, xlabel: str, ylabel: str, title: str
         xs = [v for s in panel for v in s.x if v > 0]
         if log_x and xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
+        if xs and max(xs) >= 1e4:  # counts: 20k, 1.5M rather than long digit strings that overlap
+            from matplotlib.ticker import EngFormatter
+
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_title(model)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
