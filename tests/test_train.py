@@ -318,10 +318,20 @@ def test_cli_train_saves_a_loadable_checkpoint(tmp_path, capsys):
 def test_cli_train_bad_input(tmp_path, capsys):
     from prunelab.cli import main
 
-    rc = main(["train", "--model", "resnet20", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "x.pt")])
+    from prunelab.io import save_checkpoint
+    from prunelab.models import create, resolve
+
+    spec = resolve("resnet20")  # a checkpoint keeps its architecture: 3x32x32 inputs
+    save_checkpoint(tmp_path / "r20.pt", arch=spec.to_dict(), state_dict=create(spec).state_dict())
+    rc = main(["train", "--model", str(tmp_path / "r20.pt"), "--data", "digits", "--epochs", "1",
+               "--out", str(tmp_path / "x.pt")])
     err = capsys.readouterr().err
     assert rc == 2 and "expects input 3x32x32 but dataset digits gives 1x8x8" in err and err.count("\n") == 1
     assert not (tmp_path / "x.pt").exists()
+    # a zoo name is fitted to the data instead (one input channel, the digits' classes)
+    rc = main(["train", "--model", "resnet20", "--data", "digits", "--epochs", "1", "--max-steps", "1",
+               "--out", str(tmp_path / "z.pt"), "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["params"] > 0
     rc = main(["train", "--model", "mlp", "--data", "cifar10", "--data-root", str(tmp_path), "--out",
                str(tmp_path / "y.pt")])
     assert rc == 2 and "CIFAR-10 not found under" in capsys.readouterr().err

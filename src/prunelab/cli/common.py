@@ -122,3 +122,12 @@ def train_config_from_args(args) -> Any:
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig(**values).validate()
+
+
+def fit_overrides(name: str, data) -> dict[str, Any]:
+    """Constructor keywords that fit zoo model ``name`` to ``data`` (classes, input channels / size)."""
+    from prunelab.models import fit_spec, resolve
+
+    spec = resolve(name)
+    fitted = fit_spec(spec, data.num_classes, data.input_shape)
+    return {k: v for k, v in fitted.kwargs.items() if spec.kwargs.get(k) != v}

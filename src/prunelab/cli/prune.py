@@ -10,7 +10,6 @@ checkpoint (``--out``) with its JSON summary beside it.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
 from dataclasses import replace
@@ -24,6 +23,7 @@ from prunelab.cli.common import (
     add_train_arguments,
     data_from_args,
     emit_json,
+    fit_overrides,
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
@@ -198,24 +198,6 @@ def _is_path(name: str) -> bool:
     return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)
 
 
-def _fit_to_data(name: str, data) -> dict[str, Any]:
-    """Constructor overrides that fit a zoo model to the data: classes and input width."""
-    from prunelab.models import get_family, resolve
-
-    params = inspect.signature(get_family(resolve(name).family).build).parameters
-    shape = tuple(data.input_shape)
-    out: dict[str, Any] = {}
-    if "num_classes" in params:
-        out["num_classes"] = data.num_classes
-    if "in_channels" in params and len(shape) >= 2 and data.task != "sequence":
-        out["in_channels"] = shape[0]
-    if "in_features" in params and len(shape) == 1:
-        out["in_features"] = shape[0]
-    if "input_size" in params and data.task == "sequence" and len(shape) == 2:
-        out["input_size"] = shape[-1]
-    return out
-
-
 def _snip_batch(data, size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:size]
@@ -261,7 +243,7 @@ def run(args) -> int:
     data = data_from_args(args, seed=train_config.seed)
     torch.manual_seed(train_config.seed)
     is_checkpoint = _is_path(args.model)
-    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else _fit_to_data(args.model, data)))
+    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
     _check_fits(model, data, args.model)
     input_shape = tuple(data.input_shape)

@@ -19,7 +19,6 @@ params, MACs, accuracy).
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 from dataclasses import replace
@@ -135,20 +134,6 @@ def structured_config(args):
         checkpoint_every=args.checkpoint_every_prunes, seed=args.seed).validate()
 
 
-def _overrides(name: str, data) -> dict[str, Any]:
-    """Constructor overrides that fit a zoo model to the data: classes, and input channels of images."""
-    from prunelab.models import get_family, resolve
-
-    spec = resolve(name)
-    params = inspect.signature(get_family(spec.family).build).parameters
-    out: dict[str, Any] = {}
-    if "num_classes" in params:
-        out["num_classes"] = data.num_classes
-    if "in_channels" in params and data.task == "image" and len(data.input_shape) == 3:
-        out["in_channels"] = int(data.input_shape[0])
-    return out
-
-
 def _is_path(name: str) -> bool:
     import os
 
@@ -168,7 +153,7 @@ def _sizes(model, input_shape) -> dict[str, int]:
 
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
-    from prunelab.cli.common import data_from_args, emit_json, train_config_from_args
+    from prunelab.cli.common import data_from_args, emit_json, fit_overrides, train_config_from_args
     from prunelab.io import atomic_write_json
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
     from prunelab.train import Trainer, evaluate, resolve_device
@@ -188,7 +173,7 @@ def run(args) -> int:
     data = data_from_args(args, seed=args.seed)
     torch.manual_seed(train_config.seed)
     is_checkpoint = _is_path(args.model)
-    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else _overrides(args.model, data)))
+    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
     if any(k.endswith("_mask") for k in model.state_dict()):
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "

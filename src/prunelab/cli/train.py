@@ -10,6 +10,7 @@ summary (accuracy, parameters, MACs, history) as JSON.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from prunelab.cli.common import (
     data_from_args,
     data_options_from_args,
     emit_json,
+    fit_overrides,
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
@@ -82,7 +84,8 @@ def run(args) -> int:
     config = train_config_from_args(args)
     data = data_from_args(args, seed=0)
     torch.manual_seed(config.seed)
-    loaded = model_or_checkpoint(args.model, num_classes=data.num_classes)
+    is_zoo_name = not _is_checkpoint(args.model)
+    loaded = model_or_checkpoint(args.model, **(fit_overrides(args.model, data) if is_zoo_name else {}))
     model, spec = loaded.model, loaded.spec
     num_classes = spec.kwargs.get("num_classes")
     if num_classes is not None and int(num_classes) != data.num_classes:
@@ -122,3 +125,7 @@ def run(args) -> int:
                          f"params {summary['params']:,}, MACs {macs}, {final.get('step')} steps in "
                          f"{final.get('time'):.1f}s -> {args.out}\n")
     return 0
+
+
+def _is_checkpoint(name: str) -> bool:
+    return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)

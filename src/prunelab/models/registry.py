@@ -218,3 +218,33 @@ def spec_from_units(spec: ArchSpec | str | dict, units: list[WidthUnit]) -> Arch
 def _ensure_loaded() -> None:
     # Importing the zoo registers every family and model name.
     import prunelab.models.zoo  # noqa: F401
+
+
+def fit_spec(spec: ArchSpec, num_classes: int | None, input_shape: tuple[int, ...] | None) -> ArchSpec:
+    """``spec`` with its class count and input size set, where the family's constructor takes them.
+
+    A zoo model registered for CIFAR-10 (3x32x32, 10 classes) then builds for any data set: images and
+    1-D signals are channels-first, so ``in_channels`` is ``input_shape[0]``; sequences are (T, F), so a
+    recurrent ``input_size`` is the features per step; ``in_features`` is the flattened size.
+    """
+    import inspect
+    import math
+
+    try:
+        params = inspect.signature(get_family(spec.family).build).parameters
+    except (TypeError, ValueError):  # builtins or C callables: leave the spec alone
+        return spec
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    overrides: dict[str, Any] = {}
+    if num_classes is not None and ("num_classes" in params or takes_any):
+        overrides["num_classes"] = int(num_classes)
+    shape = tuple(int(d) for d in input_shape or ())
+    if shape:
+        if "in_channels" in params and len(shape) >= 2:
+            overrides["in_channels"] = shape[0]
+        if "in_features" in params:
+            overrides["in_features"] = math.prod(shape)
+        if "input_size" in params and len(shape) == 2:
+            overrides["input_size"] = shape[-1]
+    changed = {k: v for k, v in overrides.items() if spec.kwargs.get(k) != v}
+    return spec.with_kwargs(**changed) if changed else spec

@@ -9,7 +9,6 @@ matched parameters or MACs without any hidden difference in initialisation or tr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,41 +17,20 @@ from torch import nn
 
 from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models import ArchSpec, create, get_family, resolve
+from prunelab.models import ArchSpec, create, fit_spec, get_family, resolve
 
 INITS = ("family", "constructor")
 
 
 def fit_spec_to_data(spec: ArchSpec, data: DataBundle | None) -> ArchSpec:
-    """Set the spec's class count and input size (channels, features), where the family takes them,
-    from ``data``.
+    """``spec`` fitted to ``data``'s class count and input size (:func:`prunelab.models.fit_spec`).
 
     A zoo model registered for CIFAR-10 trains on the embedded digits set only with the digits'
     class count and input channels; every protocol measures and trains the same adapted spec.
     """
     if data is None:
         return spec
-    import inspect
-
-    build = get_family(spec.family).build
-    try:
-        params = inspect.signature(build).parameters
-    except (TypeError, ValueError):  # builtins or C callables: leave the spec alone
-        return spec
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    overrides: dict[str, Any] = {}
-    if "num_classes" in params or takes_any:
-        overrides["num_classes"] = int(data.num_classes)
-    shape = tuple(int(d) for d in data.input_shape)
-    if shape:
-        if "in_channels" in params and len(shape) >= 2:
-            overrides["in_channels"] = shape[0]
-        if "in_features" in params:
-            overrides["in_features"] = math.prod(shape)
-        if "input_size" in params and len(shape) == 2:  # sequences (T, F): features per step
-            overrides["input_size"] = shape[-1]
-    changed = {k: v for k, v in overrides.items() if spec.kwargs.get(k) != v}
-    return spec.with_kwargs(**changed) if changed else spec
+    return fit_spec(spec, data.num_classes, data.input_shape)
 
 
 def reinitialise(model: nn.Module, spec: ArchSpec) -> nn.Module:
