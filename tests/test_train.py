@@ -317,7 +317,6 @@ def test_cli_train_saves_a_loadable_checkpoint(tmp_path, capsys):
 
 def test_cli_train_bad_input(tmp_path, capsys):
     from prunelab.cli import main
-
     from prunelab.io import save_checkpoint
     from prunelab.models import create, resolve
 
