@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from hand_counts import hand_macs
 from prunelab.cli import main
 from prunelab.errors import PrunelabError
 from prunelab.models import ArchSpec, create, width_units
@@ -36,27 +36,6 @@ def digits():
     from prunelab.data import load
 
     return load("digits")
-
-
-def hand_macs(model: nn.Module, shape) -> int:
-    """PFS's MAC convention computed here with forward hooks: conv weight numel x output positions,
-    linear in x out, average pools their input numel."""
-    total = []
-
-    def hook(module, inputs, out):
-        if isinstance(module, nn.Conv2d):
-            total.append(module.weight.numel() * out.shape[2] * out.shape[3])
-        elif isinstance(module, nn.Linear):
-            total.append(module.in_features * module.out_features)
-        elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            total.append(inputs[0][0].numel())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return sum(total)
 
 
 def test_gate_sits_after_bn_before_relu_and_starts_at_one():

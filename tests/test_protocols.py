@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from hand_counts import hand_macs
 from prunelab.cli import main
 from prunelab.errors import PrunelabError
 from prunelab.models import ArchSpec, create, resolve, width_units
@@ -79,27 +80,6 @@ def test_reduced_search_lands_within_two_percent_of_a_params_target(spec, shape,
     achieved = n_params(create(found.spec))
     assert abs(achieved / target.value - 1) <= 0.02
     assert found.spec.family == spec.family and 0 < found.x < 1
-
-
-def hand_macs(model: nn.Module, shape) -> int:
-    """Conv: weight numel x output positions; Linear: in x out; average pools: input numel (the PFS
-    convention), from forward hooks written here rather than prunelab's counter."""
-    total = []
-
-    def hook(module, inputs, out):
-        if isinstance(module, nn.Conv2d):
-            total.append(module.weight.numel() * out.shape[2] * out.shape[3])
-        elif isinstance(module, nn.Linear):
-            total.append(module.in_features * module.out_features)
-        elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            total.append(inputs[0][0].numel())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return sum(total)
 
 
 def test_reduced_search_hits_a_macs_target_by_an_independent_count():
