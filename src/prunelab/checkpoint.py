@@ -52,9 +52,14 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, spec, plan, dict(ckpt.get("meta") or {}))
 
 
+def is_checkpoint_path(name_or_path: str) -> bool:
+    """Whether a MODEL argument names a checkpoint file rather than a zoo model."""
+    return os.path.sep in name_or_path or name_or_path.endswith((".pt", ".pth")) or os.path.isfile(name_or_path)
+
+
 def model_or_checkpoint(name_or_path: str, **overrides: Any) -> LoadedModel:
     """A zoo name (fresh model) or a checkpoint path: what most sub-commands accept as MODEL."""
-    if os.path.sep in name_or_path or name_or_path.endswith((".pt", ".pth")) or os.path.isfile(name_or_path):
+    if is_checkpoint_path(name_or_path):
         return load_model(name_or_path)
     from prunelab.models import resolve
 

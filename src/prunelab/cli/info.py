@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 
 from prunelab.cli.common import emit_json, parse_shape
 from prunelab.cli.models import human
@@ -40,12 +39,12 @@ def _fit_input(spec, shape: tuple[int, ...]):
 
 def describe(model_arg: str, num_classes: int | None = None, input_size: str | None = None) -> dict:
     """The report ``prunelab info`` prints, as a dict."""
-    from prunelab.checkpoint import LoadedModel, model_or_checkpoint
+    from prunelab.checkpoint import LoadedModel, is_checkpoint_path, model_or_checkpoint
     from prunelab.measure import count_params, layer_table
     from prunelab.models import create, input_shape_of, resolve
 
     shape = parse_shape(input_size)
-    loaded = model_or_checkpoint(model_arg) if _is_path(model_arg) else None
+    loaded = model_or_checkpoint(model_arg) if is_checkpoint_path(model_arg) else None
     if loaded is not None:
         if num_classes is not None:
             raise PrunelabError("--num-classes applies to zoo names; a checkpoint keeps its own classifier")
@@ -76,10 +75,6 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
         "macs_sparse": sparse,
         "layers": [r.to_dict() for r in rows],
     }
-
-
-def _is_path(arg: str) -> bool:
-    return os.path.sep in arg or arg.endswith((".pt", ".pth")) or os.path.isfile(arg)
 
 
 def run(args) -> int:

@@ -10,7 +10,6 @@ checkpoint (``--out``) with its JSON summary beside it.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -193,11 +192,6 @@ def _check_fits(model, data, name: str) -> None:
                             f"{data.num_classes} classes")
 
 
-def _is_path(name: str) -> bool:
-    """What :func:`prunelab.checkpoint.model_or_checkpoint` treats as a checkpoint path."""
-    return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)
-
-
 def _snip_batch(data, size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:size]
@@ -216,7 +210,7 @@ def run(args) -> int:
             raise PrunelabError("structured pruning (--structured) is not available in this installation")
         return structured.run(args)
 
-    from prunelab.checkpoint import model_or_checkpoint
+    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import atomic_write_json, save_checkpoint
     from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
     from prunelab.prune.unstructured.masks import MaskCallback
@@ -242,7 +236,7 @@ def run(args) -> int:
 
     data = data_from_args(args, seed=train_config.seed)
     torch.manual_seed(train_config.seed)
-    is_checkpoint = _is_path(args.model)
+    is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
     _check_fits(model, data, args.model)

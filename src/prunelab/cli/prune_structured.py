@@ -134,12 +134,6 @@ def structured_config(args):
         checkpoint_every=args.checkpoint_every_prunes, seed=args.seed).validate()
 
 
-def _is_path(name: str) -> bool:
-    import os
-
-    return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)
-
-
 def _acc(metrics: dict | None) -> float | None:
     return None if metrics is None else metrics.get("acc")
 
@@ -152,7 +146,7 @@ def _sizes(model, input_shape) -> dict[str, int]:
 
 
 def run(args) -> int:
-    from prunelab.checkpoint import model_or_checkpoint
+    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.cli.common import data_from_args, emit_json, fit_overrides, train_config_from_args
     from prunelab.io import atomic_write_json
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
@@ -172,7 +166,7 @@ def run(args) -> int:
 
     data = data_from_args(args, seed=args.seed)
     torch.manual_seed(train_config.seed)
-    is_checkpoint = _is_path(args.model)
+    is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
     if any(k.endswith("_mask") for k in model.state_dict()):

@@ -10,7 +10,6 @@ summary (accuracy, parameters, MACs, history) as JSON.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -76,7 +75,7 @@ def _counts(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, A
 
 
 def run(args) -> int:
-    from prunelab.checkpoint import model_or_checkpoint
+    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import save_checkpoint
     from prunelab.models import input_shape_of
     from prunelab.train import Trainer
@@ -84,7 +83,7 @@ def run(args) -> int:
     config = train_config_from_args(args)
     data = data_from_args(args, seed=0)
     torch.manual_seed(config.seed)
-    is_zoo_name = not _is_checkpoint(args.model)
+    is_zoo_name = not is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **(fit_overrides(args.model, data) if is_zoo_name else {}))
     model, spec = loaded.model, loaded.spec
     num_classes = spec.kwargs.get("num_classes")
@@ -125,7 +124,3 @@ def run(args) -> int:
                          f"params {summary['params']:,}, MACs {macs}, {final.get('step')} steps in "
                          f"{final.get('time'):.1f}s -> {args.out}\n")
     return 0
-
-
-def _is_checkpoint(name: str) -> bool:
-    return os.path.sep in name or name.endswith((".pt", ".pth")) or os.path.isfile(name)
