@@ -79,6 +79,21 @@ def test_sparse_conv_equals_dense(name, sparsity, lowering):
     assert torch.equal(sparse.dense_weight(), conv.weight.detach())
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "slice of a batch"])
+@pytest.mark.parametrize("name", list(CONVS))
+def test_sparse_conv_batch_one_equals_dense(name, layout):
+    """Batch 1 takes its own path (NCHW is already channels first there); any input layout works."""
+    torch.manual_seed(0)
+    conv = masked_(nn.Conv2d(**CONVS[name]), 0.9)
+    sparse = SparseConv2d.from_dense(conv)
+    x = torch.randn(3, 8, 11, 9)
+    x = {"contiguous": x[:1].clone(), "channels_last": x[:1].contiguous(memory_format=torch.channels_last),
+         "slice of a batch": x[2:3]}[layout]
+    got = sparse(x)
+    assert got.shape == (1, conv.out_channels, *conv(x).shape[2:]) and got.is_contiguous()
+    assert relative_error(got, conv(x)) <= RTOL
+
+
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=5, stride=2, dilation=2),
                                     dict(kernel_size=1, groups=2, bias=False), dict(kernel_size=5, padding="same")])
 def test_sparse_conv1d_equals_dense(kwargs):
@@ -227,3 +242,26 @@ def test_cli_export_sparse_then_bench_it(tmp_path, capsys):
     assert len(bench["sparse"]["sparse_layers"]) == 3 and bench["results"][0]["batch_size"] == 4
     assert main(["bench", str(out), "--sparse", "--backend", "onnxruntime"]) == 2
     assert "cannot be combined" in capsys.readouterr().err
+
+
+def test_cached_csr_weight_follows_copies_and_moves():
+    """The cached CSR tensor is left out of copies and rebuilt for new buffers (no stale weight)."""
+    import copy
+
+    from prunelab.export.sparse import SparseLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    with torch.no_grad():
+        linear.weight.mul_((torch.rand_like(linear.weight) < 0.2).float())
+    sparse = SparseLinear.from_dense(linear)
+    x = torch.randn(4, 16)
+    sparse(x)
+    clone = copy.deepcopy(sparse)
+    assert "_csr_cache" not in clone.__dict__
+    with torch.no_grad():
+        clone.values.mul_(2.0)  # in place: same storage, so the cache must not matter for correctness
+        torch.testing.assert_close(clone(x) - clone.bias.t(), 2.0 * (sparse(x) - sparse.bias.t()))
+    clone.values = clone.values.clone() * 0.5
+    torch.testing.assert_close(clone(x), sparse(x))
+    torch.testing.assert_close(sparse(x), linear(x), rtol=1e-5, atol=1e-6)
