@@ -47,6 +47,9 @@ def fx(tmp_path_factory) -> Path:
     ok = "name: t\ndata: {name: digits}\ntrain: {epochs: 1, max_steps: 2}\nmodels: [mlp]\nmethods: [dense]\n"
     (d / "ok.yaml").write_text(ok)
     (d / "unknown_model.yaml").write_text(ok.replace("[mlp]", "[nosuch]"))
+    (d / "no_cifar.yaml").write_text(ok.replace("{name: digits}", f"{{name: cifar10, root: {d / 'nocifar'}}}"))
+    (d / "cifar_no_root.yaml").write_text(ok.replace("{name: digits}", "cifar10"))
+    (d / "bad_data_option.yaml").write_text(ok.replace("{name: digits}", "{name: digits, options: {bogus: 1}}"))
     (d / "bad_measure.yaml").write_text(ok + "measure: {latency: true, batch_size: 8}\n")
     (d / "bad_kwargs.yaml").write_text(ok.replace("[mlp]", "[{name: mlp, kwargs: {bogus: 3}}]"))
     (d / "sparsity.yaml").write_text(ok.replace("[dense]", "[{name: g, kind: global-magnitude}]")
@@ -112,6 +115,8 @@ CASES = [
      "alpha"),
     (["copy-profile", "{fx}/cnn.pt", "--alpha", "0.5", "--params", "1000", "--data", "digits", "--out", "od"],
      "exactly one"),
+    (["copy-profile", "{fx}/cnn.pt", "--base", "cnn", "--alpha", "1e6", "--data", "digits", "--out", "od", *TRAIN],
+     "at most"),
     (["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "1.5", "--out", "od", *TRAIN], "MACs ratio"),
     (["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "0.5", "--init-from", "{fx}/mlp.pt",
       "--out", "od", *TRAIN], "mlp network"),
@@ -136,6 +141,9 @@ CASES = [
     (["study", "validate", "{fx}/bad_measure.yaml"], "measure key"),
     (["study", "validate", "{fx}/bad_kwargs.yaml"], "bogus"),
     (["study", "validate", "{fx}/sparsity.yaml"], "sparsity"),
+    (["study", "validate", "{fx}/no_cifar.yaml"], "does not exist on this machine"),
+    (["study", "validate", "{fx}/cifar_no_root.yaml"], "read from disk"),
+    (["study", "validate", "{fx}/bad_data_option.yaml"], "unknown option 'bogus'"),
     (["study", "run", "{fx}/bad.yaml", "--out", "st", "--quiet"], "malformed YAML"),
     (["study", "run", "{fx}/ok.yaml", "--out", "st", "--threads", "0", "--quiet"], "thread count"),
     (["study", "run", "{fx}/ok.yaml", "--out", "st", "--workers", "0", "--quiet"], "workers"),

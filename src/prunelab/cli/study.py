@@ -35,9 +35,11 @@ def add_arguments(parser) -> None:
     status.add_argument("--json", action="store_true")
 
     validate = sub.add_parser("validate", help="check a study spec without running anything",
-                              description="Check a study spec: names, targets, combinations.")
+                              description="Check a study spec: names, targets, combinations, and that its data is here.")
     validate.add_argument("spec", metavar="SPEC.yaml")
     validate.add_argument("--list", action="store_true", help="list the runs it expands to")
+    validate.add_argument("--no-data-check", dest="data_check", action="store_false",
+                          help="do not require the data root to exist here (a spec for another machine)")
 
 
 def run(args) -> int:
@@ -92,6 +94,9 @@ def _validate(args) -> int:
     from prunelab.study import load_spec
 
     spec = load_spec(args.spec)
+    missing = spec.missing_data_root() if args.data_check else None
+    if missing:
+        raise PrunelabError(f"{args.spec}: {missing}; pass --no-data-check to check a spec for another machine")
     runs = spec.expand()
     by_method = Counter(r.method for r in runs)
     print(f"{args.spec}: ok: study {spec.name!r}, {len(runs)} runs (" +

@@ -33,7 +33,10 @@ from prunelab.protocols.search import SearchResult, bisect_scalar
 from prunelab.protocols.targets import Measurer, Target, measure
 from prunelab.protocols.widths import units_of, with_unit_widths
 
+#: upper end of the alpha bisection
 MAX_ALPHA = 64.0
+#: widest layer a copied profile may ask for; a larger scale is a typo, not a network
+MAX_WIDTH = 65536
 
 
 @dataclass
@@ -69,6 +72,11 @@ class WidthProfile:
         """The member at scale ``alpha``: every surviving width m_b times alpha, rounded, >= 1."""
         if not alpha > 0:
             raise PrunelabError(f"profile scale alpha must be positive, got {alpha}")
+        widest = max(self.entries, key=lambda e: e.width, default=None)
+        if widest is not None and widest.width * alpha > MAX_WIDTH:
+            raise PrunelabError(f"profile scale alpha {alpha:g} makes unit {widest.name!r} {widest.width * alpha:,.0f} "
+                                f"channels wide; alpha must be at most {MAX_WIDTH / widest.width:.4g} for this profile "
+                                f"(at most {MAX_WIDTH:,} channels per layer)")
         return with_unit_widths(self.pruned, {e.name: round_width(e.width * alpha, round_to) for e in self.entries})
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +195,15 @@ class StudySpec:
     text: str | None = None
     _where: _Where = field(default_factory=lambda: _Where(None), repr=False, compare=False)
     _nodes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def missing_data_root(self) -> str | None:
+        """Why this machine cannot read the study's data (its root folder is absent), or ``None``."""
+        from prunelab.data import get_dataset_entry
+
+        root = self.data.root
+        if get_dataset_entry(self.data.name).needs_root and root and not Path(root).expanduser().exists():
+            return f"data root {root!r} of dataset {self.data.name!r} does not exist on this machine"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised spec (what :attr:`spec_hash` hashes)."""
@@ -371,17 +379,23 @@ def _parse_data(doc: _Map, where: _Where) -> DataSpec:
 
 
 def _check_dataset(name: str, node: _Map, where: _Where) -> None:
-    """Check the dataset name against :func:`prunelab.data.list_datasets` when the data layer offers it."""
-    try:
-        import prunelab.data as data_layer
-    except ImportError:
-        return
-    list_datasets = getattr(data_layer, "list_datasets", None)
-    if list_datasets is None:
-        return
+    """Check the dataset against the data layer: a known name, known options, and a root folder that
+    is given where the dataset is read from disk. Whether that folder exists depends on the machine
+    that runs the study: :func:`missing_data_root` checks it there."""
+    from prunelab.data import get_dataset_entry, list_datasets
+
     valid = list(list_datasets())
     if name not in valid:
         raise where.error(node, "name", str(unknown_choice("dataset", name, valid)))
+    entry = get_dataset_entry(name)
+    options = node.get("options") or {}
+    unknown = sorted(set(options) - set(entry.options()))
+    if unknown:
+        raise where.error(node, "options", f"unknown option {unknown[0]!r} for dataset {name!r}; valid options: "
+                                           f"{', '.join(entry.options()) or 'none'}")
+    root = node.get("root")
+    if entry.needs_root and root is None:
+        raise where.error(node, "name", f"dataset {name!r} is read from disk: give its folder as data 'root'")
 
 
 def _parse_train(node: _Map, key: str, where: _Where) -> dict[str, Any]:
