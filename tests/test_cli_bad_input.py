@@ -71,6 +71,11 @@ CASES = [
     (["info", "{fx}/cnn.pt", "--input-size", "3x32x32"], "cannot run"),
     # train
     (["train", "--model", "nosuch", "--data", "digits", "--out", "o.pt", *TRAIN], "unknown model"),
+    (["train", "nosuch", "--data", "digits", "--out", "o.pt", *TRAIN], "unknown model"),
+    (["train", "cnn", "--model", "mlp", "--data", "digits", "--out", "o.pt", *TRAIN], "two models"),
+    (["train", "--data", "digits", "--out", "o.pt", *TRAIN], "missing MODEL"),
+    (["reduce", "--data", "digits", "--params", "1e4", "--out", "od", *TRAIN], "missing MODEL"),
+    (["pfs", "cnn", "--model", "mlp", "--data", "digits", "--macs-ratio", "0.5", "--out", "od", *TRAIN], "two models"),
     (["train", "--model", "cnn", "--data", "nosuch", "--out", "o.pt", *TRAIN], "unknown dataset"),
     (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--epochs", "-1"], "epochs"),
     (["train", "--model", "cnn", "--data", "digits", "--out", "o.pt", "--batch-size", "0", *TRAIN], "batch"),

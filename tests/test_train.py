@@ -331,6 +331,11 @@ def test_cli_train_bad_input(tmp_path, capsys):
     rc = main(["train", "--model", "resnet20", "--data", "digits", "--epochs", "1", "--max-steps", "1",
                "--out", str(tmp_path / "z.pt"), "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["params"] > 0
+    # MODEL may also come first, as in prune, bench, info and export: the same run
+    rc = main(["train", "resnet20", "--data", "digits", "--epochs", "1", "--max-steps", "1",
+               "--out", str(tmp_path / "p.pt"), "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["params"] == torch.load(
+        tmp_path / "z.pt", weights_only=True)["meta"]["params"]
     rc = main(["train", "--model", "mlp", "--data", "cifar10", "--data-root", str(tmp_path), "--out",
                str(tmp_path / "y.pt")])
     assert rc == 2 and "CIFAR-10 not found under" in capsys.readouterr().err

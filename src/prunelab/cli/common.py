@@ -30,6 +30,23 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def add_model_argument(parser, help: str) -> None:
+    """The model as ``MODEL`` (positional, as in prune, bench, info and export) or ``--model MODEL``."""
+    parser.add_argument("model", nargs="?", metavar="MODEL", default=None, help=help)
+    parser.add_argument("--model", dest="model_option", metavar="MODEL", default=None, help="the same, as an option")
+
+
+def model_from_args(args) -> str:
+    """The one model named by :func:`add_model_argument`'s two spellings."""
+    given = [m for m in (args.model, args.model_option) if m is not None]
+    if not given:
+        raise PrunelabError("missing MODEL: give a zoo name (see 'prunelab models') or a checkpoint path")
+    if len(given) == 2 and given[0] != given[1]:
+        raise PrunelabError(f"two models given ({given[0]!r} and --model {given[1]!r}); give one")
+    args.model = given[0]
+    return given[0]
+
+
 def add_data_arguments(parser, required: bool = True) -> None:
     """``--data NAME`` and ``--data-root PATH`` (for real formats read from disk)."""
     parser.add_argument("--data", required=required, metavar="NAME",

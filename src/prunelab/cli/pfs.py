@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.cli.common import (
+    add_data_arguments,
+    add_model_argument,
+    add_train_arguments,
+    emit_json,
+    model_from_args,
+    train_config_from_args,
+)
 from prunelab.cli.reduce import add_output_arguments, load_data
 from prunelab.errors import PrunelabError
 
@@ -21,7 +28,7 @@ def add_arguments(parser) -> None:
     from prunelab.protocols.pfs import PFSConfig
 
     d = PFSConfig()
-    parser.add_argument("--model", required=True, help="default (unexpanded) zoo model, e.g. resnet56 or vgg16")
+    add_model_argument(parser, "default (unexpanded) zoo model, e.g. resnet56 or vgg16")
     b = parser.add_argument_group("MACs budget (one of)")
     b.add_argument("--macs-ratio", type=float, default=None,
                    help="fraction of the default model's MACs to keep (0.5 = half the MACs)")
@@ -52,6 +59,7 @@ def run(args) -> int:
     from prunelab.protocols.pfs import PFSConfig, pruning_from_scratch
     from prunelab.protocols.targets import parse_number
 
+    model_from_args(args)
     if (args.macs_ratio is None) == (args.macs is None):
         raise PrunelabError("give exactly one budget: --macs-ratio R or --macs N")
     pfs = PFSConfig(lam=args.lam, ratio=args.ratio, epochs=args.gate_epochs, lr=args.gate_lr,

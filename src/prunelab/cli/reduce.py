@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.cli.common import (
+    add_data_arguments,
+    add_model_argument,
+    add_train_arguments,
+    emit_json,
+    model_from_args,
+    train_config_from_args,
+)
 from prunelab.errors import PrunelabError
 
 
@@ -70,7 +77,7 @@ def add_output_arguments(parser, *, no_train: bool = True) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="zoo model to reduce (see prunelab models)")
+    add_model_argument(parser, "zoo model to reduce (see `prunelab models`)")
     parser.add_argument("--mode", choices=("width", "bottleneck", "depth"), default="width")
     parser.add_argument("--multiplier", type=float, default=None, help="fixed width / bottleneck multiplier")
     parser.add_argument("--depth", type=int, default=None, help="fixed depth (--mode depth)")
@@ -86,6 +93,7 @@ def run(args) -> int:
     from prunelab.protocols.output import save_trained, write_summary
     from prunelab.protocols.reduced import reduced_network
 
+    model_from_args(args)
     targets = targets_from_args(args)
     fixed = args.depth if args.mode == "depth" else args.multiplier
     if args.mode != "depth" and args.depth is not None:

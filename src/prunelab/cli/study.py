@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
     status.add_argument("--json", action="store_true")
 
     validate = sub.add_parser("validate", help="check a study spec without running anything",
-                              description="Check a study spec: names, targets, combinations, and that its data is here.")
+                              description="Check a study spec: names, targets, combinations, and that its "
+                                          "data is on this machine.")
     validate.add_argument("spec", metavar="SPEC.yaml")
     validate.add_argument("--list", action="store_true", help="list the runs it expands to")
     validate.add_argument("--no-data-check", dest="data_check", action="store_false",

@@ -17,19 +17,20 @@ import torch
 
 from prunelab.cli.common import (
     add_data_arguments,
+    add_model_argument,
     add_train_arguments,
     data_from_args,
     data_options_from_args,
     emit_json,
     fit_overrides,
+    model_from_args,
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, metavar="MODEL",
-                        help="zoo name (see `prunelab models`) or a checkpoint to continue training")
+    add_model_argument(parser, "zoo name (see `prunelab models`) or a checkpoint to continue training")
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, metavar="PATH", help="where to write the trained checkpoint")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -80,6 +81,7 @@ def run(args) -> int:
     from prunelab.models import input_shape_of
     from prunelab.train import Trainer
 
+    model_from_args(args)
     config = train_config_from_args(args)
     data = data_from_args(args, seed=0)
     torch.manual_seed(config.seed)

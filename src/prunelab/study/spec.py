@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
