@@ -7,7 +7,8 @@
    Goal: speed-up >= 0.8 x the MACs ratio at batch 32. ResNet-56's 16-channel first stage already
    runs far below the convolution throughput of its later stages on CPU, and halving it to 8
    channels costs more efficiency still; WRN-40-2's twice-wider layers keep theirs.
-2. Unstructured sparsity: the sparse-kernel path (prunelab.export.sparse) vs the dense masked model
+2. Unstructured sparsity: the sparse-kernel path (prunelab.export.sparse: CSR matmuls, and the native
+   direct sparse convolution of prunelab.export.direct_conv where it can be built) vs the dense masked model
    at 90% and 95% global magnitude sparsity, for a Linear-heavy MLP at batch 32 (goal >= 3x at 95%)
    and for a CIFAR ResNet-56 at batch 1 and 32 (goal >= 1.3x at 95%); the ResNet also with
    layer-wise uniform masks. FP32 throughout: no quantisation is mixed into these ratios.
@@ -161,13 +162,14 @@ def section_sparse(args) -> list[dict]:
             row = {"model": name, "masks": method, "sparsity": sparsity, "batch": batch, "dense_ms": med["dense"],
                    "sparse_ms": med["sparse"], "speedup": med["dense"] / med["sparse"],
                    "sparse_layers": len(report.sparse_layers), "layers": len(report.layers),
+                   "direct_layers": sum(lowering == "direct" for lowering in report.lowerings().values()),
                    "relative_error": report.relative_error, "convert_s": convert_s, "densities": densities(model)}
             out.append(row)
     print(table(("model", "masks", "sparsity", "batch", "dense ms", "sparse ms", "speed-up", "sparse layers",
-                 "rel. error", "choose s"),
+                 "of them direct", "rel. error", "choose s"),
                 [(r["model"], r["masks"], f"{r['sparsity']:.0%}", r["batch"], f"{r['dense_ms']:.3f}",
                   f"{r['sparse_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['sparse_layers']}/{r['layers']}",
-                  f"{r['relative_error']:.1e}", f"{r['convert_s']:.1f}") for r in out]))
+                  r["direct_layers"], f"{r['relative_error']:.1e}", f"{r['convert_s']:.1f}") for r in out]))
     seen = set()
     for r in out:
         key = (r["model"], r["masks"], r["sparsity"])
@@ -246,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                                      for row in section_structured(args, name, models)]
             print()
         if "sparse" in args.sections:
-            print("[2] sparse kernels vs dense masked model (goals at 95%: MLP >= 3x at batch 32; ResNet >= 1.3x)")
+            from prunelab.export.direct_conv import native_unavailable_reason
+
+            why_not = native_unavailable_reason()
+            print("[2] sparse kernels vs dense masked model (goals at 95%: MLP >= 3x at batch 32; ResNet >= 1.3x); "
+                  + ("direct sparse convolution kernel available" if why_not is None else
+                     f"no direct sparse convolution kernel: {why_not}"))
             results["sparse"] = section_sparse(args)
             print()
         if "onnx" in args.sections:

@@ -14,11 +14,17 @@ turns the masked layers into layers that multiply only the non-zeros:
   Grouped and depthwise convolutions are the same sparse matmul with a block-diagonal weight,
   whose off-group zeros CSR does not store. :class:`SparseConv1d` runs a ``Conv1d`` as a
   height-1 :class:`SparseConv2d`.
+* the ``direct`` lowering of :class:`SparseConv2d` (stride 1, float32, CPU): a native direct
+  sparse convolution (:mod:`prunelab.export.direct_conv`) that adds each non-zero weight times a
+  shifted input plane, with no im2col matrix at all; compiled on first use where a C++ compiler is
+  available, and otherwise simply not offered. It keeps the same CSR buffers, so a direct layer
+  moved to another device runs the matmul lowering instead.
 
 Sparse kernels only pay off above some sparsity and for some shapes; dense kernels (oneDNN, cuDNN)
 are very fast for small convolutions. :func:`convert_to_sparse` therefore times, for every masked
-layer, the dense and the sparse kernel on the layer's real input on the current device (interleaved,
-medians), keeps the faster, and records both timings in a :class:`SparseReport`. The converted
+layer, the dense kernel and every sparse lowering that can run it on the layer's real input on the
+current device (interleaved, medians), keeps the fastest, and records the timings in a
+:class:`SparseReport`. The converted
 model's output equals the dense masked model's within a relative error of 1e-5 (checked).
 
 :class:`SparseLinear` returns a transposed view (the sparse product is ``(out, N)``), which a
@@ -48,6 +54,8 @@ from prunelab.errors import PrunelabError, check_choice
 
 POLICIES = ("measure", "sparse", "dense")
 KERNELS = ("sparse", "dense")
+#: how a SparseConv2d runs: "auto" picks gather or im2col; "direct" is the native direct kernel
+LOWERINGS = ("auto", "gather", "im2col", "direct")
 #: use the "gather" lowering when at most this fraction of the im2col rows is read by some weight
 GATHER_MAX_FRACTION = 0.8
 #: a measured sparse kernel replaces the dense one only when at least this many times faster
@@ -137,6 +145,20 @@ def conv_support(conv: nn.Conv1d | nn.Conv2d) -> str | None:
     return None
 
 
+def direct_support(weight: torch.Tensor, stride: Sequence[int]) -> str | None:
+    """None if the native direct sparse kernel (:mod:`prunelab.export.direct_conv`) can run a
+    convolution with this weight and stride on this machine, else why not (one phrase)."""
+    from prunelab.export.direct_conv import native_unavailable_reason
+
+    if tuple(int(s) for s in stride) != (1, 1):
+        return f"stride {tuple(stride)} (the direct kernel is stride 1)"
+    if weight.dtype != torch.float32:
+        return f"dtype {weight.dtype} (the direct kernel is float32)"
+    if weight.device.type != "cpu":
+        return f"device {weight.device} (the direct kernel runs on CPU)"
+    return native_unavailable_reason()
+
+
 def _explicit_padding(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
     if isinstance(conv.padding, str):
         if conv.padding == "valid":
@@ -167,7 +189,7 @@ class SparseConv2d(_CsrCacheFree, nn.Module):
                  stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
                  lowering: str = "auto") -> None:
         super().__init__()
-        check_choice("convolution lowering", lowering, ("auto", "gather", "im2col"))
+        check_choice("convolution lowering", lowering, LOWERINGS)
         weight = weight.detach()
         self.out_channels, per_group, self.kh, self.kw = (int(s) for s in weight.shape)
         self.in_channels, self.groups = int(in_channels), int(groups)
@@ -182,10 +204,14 @@ class SparseConv2d(_CsrCacheFree, nn.Module):
         row = (channel * self.kh + a) * self.kw + b
         total_rows = self.in_channels * self.kh * self.kw
         used = torch.unique(row)
-        if lowering == "auto":
+        if lowering == "direct":
+            reason = direct_support(weight, self.stride)
+            if reason:
+                raise PrunelabError(f"cannot run this convolution with the direct sparse kernel: {reason}")
+        elif lowering == "auto":
             lowering = "gather" if used.numel() <= GATHER_MAX_FRACTION * total_rows else "im2col"
         self.lowering = lowering
-        rows = used if lowering == "gather" else torch.arange(total_rows)
+        rows = torch.arange(total_rows) if lowering == "im2col" else used
         position = torch.full((total_rows,), -1, dtype=torch.long)
         position[rows] = torch.arange(rows.numel())
         matrix = torch.sparse_coo_tensor(torch.stack([o, position[row]]), weight[o, ci, a, b],
@@ -233,12 +259,37 @@ class SparseConv2d(_CsrCacheFree, nn.Module):
             self._offsets[key] = (base.to(device), int(base.max()) + 1 if base.numel() else 1)
         return self._offsets[key]
 
+    def _direct_indices(self, wp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row pointers, input channel, flat offset in a padded plane of width ``wp``) per non-zero."""
+        key = ("direct", wp)
+        if key not in self._offsets:
+            rows = self.col_indices.long()
+            offsets = self.row_kh[rows] * (self.dilation[0] * wp) + self.row_kw[rows] * self.dilation[1]
+            if len(self._offsets) > 8:
+                self._offsets.clear()
+            self._offsets[key] = (self.crow_indices.long().contiguous(), self.row_channel[rows].contiguous(),
+                                  offsets.contiguous())
+        return self._offsets[key]  # type: ignore[return-value]
+
+    def _forward_direct(self, x: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+        from prunelab.export.direct_conv import direct_conv2d
+
+        ph, pw = self.padding
+        x = x.contiguous()
+        padded = nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        rowptr, channel, offsets = self._direct_indices(padded.shape[3])
+        bias = None if self.bias is None else self.bias.view(-1)
+        return direct_conv2d(padded, rowptr, channel, offsets, self.values, bias, ho, wo)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         hp, wp = height + 2 * ph, width + 2 * pw
         ho = (hp - dh * (self.kh - 1) - 1) // sh + 1
         wo = (wp - dw * (self.kw - 1) - 1) // sw + 1
+        if self.lowering == "direct" and x.device.type == "cpu" and x.dtype == torch.float32:
+            return self._forward_direct(x, ho, wo)
+        # the matmul lowerings (also a direct module's fallback on other devices: same CSR buffers)
         if batch == 1:  # NCHW at batch 1 is already channels first: no transposed copies
             x = x.contiguous()
             padded = nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
@@ -253,7 +304,7 @@ class SparseConv2d(_CsrCacheFree, nn.Module):
             if self.bias is not None:
                 y += self.bias
         else:
-            if self.lowering == "gather":
+            if self.lowering != "im2col":
                 offsets, span = self._gather_offsets(batch, hp, wp, x.device)
                 window = padded.view(-1).as_strided((span, batch, ho, wo), (1, hp * wp, sh * wp, sw))
                 cols = window.index_select(0, offsets).view(self.rows, n)
@@ -300,16 +351,22 @@ def has_sparse_modules(model: nn.Module) -> bool:
     return any(isinstance(m, SPARSE_MODULES) for m in model.modules())
 
 
-def sparse_module(module: nn.Module) -> nn.Module:
-    """The sparse-kernel replacement of one ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``."""
+def sparse_module(module: nn.Module, lowering: str = "auto") -> nn.Module:
+    """The sparse-kernel replacement of one ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``
+    (``lowering``: how a convolution runs, see :data:`LOWERINGS`; ignored for ``nn.Linear``)."""
     reason = support(module)
     if reason:
         raise PrunelabError(f"cannot run {type(module).__name__} with sparse kernels: {reason}")
     if type(module) is nn.Conv2d:
-        return SparseConv2d.from_dense(module)
+        return SparseConv2d.from_dense(module, lowering)
     if type(module) is nn.Conv1d:
-        return SparseConv1d.from_dense(module)
+        return SparseConv1d.from_dense(module, lowering)
     return SparseLinear.from_dense(module)
+
+
+def _conv_stride(module: nn.Module) -> tuple[int, int]:
+    stride = tuple(module.stride)
+    return (1, stride[0]) if len(stride) == 1 else (stride[0], stride[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +386,8 @@ class LayerChoice:
     dense_ms: float | None = None
     sparse_ms: float | None = None
     lowering: str | None = None
+    #: median ms of every sparse lowering measured for a convolution (the fastest is ``sparse_ms``)
+    lowering_ms: dict[str, float] | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -352,6 +411,10 @@ class SparseReport:
 
     def choices(self) -> dict[str, str]:
         return {layer.name: layer.kernel for layer in self.layers}
+
+    def lowerings(self) -> dict[str, str]:
+        """How each sparse convolution runs (layer name -> lowering)."""
+        return {layer.name: layer.lowering for layer in self.layers if layer.kernel == "sparse" and layer.lowering}
 
     @property
     def sparse_layers(self) -> list[str]:
@@ -433,14 +496,16 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
                       min_speedup: float = MIN_SPEEDUP) -> tuple[nn.Module, SparseReport]:
     """Replace masked ``Linear`` / ``Conv1d`` / ``Conv2d`` layers with sparse-kernel layers where faster.
 
-    ``policy``: ``measure`` times dense and sparse kernels per layer on its real input (a batch of
-    ``batch_size`` through the model) on ``device`` with ``threads`` threads and keeps the sparse
-    kernel where its median is at least ``min_speedup`` times faster (default 1.05, so timing noise
-    does not flip layers where the two are even);
-    ``sparse`` uses sparse kernels wherever supported; ``dense`` converts nothing (a baseline). With
-    ``masked_only`` only layers carrying a ``weight_mask`` buffer are candidates. Returns the
-    converted model (a copy on ``device`` unless ``inplace``) and the :class:`SparseReport`. With
-    ``verify``, the converted model's output must equal the masked model's within ``rtol``.
+    ``policy``: ``measure`` times the dense kernel and each sparse lowering (for a stride-1
+    convolution also the native direct kernel, where it can be built) per layer on its real input
+    (a batch of ``batch_size`` through the model) on ``device`` with ``threads`` threads, and keeps
+    the fastest sparse one where its median is at least ``min_speedup`` times faster than dense
+    (default 1.05, so timing noise does not flip layers where the two are even);
+    ``sparse`` uses sparse kernels wherever supported (the direct kernel where it can run);
+    ``dense`` converts nothing (a baseline). With ``masked_only`` only layers carrying a
+    ``weight_mask`` buffer are candidates. Returns the converted model (a copy on ``device`` unless
+    ``inplace``) and the :class:`SparseReport`. With ``verify``, the converted model's output must
+    equal the masked model's within ``rtol``.
     """
     from prunelab.export.onnx import relative_error
     from prunelab.measure.latency import (
@@ -476,8 +541,11 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
                 choice.reason = f"unsupported: {unsupported}; dense kernel kept"
                 choices.append(choice)
                 continue
-            sparse = sparse_module(module).to(device)
-            choice.lowering = getattr(sparse, "lowering", None)
+            candidates = {"sparse": sparse_module(module).to(device)}
+            is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
+            if is_conv and direct_support(module.weight, _conv_stride(module)) is None:
+                candidates = {"direct": sparse_module(module, "direct").to(device), **candidates}
+            sparse = next(iter(candidates.values()))  # direct where it can run: it is the faster one as a rule
             if policy == "measure":
                 if name not in inputs:
                     choice.reason = "not reached by the forward pass; dense kernel kept"
@@ -491,10 +559,14 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
                             return m(_x)
                     return call
 
-                samples = time_interleaved({"dense": run(module), "sparse": run(sparse)}, device=device,
-                                           warmup=warmup, repeats=repeats)
-                choice.dense_ms = float(torch.tensor(samples["dense"]).median())
-                choice.sparse_ms = float(torch.tensor(samples["sparse"]).median())
+                samples = time_interleaved({"dense": run(module), **{k: run(m) for k, m in candidates.items()}},
+                                           device=device, warmup=warmup, repeats=repeats)
+                medians = {k: float(torch.tensor(v).median()) for k, v in samples.items()}
+                best = min(candidates, key=lambda k: medians[k])
+                sparse = candidates[best]
+                choice.dense_ms, choice.sparse_ms = medians["dense"], medians[best]
+                if getattr(sparse, "lowering", None) is not None:
+                    choice.lowering_ms = {m.lowering: medians[k] for k, m in candidates.items()}
                 faster = choice.sparse_ms * min_speedup < choice.dense_ms
                 choice.kernel = "sparse" if faster else "dense"
                 choice.reason = ("sparse measured faster" if faster else
@@ -504,6 +576,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
                 choice.kernel, choice.reason = "sparse", "policy: sparse"
             else:
                 choice.reason = "policy: dense"
+            choice.lowering = getattr(sparse, "lowering", None)
             if choice.kernel == "sparse":
                 replacements[name] = sparse
             choices.append(choice)
@@ -520,8 +593,12 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
 
 
 def apply_choices(model: nn.Module, choices: Mapping[str, str], *, device: str | None = None,
-                  inplace: bool = True) -> nn.Module:
-    """Re-apply recorded kernel choices (layer name -> ``sparse`` | ``dense``) without timing anything."""
+                  inplace: bool = True, lowerings: Mapping[str, str] | None = None) -> nn.Module:
+    """Re-apply recorded kernel choices (layer name -> ``sparse`` | ``dense``) without timing anything.
+
+    ``lowerings`` (layer name -> :data:`LOWERINGS`) says how each sparse convolution runs; a
+    ``direct`` layer whose native kernel cannot run here (no compiler, another device) uses the
+    matmul lowering instead, with a warning: the outputs are the same, only the speed differs."""
     target = model if inplace else copy.deepcopy(model)
     target.eval()
     if device is not None:
@@ -533,7 +610,15 @@ def apply_choices(model: nn.Module, choices: Mapping[str, str], *, device: str |
         except AttributeError:
             raise PrunelabError(f"layer {name!r} of the kernel choices is not in the model") from None
         if kernel == "sparse" and not isinstance(module, SPARSE_MODULES):
-            _replace(target, name, sparse_module(module).to(next(module.parameters()).device))
+            lowering = (lowerings or {}).get(name, "auto")
+            check_choice(f"lowering for layer {name!r}", lowering, LOWERINGS)
+            if lowering == "direct" and isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                reason = direct_support(module.weight, _conv_stride(module))
+                if reason:
+                    warnings.warn(f"layer {name}: the direct sparse kernel cannot run here ({reason}); "
+                                  "using the sparse matmul lowering", stacklevel=2)
+                    lowering = "auto"
+            _replace(target, name, sparse_module(module, lowering).to(next(module.parameters()).device))
     return target
 
 
@@ -591,7 +676,7 @@ def load_sparse(path: str | os.PathLike, *, device: str | None = None, verify: b
                             "prunelab export CHECKPOINT --format sparse)")
     device = device or "cpu"
     dense = loaded.model.to(device).eval()
-    model = apply_choices(dense, report.choices(), device=device, inplace=False)
+    model = apply_choices(dense, report.choices(), device=device, inplace=False, lowerings=report.lowerings())
     if verify:
         x = example_input(report.input_shape, 2, device)
         error = relative_error(_output(model, x), _output(dense, x))
