@@ -56,7 +56,8 @@ def run(args) -> int:
         summary = {"path": args.out, **report.to_dict()}
         text = (f"{report.table()}\nwrote {args.out}: sparse kernels in {len(report.sparse_layers)} of "
                 f"{len(report.layers)} masked layers (batch {report.batch_size}, {report.device}, "
-                f"{report.threads} threads); relative error vs masked model {report.relative_error:.1e}")
+                f"{report.threads} thread{'' if report.threads == 1 else 's'}); "
+                f"relative error vs masked model {report.relative_error:.1e}")
     if args.json:
         emit_json(summary)
     else:
