@@ -140,3 +140,32 @@ def test_without_the_native_kernel_direct_choices_fall_back(tmp_path, monkeypatc
     assert all(not c.lowering_ms or "direct" not in c.lowering_ms for c in report.layers)
     with pytest.raises(PrunelabError, match="valid choices"):
         apply_choices(model, {"0": "sparse"}, lowerings={"0": "fastest"})
+
+
+def test_without_a_compiler_conversion_still_works(tmp_path):
+    """No C++ compiler (CXX that fails, an empty extensions folder): the kernel is not offered, with
+    a reason, and sparse conversion runs on the matmul lowerings with the same outputs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, warnings\n"
+        "from torch import nn\n"
+        "from prunelab.export import convert_to_sparse\n"
+        "from prunelab.export.direct_conv import native_kernel, native_unavailable_reason\n"
+        "from prunelab.prune.unstructured import prune_global\n"
+        "assert native_kernel() is None\n"
+        "print(native_unavailable_reason())\n"
+        "torch.manual_seed(0)\n"
+        "m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()\n"
+        "warnings.simplefilter('ignore'); prune_global(m, 0.9)\n"
+        "_, report = convert_to_sparse(m, (3, 10, 10), batch_size=2, threads=1, policy='sparse')\n"
+        "assert report.relative_error <= 1e-5 and report.lowerings()\n"
+        "assert 'direct' not in report.lowerings().values()\n"
+    )
+    env = {**os.environ, "CXX": "/bin/false", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    env.pop("PRUNELAB_NATIVE", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "could not be built here" in proc.stdout

@@ -111,6 +111,24 @@ def _machine_tag() -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def _build() -> dict[str, object]:
+    """Compile the kernel tuned for this CPU, or portably where the compiler refuses ``-march=native``."""
+    try:
+        from torch.utils.cpp_extension import load_inline
+    except ImportError as exc:
+        return {"error": f"ImportError: {exc}"}
+    error = ""
+    for suffix, flags in ((_machine_tag(), ["-O3", "-march=native"]), ("portable", ["-O3"])):
+        try:
+            module = load_inline(f"prunelab_direct_conv_{suffix}", cpp_sources=[_SOURCE], functions=["direct_conv2d"],
+                                 extra_cflags=flags, verbose=False)
+            return {"module": module}
+        except Exception as exc:  # no compiler, no headers, a failed build: try the next, then say why
+            last = str(exc).strip().splitlines()[-1:] or [""]
+            error = f"{type(exc).__name__}: {last[0]}"
+    return {"error": error}
+
+
 def native_kernel() -> ModuleType | None:
     """The compiled kernel module (built once per process, cached on disk), or ``None`` where it
     cannot be built here; :func:`native_unavailable_reason` then says why."""
@@ -118,15 +136,7 @@ def native_kernel() -> ModuleType | None:
         return None
     with _lock:
         if "module" not in _state and "error" not in _state:
-            try:
-                from torch.utils.cpp_extension import load_inline
-
-                flags = ["-O3", "-march=native"]
-                _state["module"] = load_inline(f"prunelab_direct_conv_{_machine_tag()}", cpp_sources=[_SOURCE],
-                                               functions=["direct_conv2d"], extra_cflags=flags, verbose=False)
-            except Exception as exc:  # no compiler, no headers, a failed build: fall back, say why
-                last = str(exc).strip().splitlines()[-1:] or [""]
-                _state["error"] = f"{type(exc).__name__}: {last[0]}"
+            _state.update(_build())
         return _state.get("module")  # type: ignore[return-value]
 
 
