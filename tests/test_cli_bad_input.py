@@ -234,3 +234,14 @@ def test_bad_input_in_a_real_process(argv, fx, tmp_path):
     assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """`prunelab models | head -1`: the reader goes away; no traceback, the SIGPIPE exit status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as broken:
+        monkeypatch.setattr(sys, "stdout", broken)
+        code = main(["models"])
+    assert code == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -25,10 +25,12 @@ from prunelab.protocols import (
     train_from_scratch,
     transfer_profile,
 )
-from prunelab.protocols.profile import profile_between
+from prunelab.protocols.profile import profile_between, profile_to_target
 from prunelab.protocols.reduced import reduce_spec, round_width
 from prunelab.protocols.scratch import scratch_b_factor
+from prunelab.protocols.search import bisect_scalar
 from prunelab.protocols.targets import Target
+from prunelab.protocols.widths import units_of, with_unit_widths
 from prunelab.train import TrainConfig
 
 torch.set_num_threads(1)
@@ -197,6 +199,40 @@ def test_copied_profile_keeps_per_unit_ratios_up_to_rounding(tiny_digits):
     for name, w in widths.items():
         assert new[name] >= 1
         assert abs(new[name] - member.alpha * w) <= 0.5 + 1e-9  # alpha x m_b, rounded to whole channels
+
+
+def test_copied_profile_rounds_unit_by_unit_when_alpha_steps_over_the_band():
+    """Rounding every unit at once moves a small network by several percent per step of alpha; a
+    target between two such steps is met by rounding units one at a time (each still within one
+    channel of alpha x m_b). Independent check: the parameter count of the built model."""
+    base = ArchSpec("wrn", {"depth": 16, "widen_factor": 1, "in_channels": 1})
+    profile = profile_between(base, base.with_kwargs(block_widths=[5, 3, 9, 7, 20, 11]))
+    shape, tol = (1, 8, 8), 0.003
+    # A member no single alpha builds: widths at some alpha rounded down, then the k units with the
+    # largest remainders rounded up; take the first whose size is off every whole-profile step.
+    scaled = {n_params(create(profile.scaled(a))) for a in np.linspace(0.3, 1.2, 901)}
+    goal = None
+    for alpha in np.linspace(0.5, 0.9, 41):
+        exact = {e.name: e.width * alpha for e in profile.entries}
+        order = sorted(exact, key=lambda n: exact[n] - math.floor(exact[n]), reverse=True)
+        for k in range(1, len(order)):
+            widths = {n: max(1, math.floor(v)) + (n in order[:k]) for n, v in exact.items()}
+            size = n_params(create(with_unit_widths(profile.pruned, widths)))
+            if all(abs(v / size - 1) > 2 * tol for v in scaled):
+                goal = size
+                break
+        if goal is not None:
+            break
+    assert goal is not None
+    target = Target("params", goal)
+    with pytest.raises(PrunelabError, match="lands within"):  # one alpha for every unit cannot
+        bisect_scalar(profile.scaled, lambda spec: n_params(create(spec)), target, lo=1e-3, hi=2.0, tol=tol)
+    member = profile_to_target(profile, target, shape, tol=tol)
+    built = n_params(create(member.spec))
+    assert abs(built / goal - 1) <= tol and built == member.value
+    got = {u.name: u.width for u in units_of(member.spec)}
+    for e in profile.entries:
+        assert abs(got[e.name] - e.width * member.x) < 1.0 + 1e-9 and got[e.name] >= 1
 
 
 def test_profile_transfers_across_depth_stage_by_stage():

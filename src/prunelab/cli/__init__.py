@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except PrunelabError as exc:
         sys.stderr.write(f"prunelab {args.command}: error: {exc}\n")
         return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.filename is None:  # not about a path the user gave: a real fault, keep its traceback
             raise

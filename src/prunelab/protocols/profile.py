@@ -16,6 +16,7 @@ that do not correspond.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from prunelab.errors import PrunelabError
 from prunelab.models import ArchSpec, WidthUnit, create, input_shape_of, resolve
 from prunelab.protocols.build import build_and_train, fit_spec_to_data
 from prunelab.protocols.reduced import round_width
-from prunelab.protocols.search import SearchResult, bisect_scalar
+from prunelab.protocols.search import SearchResult, SearchStep, bisect_scalar, not_within
 from prunelab.protocols.targets import Measurer, Target, measure
 from prunelab.protocols.widths import units_of, with_unit_widths
 
@@ -210,13 +211,49 @@ def transfer_widths(source: ArchSpec, target_plain: ArchSpec) -> ArchSpec:
 
 def profile_to_target(profile: WidthProfile, target: Target, input_shape: tuple[int, ...], *, round_to: int = 1,
                       tol: float = 0.02, latency=None) -> SearchResult:
-    """Bisect alpha so the profile's member hits ``target`` within ``tol`` (at least one channel per unit)."""
+    """Bisect alpha so the profile's member hits ``target`` within ``tol`` (at least one channel per unit).
+
+    On a small network one rounding step of every unit at once can jump over the tolerance band;
+    the widths at the nearest alpha are then rounded unit by unit instead (:func:`_round_units`),
+    so each stays within one rounding step of ``m_b * alpha``."""
     measurer = Measurer(target.metric, input_shape, latency) if latency else Measurer(target.metric, input_shape)
     hi = 1.0
     while measurer(profile.scaled(hi, round_to)) < target.value and hi < MAX_ALPHA:
         hi = min(MAX_ALPHA, hi * 2)
-    return bisect_scalar(lambda a: profile.scaled(a, round_to), measurer, target, lo=1e-3, hi=hi, tol=tol,
-                         name="alpha", what="member of the profile's family")
+    search = bisect_scalar(lambda a: profile.scaled(a, round_to), measurer, target, lo=1e-3, hi=hi, tol=tol,
+                           name="alpha", what="member of the profile's family", strict=False)
+    if abs(search.rel_error) <= tol:
+        return search
+    refined = _round_units(profile, search, measurer, round_to)
+    if abs(refined.rel_error) > tol:
+        raise not_within("alpha", _best_step(refined), target, tol)
+    return refined
+
+
+def _round_units(profile: WidthProfile, search: SearchResult, measurer, round_to: int) -> SearchResult:
+    """Per-unit rounding at the alpha nearest the target: start from every width ``m_b * alpha``
+    rounded down, then round units up one at a time, largest remainder first (the order that keeps
+    the widths closest to the exact profile), and keep the member nearest the target."""
+    goal = search.target.value
+    exact = {e.name: e.width * search.x / round_to for e in profile.entries}
+    widths = {name: max(1, math.floor(v)) * round_to for name, v in exact.items()}
+    order = sorted(exact, key=lambda name: exact[name] - math.floor(exact[name]), reverse=True)
+    steps = list(search.steps)
+    for name in [None, *order]:
+        if name is not None:
+            if widths[name] >= math.ceil(exact[name]) * round_to:
+                continue
+            widths[name] += round_to
+        spec = with_unit_widths(profile.pruned, dict(widths))
+        steps.append(SearchStep(search.x, float(measurer(spec)), spec))
+        if steps[-1].value >= goal:
+            break
+    best = min(steps, key=lambda s: (abs(s.rel_error(goal)), s.value))
+    return SearchResult(search.name, best.x, best.spec, best.value, search.target, steps)
+
+
+def _best_step(result: SearchResult) -> SearchStep:
+    return SearchStep(result.x, result.value, result.spec)
 
 
 @dataclass

@@ -55,12 +55,13 @@ class SearchResult:
 
 def bisect_scalar(make: Callable[[float], ArchSpec], measure: Callable[[ArchSpec], float], target: Target, *,
                   lo: float, hi: float, tol: float = 0.02, name: str = "multiplier", what: str = "network",
-                  max_steps: int = 40) -> SearchResult:
+                  max_steps: int = 40, strict: bool = True) -> SearchResult:
     """Find ``x`` in ``[lo, hi]`` with ``measure(make(x))`` within ``tol`` (relative) of ``target``.
 
     Assumes the measured value does not decrease with ``x``. Raises :class:`PrunelabError` naming
-    the reachable range when the target lies outside it, or the nearest value when rounding to
-    whole channels leaves no step within ``tol``.
+    the reachable range when the target lies outside it, or (with ``strict``) the nearest value when
+    rounding to whole channels leaves no step within ``tol``; without ``strict`` that nearest step
+    is returned, for a caller that can refine it.
     """
     if not 0.0 <= tol < 1.0:
         raise PrunelabError(f"relative tolerance of the target must be in [0, 1), got {tol}")
@@ -96,12 +97,18 @@ def bisect_scalar(make: Callable[[float], ArchSpec], measure: Callable[[ArchSpec
         else:
             b = mid
     best = _best(steps, goal)
-    if abs(best.rel_error(goal)) > tol:
-        raise PrunelabError(
-            f"no {name} lands within {tol:.1%} of {target.metric} target {format_metric(target.metric, goal)}: "
-            f"the nearest, {name} {best.x:.4g}, gives {format_metric(target.metric, best.value)} "
-            f"({best.rel_error(goal):+.1%}); widths change in whole channels")
+    if strict and abs(best.rel_error(goal)) > tol:
+        raise not_within(name, best, target, tol)
     return SearchResult(name, best.x, best.spec, best.value, target, steps)
+
+
+def not_within(name: str, best: SearchStep, target: Target, tol: float) -> PrunelabError:
+    """The error for a search whose nearest step misses the target by more than ``tol``."""
+    goal = target.value
+    return PrunelabError(
+        f"no {name} lands within {tol:.1%} of {target.metric} target {format_metric(target.metric, goal)}: "
+        f"the nearest, {name} {best.x:.4g}, gives {format_metric(target.metric, best.value)} "
+        f"({best.rel_error(goal):+.1%}); widths change in whole channels")
 
 
 def nearest_choice(candidates: list[tuple[float, ArchSpec]], measure: Callable[[ArchSpec], float], target: Target,
