@@ -152,6 +152,8 @@ CASES = [
     (["study", "run", "{fx}/bad.yaml", "--out", "st", "--quiet"], "malformed YAML"),
     (["study", "run", "{fx}/ok.yaml", "--out", "st", "--threads", "0", "--quiet"], "thread count"),
     (["study", "run", "{fx}/ok.yaml", "--out", "st", "--workers", "0", "--quiet"], "workers"),
+    (["study", "run", "{fx}/ok.yaml", "--out", "st", "--executor", "torchrun", "--nproc-per-node", "0", "--quiet"],
+     "nproc-per-node"),
     (["study", "status", "{fx}/nowhere"], "no study"),
     (["results", "{fx}/corrupt.pt"], "not a prunelab store"),
     (["report", "{fx}/nowhere", "--out", "rep"], "no study"),

@@ -15,8 +15,11 @@ def add_arguments(parser) -> None:
                          description="Run a study spec; re-running resumes: finished runs are skipped.")
     run.add_argument("spec", metavar="SPEC.yaml")
     run.add_argument("--out", metavar="DIR", default=None, help="study folder (default: studies/<name>)")
-    run.add_argument("--executor", choices=("local", "process", "ray"), default="local",
-                     help="local: in this process (a process pool with --workers > 1); process; ray")
+    run.add_argument("--executor", choices=("local", "process", "ray", "torchrun"), default="local",
+                     help="local: in this process (a process pool with --workers > 1); process; ray; torchrun: "
+                          "each run data-parallel on --nproc-per-node processes")
+    run.add_argument("--nproc-per-node", type=int, default=2, metavar="N",
+                     help="processes per run with --executor torchrun (one per GPU; default 2)")
     run.add_argument("--workers", type=int, default=1, help="runs executed at once")
     run.add_argument("--threads", type=int, default=None, help="torch threads per worker process")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -56,7 +59,8 @@ def _run(args) -> int:
         raise PrunelabError(f"--workers must be >= 1, got {args.workers}")
     result = run_study(args.spec, out=args.out, executor=args.executor, workers=args.workers,
                        update=args.update, retry_failed=args.retry_failed, progress=args.progress,
-                       threads=args.threads, ray_address=args.ray_address, report=args.report)
+                       threads=args.threads, ray_address=args.ray_address, report=args.report,
+                       nproc_per_node=args.nproc_per_node)
     c = result.counts
     print(f"study {result.name}: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} unfinished "
           f"({result.executed} executed now); results in {result.store_path}")

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ def build_artifact(cache_dir: str | os.PathLike, key: dict[str, Any], producer: 
     sharing ``cache_dir``; if it raises, nothing is kept and the exception propagates.
     """
     canonical_json(key)  # fail early on keys that are not plain JSON
+    from prunelab.train import distributed as ddp
+
+    if ddp.is_distributed():
+        return _build_artifact_together(cache_dir, key, producer, on_wait)
     final = artifact_path(cache_dir, key)
     if final.is_dir():
         return final
@@ -72,6 +77,54 @@ def build_artifact(cache_dir: str | os.PathLike, key: dict[str, Any], producer: 
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return final
+
+
+def _build_artifact_together(cache_dir: str | os.PathLike, key: dict[str, Any], producer: Callable[[Path], None],
+                             on_wait: Callable[[], None] | None) -> Path:
+    """:func:`build_artifact` for a run whose ranks train together (under torchrun).
+
+    A producer that trains data-parallel needs every rank, so the ranks decide together: rank 0
+    takes the file lock (against other runners) and says whether the artifact exists; if not, all
+    ranks run the producer in step, each into its own folder, and only rank 0's folder is kept."""
+    from prunelab.train import distributed as ddp
+
+    final = artifact_path(cache_dir, key)
+    main_rank = ddp.is_main_process()
+    lock = None
+    try:
+        if main_rank:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(final.parent / f".{final.name}.lock", "a")  # noqa: SIM115 (closed below)
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        exists = ddp.all_gather_object(final.is_dir() if main_rank else None)[0]
+        if exists:
+            return final
+        if main_rank:
+            for stale in final.parent.glob(f".{final.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+            tmp.mkdir()
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="prunelab-artifact-"))
+        try:
+            producer(tmp)
+            if main_rank:
+                atomic_write_json(tmp / "key.json", key)
+                os.rename(tmp, final)
+        finally:
+            if not main_rank or tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        ddp.barrier()  # the other ranks read the artifact only once rank 0 has renamed it into place
+        return final
+    finally:
+        if lock is not None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            lock.close()
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Where runs execute: in this process, in a pool of worker processes, or on a Ray cluster.
+"""Where runs execute: in this process, in a pool of worker processes, on a Ray cluster, or each run
+data-parallel on several processes started by ``torchrun``.
 
 The runner claims runs in the results store and hands them to an executor; executors only execute
 (:func:`execute_run`) and hand outcomes back, and the runner records them. So the store is touched
@@ -12,12 +13,15 @@ All executors share one interface: ``free()`` idle slots, ``in_flight()``, ``sub
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue as queue_module
 import random
 import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -30,7 +34,7 @@ from prunelab.study.run import RunConfig
 
 OnProgress = Callable[[str, dict[str, Any]], None]
 Outcome = dict[str, Any]
-EXECUTORS = ("local", "process", "ray")
+EXECUTORS = ("local", "process", "ray", "torchrun")
 
 
 @dataclass
@@ -60,6 +64,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _rank() -> int:
+    from prunelab.train.distributed import rank
+
+    return rank()
+
+
 def execute_run(run_dict: dict[str, Any], job: Job, sink: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
     """Execute one run in this process and return its outcome (never raises for a failing task).
 
@@ -79,12 +89,18 @@ def execute_run(run_dict: dict[str, Any], job: Job, sink: Callable[[dict[str, An
         import_plugins(job.plugins)
         kind = get_kind(run.kind)
         study_dir = Path(job.study_dir)
-        scratch = study_dir / "runs" / run.run_id
+        # Under torchrun only rank 0 keeps files: the other ranks work in a private scratch folder.
+        main_rank = _rank() == 0
+        scratch = study_dir / "runs" / run.run_id if main_rank else Path(tempfile.mkdtemp(prefix="prunelab-rank-"))
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         ctx = RunContext(run.run_id, study_dir, scratch, Path(job.cache_dir), sink)
         seed_everything(run.seed)
-        output = RunOutput.coerce(kind.fn(run, ctx)).to_dict()
+        try:
+            output = RunOutput.coerce(kind.fn(run, ctx)).to_dict()
+        finally:
+            if not main_rank:
+                shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
             scratch.rmdir()  # only if the run left nothing in it
         return {"ok": True, "output": output, "env": env, "duration": time.time() - start}
@@ -329,12 +345,133 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def make_executor(kind: str, job: Job, workers: int = 1, ray_address: str | None = None):
-    """``local`` (sequential), ``process`` (``workers`` processes) or ``ray``."""
+@dataclass
+class _Launch:
+    run_id: str
+    process: subprocess.Popen
+    folder: Path
+    log: Any
+    progress_offset: int = 0
+
+
+class TorchrunExecutor:
+    """Each run on ``nproc_per_node`` processes started by ``torchrun`` (data-parallel training: one
+    process per GPU, or gloo processes on CPU), at most ``workers`` runs at once.
+
+    A run's processes execute :mod:`prunelab.study.launch`; rank 0 writes progress lines and the
+    outcome to files in ``<study>/runs/.launch/<run_id>/``, which this executor reads. A launch that
+    exits without an outcome fails its run with the tail of its log. ``torchrun --standalone`` picks
+    a free rendezvous port, so several launches share a machine. With CUDA, set
+    ``CUDA_VISIBLE_DEVICES`` per runner so concurrent launches do not share GPUs.
+    """
+
+    def __init__(self, job: Job, workers: int = 1, nproc_per_node: int = 2):
+        if workers < 1:
+            raise PrunelabError(f"--workers must be >= 1, got {workers}")
+        if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) or nproc_per_node < 1:
+            raise PrunelabError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
+        self.job = job
+        self.workers = workers
+        self.nproc = nproc_per_node
+        self._launches: list[_Launch] = []
+
+    def free(self) -> int:
+        return self.workers - len(self._launches)
+
+    def in_flight(self) -> int:
+        return len(self._launches)
+
+    def submit(self, run: RunConfig) -> None:
+        from prunelab.io import atomic_write_json
+
+        folder = Path(self.job.study_dir) / "runs" / ".launch" / run.run_id
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        task = {"run": run.to_dict(), "job": dict(self.job.__dict__), "outcome": str(folder / "outcome.json"),
+                "progress": str(folder / "progress.jsonl")}
+        atomic_write_json(folder / "task.json", task)
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = str(self.job.threads or 1)  # torchrun would force 1 and warn
+        env.pop("RANK", None)  # a runner started under torchrun itself must not leak its rank
+        log = open(folder / "launch.log", "wb")  # noqa: SIM115 (closed when the launch is collected)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc}",
+               "-m", "prunelab.study.launch", str(folder / "task.json")]
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self._launches.append(_Launch(run.run_id, process, folder, log))
+
+    def _read_progress(self, launch: _Launch, on_progress: OnProgress) -> None:
+        path = launch.folder / "progress.jsonl"
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            fh.seek(launch.progress_offset)
+            data = fh.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            launch.progress_offset += len(complete)
+            for line in complete.splitlines():
+                with contextlib.suppress(ValueError):
+                    on_progress(launch.run_id, json.loads(line))
+
+    def poll(self, timeout: float, on_progress: OnProgress) -> list[tuple[str, Outcome]]:
+        done: list[tuple[str, Outcome]] = []
+        deadline = time.time() + timeout
+        while True:
+            for launch in list(self._launches):
+                self._read_progress(launch, on_progress)
+                code = launch.process.poll()
+                if code is None:
+                    continue
+                self._launches.remove(launch)
+                launch.log.close()
+                done.append((launch.run_id, self._outcome(launch, code)))
+            if done or time.time() >= deadline or not self._launches:
+                break
+            time.sleep(min(0.2, max(0.0, deadline - time.time())))
+        if not self._launches and not done:
+            time.sleep(max(0.0, deadline - time.time()))
+        return done
+
+    @staticmethod
+    def _outcome(launch: _Launch, code: int) -> Outcome:
+        path = launch.folder / "outcome.json"
+        if path.is_file():
+            with contextlib.suppress(OSError, ValueError), open(path) as fh:
+                outcome = json.load(fh)
+                shutil.rmtree(launch.folder, ignore_errors=True)
+                return outcome
+        try:
+            tail = (launch.folder / "launch.log").read_text(errors="replace").strip().splitlines()[-3:]
+        except OSError:
+            tail = []
+        error = " | ".join(tail) or "no output"
+        return {"ok": False, "error": f"torchrun exited with status {code} and no outcome: {error}"[:1000],
+                "duration": None}
+
+    def shutdown(self) -> None:
+        for launch in self._launches:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(launch.process.pid, signal.SIGTERM)
+        deadline = time.time() + 10.0
+        for launch in self._launches:
+            try:
+                launch.process.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(launch.process.pid, signal.SIGKILL)
+                launch.process.wait(timeout=5.0)
+            launch.log.close()
+        self._launches.clear()
+        with contextlib.suppress(OSError):
+            (Path(self.job.study_dir) / "runs" / ".launch").rmdir()  # only when no launch left anything
+
+
+def make_executor(kind: str, job: Job, workers: int = 1, ray_address: str | None = None, nproc_per_node: int = 2):
+    """``local`` (sequential), ``process`` (``workers`` processes), ``ray``, or ``torchrun``
+    (``workers`` runs at once, each on ``nproc_per_node`` processes)."""
     if kind == "local":
         return LocalExecutor(job) if workers <= 1 else ProcessExecutor(job, workers)
     if kind == "process":
         return ProcessExecutor(job, workers)
     if kind == "ray":
         return RayExecutor(job, workers=workers if workers > 1 else None, address=ray_address)
+    if kind == "torchrun":
+        return TorchrunExecutor(job, workers, nproc_per_node)
     raise PrunelabError(f"unknown executor {kind!r}; valid choices: {', '.join(EXECUTORS)}")

@@ -120,10 +120,12 @@ def prepare_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | 
 def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None = None, *,
               executor: str = "local", workers: int = 1, update: bool = False, retry_failed: bool = True,
               progress: bool | None = None, lease: float = DEFAULT_LEASE_S, heartbeat: float | None = None,
-              threads: int | None = None, ray_address: str | None = None, report: bool = False) -> StudyResult:
+              threads: int | None = None, ray_address: str | None = None, report: bool = False,
+              nproc_per_node: int = 2) -> StudyResult:
     """Run every unfinished run of a study and record the outcomes in ``<out>/results.db``.
 
-    ``executor``: ``local`` (sequential, or a process pool when ``workers > 1``), ``process`` or ``ray``.
+    ``executor``: ``local`` (sequential, or a process pool when ``workers > 1``), ``process``, ``ray``,
+    or ``torchrun`` (each run data-parallel on ``nproc_per_node`` processes, ``workers`` runs at once).
     ``progress``: show the live display (default: when stderr is a terminal). ``threads``: torch
     threads per worker process (default: CPU count / workers). ``report``: write the report afterwards.
     """
@@ -134,17 +136,21 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
             check_threads(threads)
         elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise PrunelabError(f"thread count {threads!r} must be a positive integer")
+    if executor == "torchrun" and (isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int)
+                                   or nproc_per_node < 1):
+        raise PrunelabError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
     spec, out_dir, store = prepare_study(spec, out, update=update)
     out_dir = out_dir.resolve()
     try:
         if retry_failed:
             store.reset_failed()
-        if threads is None and (executor in ("process", "ray") or workers > 1):
-            threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        if threads is None and (executor in ("process", "ray", "torchrun") or workers > 1):
+            per_run = nproc_per_node if executor == "torchrun" else 1
+            threads = max(1, (os.cpu_count() or 1) // max(1, workers * per_run))
         cache = Path(spec.cache).expanduser().resolve() if spec.cache else out_dir / "artifacts"
         job = Job(str(out_dir), str(cache), list(spec.plugins), threads)
-        executed, failures = _drive(spec, store, make_executor(executor, job, workers, ray_address), progress,
-                                    lease, heartbeat or min(10.0, lease / 6))
+        runs_on = make_executor(executor, job, workers, ray_address, nproc_per_node)
+        executed, failures = _drive(spec, store, runs_on, progress, lease, heartbeat or min(10.0, lease / 6))
         result = StudyResult(spec.name, out_dir, store.path, store.counts(), executed, failures)
     finally:
         store.close()
