@@ -473,13 +473,40 @@ def test_bad_targets_and_settings():
 
 
 def test_latency_target_runs_without_timing_assumptions():
+    """Measured latency is replaced by a deterministic stand-in (ms = MACs / 1e5) to test the logic."""
+    from prunelab.measure import count_macs
+    from prunelab.prune.structured import pruner as pruner_module
+
     spec = ArchSpec("cnn", {"in_channels": 1})
-    model = create(spec)
-    cfg = StructuredConfig(criterion="l1", schedule="oneshot", target=Target("latency_ms", 1e-9))
-    pruner = StructuredPruner(model, cfg, (1, 8, 8), spec=spec)
-    pruner.prune_oneshot()  # unreachable: everything prunable goes, every group keeps one channel
-    assert pruner.masks.widths() == {g.name: 1 for g in pruner.groups}
-    assert not pruner.reached()
+    offset = {"ms": 0.0}
+
+    def fake_latency(model, input_shape, target):
+        return count_macs(model, tuple(input_shape)) / 1e5 + offset["ms"]
+
+    def make(ms: float) -> StructuredPruner:
+        config = StructuredConfig(criterion="l1", schedule="oneshot", target=Target("latency_ms", ms))
+        return StructuredPruner(create(spec), config, (1, 8, 8), spec=spec)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pruner_module, "measure_latency_ms", fake_latency)
+    try:
+        full = count_macs(create(spec), (1, 8, 8)) / 1e5
+        with pytest.raises(PrunelabError, match="not below the model's measured"):
+            make(full * 2)
+        with pytest.raises(PrunelabError, match="unreachable: removing every prunable channel"):
+            make(1e-9)
+        pruner = make(full / 2)
+        pruner.prune_oneshot()
+        assert pruner.reached() and fake_latency(pruner.compress(), (1, 8, 8), None) <= full / 2
+        # a target that drifts out of reach after the check (measured noise) is refused, the masks untouched
+        pruner = make(full / 2)
+        before = pruner.masks.widths()
+        offset["ms"] = full
+        with pytest.raises(PrunelabError, match="unreachable"):
+            pruner.prune_oneshot()
+        assert pruner.masks.widths() == before
+    finally:
+        mp.undo()
 
 
 DDP_WORKER = """

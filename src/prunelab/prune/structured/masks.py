@@ -138,6 +138,12 @@ class ChannelMasks:
         self.alive[name] = vec
         self._version += 1
 
+    def set_alive(self, alive: dict[str, torch.Tensor]) -> None:
+        """Replace every group's live-channel vector (copies of ``alive``), e.g. to undo trial removals."""
+        for name, v in alive.items():
+            self.alive[name] = v.clone()
+        self._version += 1
+
     def remove(self, channels: list[tuple[str, int]]) -> None:
         """Switch off channels given as (group, channel) pairs."""
         for name, c in channels:

@@ -144,7 +144,10 @@ class StructuredPruner:
 
     def check_target(self) -> None:
         t = self.config.target
-        if t is None or t.kind == "latency_ms":
+        if t is None:
+            return
+        if t.kind == "latency_ms":
+            self._check_latency_target()
             return
         now = self.initial[t.kind]
         if t.value >= now:
@@ -154,6 +157,26 @@ class StructuredPruner:
         if t.value < low:
             raise PrunelabError(f"target {t.describe()} is unreachable: removing every prunable channel in scope "
                                 f"{self.config.scope!r} leaves {low:,} {t.kind}")
+
+    def _check_latency_target(self) -> None:
+        """Measure the model now and at its smallest allowed widths: a latency target outside that
+        range is refused before any training, as the other targets are."""
+        t = self.config.target
+        now = self.current()
+        if t.value >= now:
+            raise PrunelabError(f"target {t.describe()} is not below the model's measured {now:.4g} ms; "
+                                f"nothing to prune")
+        saved = {k: v.clone() for k, v in self.masks.alive.items()}
+        try:
+            for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
+                                      self.groups, self.config.round_to):
+                self.masks.remove(list(unit))
+            low = self.current()
+        finally:
+            self.masks.set_alive(saved)
+        if t.value < low:
+            raise PrunelabError(f"target {t.describe()} is unreachable: removing every prunable channel in scope "
+                                f"{self.config.scope!r} measures {low:.4g} ms")
 
     def current(self, exact: bool = False) -> float:
         t = self.config.target
@@ -231,8 +254,7 @@ class StructuredPruner:
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 
         def apply(k: int) -> None:
-            for name, v in start.items():
-                self.masks.alive[name] = v.clone()
+            self.masks.set_alive(start)
             self.masks.remove([c for unit in order[:k] for c in unit])
 
         def meets(k: int) -> bool:
@@ -240,19 +262,25 @@ class StructuredPruner:
             return t.met(self.current())
 
         lo, hi = 0, len(order)
-        if meets(hi):
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if meets(mid):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            k = lo
+        if not meets(hi):  # measured noise can move a latency target out of reach after the check
+            floor = self.current()
+            apply(0)
+            self.masks.fisher.reset()
+            unit = "ms" if t.kind == "latency_ms" else t.kind
+            raise PrunelabError(f"target {t.describe()} is unreachable: removing every prunable channel in scope "
+                                f"{self.config.scope!r} gives {floor:.6g} {unit}")
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if meets(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        k = lo
+        apply(k)
+        # The estimate ignores parameter-free layers: confirm on the compressed model.
+        while t.kind in ("params", "macs") and k < len(order) and not self.reached():
+            k += 1
             apply(k)
-            # The estimate ignores parameter-free layers: confirm on the compressed model.
-            while t.kind in ("params", "macs") and k < len(order) and not self.reached():
-                k += 1
-                apply(k)
         self.masks.fisher.reset()
         removed = [(name, c) for name, v in start.items()
                    for c in torch.nonzero(v & ~self.masks.alive[name]).flatten().tolist()]
