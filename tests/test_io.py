@@ -35,6 +35,26 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert '"a": 2' in target.read_text()
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_open_would_give(tmp_path, umask):
+    """Atomic writes go through a private temporary file; the result must still follow the umask
+    (0644 under 022), like a file written with open(), so other users and servers can read it."""
+    import stat
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"a": 1})
+        save_checkpoint(tmp_path / "c.pt", arch={"family": "mlp", "kwargs": {}}, state_dict={})
+        with open(tmp_path / "plain", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+    assert want == 0o666 & ~umask
+    for name in ("a.json", "c.pt"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == want, name
+
+
 def test_checkpoint_round_trip(tmp_path):
     sd = {"w": torch.arange(6.0).reshape(2, 3)}
     path = save_checkpoint(tmp_path / "c.pt", arch={"family": "x", "kwargs": {"n": 1}}, state_dict=sd, meta={"k": 1})

@@ -8,6 +8,7 @@ masked model for compression, ``prunelab.measure`` counters for sizes, and ONNX 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -553,3 +554,61 @@ def test_fisher_scores_are_averaged_across_ddp_ranks(tmp_path):
     assert any(not torch.equal(r0["raw"][k], r1["raw"][k]) for k in r0["raw"])  # ranks saw different shards
     assert r0["history"] == r1["history"] and r0["kept"] == r1["kept"]
     assert sum(len(v) for v in r0["kept"].values()) == 12
+
+
+def test_cli_warns_when_a_group_collapses_to_one_channel(tmp_path, capsys):
+    """L1 sums ranked across layers take the 9-weight filters of the first conv first: say so."""
+    from prunelab.cli import main
+
+    torch.manual_seed(0)
+    rc = main(["prune", "cnn", "--data", "digits", "--structured", "--criterion", "l1", "--oneshot",
+               "--target-params", "12000", "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "s.pt"),
+               "--json"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    widths = {g["group"]: g["after"] for g in json.loads(out)["groups"]}
+    assert widths["features.0"] == 1  # the independent fact the warning is about
+    assert "warning: layer collapse: 1 group(s) kept at most one channel (features.0 16 -> 1)" in err
+
+
+class _UserNet(nn.Module):
+    """A user's own network (not in the zoo): a residual add and a strided conv."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x + self.b(x)
+        return self.fc(self.c(x).mean((2, 3)))
+
+
+def test_a_registered_user_model_saves_pruned_and_loads_back(tmp_path):
+    """The README's recipe for one's own model: register the constructor, prune, save, load."""
+    from prunelab.checkpoint import load_model
+    from prunelab.models import register_family
+    from prunelab.prune.structured import save_pruned
+
+    spec = ArchSpec("test-usernet", {"num_classes": 10})
+    with pytest.raises(PrunelabError, match="register_family"):
+        pruner = StructuredPruner(_UserNet(), StructuredConfig(criterion="l1", schedule="oneshot",
+                                                               target=Target("params", 5000)), (3, 16, 16))
+        pruner.prune_oneshot()
+        save_pruned(tmp_path / "nospec.pt", pruner.compress(), pruner.plan())
+    register_family("test-usernet", _UserNet, input_shape=(3, 16, 16))
+    torch.manual_seed(0)
+    pruner = StructuredPruner(create(spec).eval(), StructuredConfig(criterion="l1", schedule="oneshot",
+                                                                    target=Target("params", 5000)),
+                              (3, 16, 16), spec=spec)
+    pruner.prune_oneshot()
+    small = pruner.compress().eval()
+    save_pruned(tmp_path / "user.pt", small, pruner.plan())
+    loaded = load_model(tmp_path / "user.pt").model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x))
+    assert sum(p.numel() for p in loaded.parameters()) <= 5000 < sum(p.numel() for p in _UserNet().parameters())

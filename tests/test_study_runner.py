@@ -193,3 +193,33 @@ seeds: [3]
     assert [json.loads(d) for (d,) in curves] == history
     layers = rows(out / "results.db", "SELECT name FROM layers ORDER BY idx")
     assert [n for (n,) in layers] == [n for n, m in create("mlp").named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+REPEAT_SPEC = """
+name: repeat
+data: digits
+train: {epochs: 1, max_steps: 8, batch_size: 32, lr: 0.05, device: cpu}
+models: [cnn]
+methods: [dense, {name: gmp, kind: global-magnitude, targets: [{sparsity: 0.8}]}]
+seeds: [0, 1]
+"""
+
+
+def test_numbers_do_not_depend_on_the_number_of_workers(tmp_path, capsys):
+    """Each run uses one torch thread unless told otherwise, so one worker and two give the same numbers."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(REPEAT_SPEC)
+    one = run_study(spec, tmp_path / "one", progress=False)
+    two = run_study(spec, tmp_path / "two", workers=2, progress=False)
+    assert one.counts["done"] == two.counts["done"] == 4
+    cols = ["model", "method", "seed", "acc", "loss", "params", "sparsity"]
+    a = load_results(tmp_path / "one").sort_values(["method", "seed"])[cols].reset_index(drop=True)
+    b = load_results(tmp_path / "two").sort_values(["method", "seed"])[cols].reset_index(drop=True)
+    assert a.equals(b), (a, b)
+    envs = rows(tmp_path / "two" / "results.db", "SELECT env FROM runs")
+    assert {json.loads(e)["torch_threads"] for (e,) in envs} == {1}
+    # resuming with another thread count says that finished runs used another one
+    spec.write_text(REPEAT_SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    capsys.readouterr()
+    run_study(spec, tmp_path / "one", update=True, threads=2, progress=False)
+    assert "finished runs used other thread counts (4 with 1); this runner uses 2" in capsys.readouterr().err

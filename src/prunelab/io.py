@@ -24,6 +24,15 @@ CHECKPOINT_FORMAT = "prunelab-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux (no side effect), else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[Any], None], binary: bool) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -34,6 +43,9 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], binary: bool)
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the
+        # umask), so a checkpoint or report written here is readable by whoever may read the folder.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w") as fh:
             write(fh)
             fh.flush()
@@ -71,6 +83,8 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
     removed at once (an unnamed ``O_TMPFILE`` where the file system has them), so nothing is left
     behind. Raises :class:`PrunelabError` naming the path and the reason.
     """
+    if not folder and str(path).endswith(("/", os.sep)):
+        raise PrunelabError(f"cannot write {path}: it names a folder; give a file path")
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():

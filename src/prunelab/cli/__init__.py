@@ -54,6 +54,24 @@ def build_parser(command: str | None = None) -> ArgumentParser:
     return parser
 
 
+def given_options(command: str | None, argv: list[str]) -> set[str]:
+    """The destinations of the options written on the command line (not left at their defaults), so a
+    command can refuse a flag that does not apply even when its value equals the default."""
+
+    def suppress(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    suppress(child)
+            elif action.option_strings:
+                action.default = argparse.SUPPRESS
+        p._defaults.clear()
+
+    parser = build_parser(command)
+    suppress(parser)
+    return set(vars(parser.parse_args(argv)))
+
+
 #: options naming where a command writes; checked before any work (folders when their metavar is DIR)
 OUTPUT_OPTIONS = ("--out", "--output", "--state")
 
@@ -93,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    args.given = given_options(command, argv)
     if os.environ.get("RANK", "0") != "0":
         # Under torchrun every rank runs the command; only rank 0 speaks on stdout.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115

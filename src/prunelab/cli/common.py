@@ -112,7 +112,8 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     g.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"])
     g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"])
     g.add_argument("--no-augment", dest="augment", action="store_false", default=d["augment"])
-    g.add_argument("--max-steps", type=int, default=d["max_steps"])
+    g.add_argument("--max-steps", type=int, default=d["max_steps"],
+                   help="stop every training run after N optimiser steps (dense pre-training included)")
     g.add_argument("--seed", type=int, default=d["seed"])
     g.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
     g.add_argument("--channels-last", action="store_true", default=d["channels_last"])

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 FORMATS = ("onnx", "sparse")
+#: options that only one format reads; giving one with the other format is an error, not a no-op
+FORMAT_ONLY = {"onnx": ("static_batch", "opset"), "sparse": ("batch_size", "threads", "device", "policy")}
 
 
 def add_arguments(parser) -> None:
@@ -30,7 +32,12 @@ def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
     from prunelab.cli.bench import input_shape_for
     from prunelab.cli.common import emit_json
+    from prunelab.errors import PrunelabError
 
+    for fmt, dests in FORMAT_ONLY.items():
+        wrong = [d for d in dests if fmt != args.format and d in (getattr(args, "given", None) or ())]
+        if wrong:
+            raise PrunelabError(f"--{wrong[0].replace('_', '-')} applies to --format {fmt} only")
     loaded = model_or_checkpoint(args.checkpoint)
     shape = input_shape_for(loaded, args.input_size)
     if args.format == "onnx":
@@ -42,7 +49,7 @@ def run(args) -> int:
         text = (f"wrote {result.path} ({result.bytes} bytes, opset {result.opset}); ONNX Runtime vs PyTorch: "
                 f"max abs error {result.max_abs_error:.2e}, relative error {result.relative_error:.2e}")
     else:
-        from prunelab.errors import PrunelabError, check_choice
+        from prunelab.errors import check_choice
         from prunelab.export.sparse import POLICIES, convert_to_sparse, save_sparse
 
         check_choice("sparse conversion policy", args.policy, POLICIES)

@@ -110,14 +110,35 @@ def _group_flags(group, skip: set[str]) -> dict[str, tuple[str, Any]]:
             if a.option_strings and a.dest not in skip}
 
 
+def _given(args, dest: str, default: Any) -> bool:
+    """Was the option written on the command line (the CLI records that), else: is it off its default."""
+    given = getattr(args, "given", None)
+    return dest in given if given is not None else getattr(args, dest, default) != default
+
+
 def _check_mode_flags(args) -> None:
-    """Refuse unstructured-only flags with ``--structured`` and structured-only flags without it."""
+    """Refuse unstructured-only flags with ``--structured`` and structured-only flags without it, and
+    schedule-only flags under another schedule: a flag that would be ignored is an error."""
     flags = getattr(args, "_mode_flags", None) or {}
     other = "unstructured" if args.structured else "structured"
     for dest, (flag, default) in flags.get(other, {}).items():
-        if getattr(args, dest, default) != default:
+        if _given(args, dest, default):
             hint = "drop --structured" if args.structured else "add --structured"
             raise PrunelabError(f"{flag} applies to {other} pruning only ({hint})")
+    if args.structured or getattr(args, "given", None) is None:
+        return
+    for schedule, dests in _SCHEDULE_FLAGS.items():
+        if args.prune_schedule != schedule:
+            for dest in dests:
+                if _given(args, dest, None):
+                    raise PrunelabError(f"--{dest.replace('_', '-')} applies to --prune-schedule {schedule} only")
+
+
+#: unstructured flags that only one pruning schedule reads
+_SCHEDULE_FLAGS = {
+    "gradual": ("prune_unit", "prune_start", "prune_end", "prune_every", "initial_sparsity"),
+    "iterative": ("rounds",),
+}
 
 
 def _pairs(items: list[str], flag: str, convert) -> dict[str, Any]:

@@ -103,8 +103,8 @@ def _count(text: str) -> int:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
+    if not math.isfinite(value) or value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
     return int(value)
 
 
@@ -185,7 +185,7 @@ def run(args) -> int:
     }
     if pretrain > 0:
         pruner.detach()
-        dense_config = replace(train_config, epochs=pretrain, max_steps=None, checkpoint=None, resume=False)
+        dense_config = replace(train_config, epochs=pretrain, checkpoint=None, resume=False)
         Trainer(model, data, dense_config).fit()
         pruner.masks.attach()
     summary["accuracy"]["before"] = _acc(evaluate(model, data))
@@ -245,6 +245,12 @@ def run(args) -> int:
     if not reached:
         sys.stderr.write(f"prunelab prune: warning: target {cfg.target.describe()} not reached "
                          f"(training ended after {steps} steps; raise --epochs or --max-steps)\n")
+    collapsed = [g for g in summary["groups"] if g["after"] <= 1 < g["before"] // 4]
+    if collapsed:
+        listed = ", ".join(f"{g['group']} {g['before']} -> {g['after']}" for g in collapsed[:4])
+        sys.stderr.write(f"prunelab prune: warning: layer collapse: {len(collapsed)} group(s) kept at most one "
+                         f"channel ({listed}); the {cfg.criterion} scores are ranked across layers, so "
+                         f"layers with small filters can go first (--exclude them, or use fisher)\n")
     if out is not None:
         save_pruned(out, small, plan, meta={"structured": cfg.to_dict(), "accuracy": summary["accuracy"],
                                              "target": summary["target"]})

@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     run.add_argument("--nproc-per-node", type=int, default=2, metavar="N",
                      help="processes per run with --executor torchrun (one per GPU; default 2)")
     run.add_argument("--workers", type=int, default=1, help="runs executed at once")
-    run.add_argument("--threads", type=int, default=None, help="torch threads per worker process")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads per run (default 1: the numbers then do not depend on --workers)")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     run.add_argument("--update", action="store_true",
                      help="accept an edited spec: add its new runs to the existing store")

@@ -92,7 +92,9 @@ def run(args) -> int:
     if num_classes is not None and int(num_classes) != data.num_classes:
         raise PrunelabError(f"checkpoint {args.model} has {num_classes} classes but dataset {data.name} has "
                             f"{data.num_classes}")
-    check_model_fits(model, input_shape_of(spec), data, args.model)
+    # the shape a checkpoint was trained on, where it says; else the architecture's declared one
+    trained_on = (loaded.meta or {}).get("input_shape") if not is_zoo_name else None
+    check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
     result = Trainer(model, data, config).fit()
     model = model.cpu().eval()
     final = result.final

@@ -10,9 +10,11 @@ for runs other live runners still hold, and takes them over if those runners die
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -127,7 +129,8 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     ``executor``: ``local`` (sequential, or a process pool when ``workers > 1``), ``process``, ``ray``,
     or ``torchrun`` (each run data-parallel on ``nproc_per_node`` processes, ``workers`` runs at once).
     ``progress``: show the live display (default: when stderr is a terminal). ``threads``: torch
-    threads per worker process (default: CPU count / workers). ``report``: write the report afterwards.
+    threads per run (default 1, so a run's numbers do not depend on ``workers``: CPU kernels split
+    their sums by thread count, which can move the last digits). ``report``: write the report afterwards.
     """
     if threads is not None:  # checked before the store is opened; Ray workers may have more CPUs than this machine
         if executor != "ray":
@@ -144,9 +147,9 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     try:
         if retry_failed:
             store.reset_failed()
-        if threads is None and (executor in ("process", "ray", "torchrun") or workers > 1):
-            per_run = nproc_per_node if executor == "torchrun" else 1
-            threads = max(1, (os.cpu_count() or 1) // max(1, workers * per_run))
+        threads = threads or 1
+        if store.counts()["pending"]:
+            _warn_if_threads_differ(store, threads)
         cache = Path(spec.cache).expanduser().resolve() if spec.cache else out_dir / "artifacts"
         job = Job(str(out_dir), str(cache), list(spec.plugins), threads)
         runs_on = make_executor(executor, job, workers, ray_address, nproc_per_node)
@@ -159,6 +162,20 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
 
         result.report = write_report(result.store_path, out_dir / "report").markdown
     return result
+
+
+def _warn_if_threads_differ(store: ResultsStore, threads: int) -> None:
+    """Finished runs that used another thread count may differ from new ones in the last digits: say so."""
+    used: dict[int, int] = {}
+    for (env,) in store.query("SELECT env FROM runs WHERE active = 1 AND status = 'done' AND env IS NOT NULL"):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            n = int(json.loads(env).get("torch_threads"))
+            used[n] = used.get(n, 0) + 1
+    other = {n: c for n, c in used.items() if n != threads}
+    if other:
+        listed = ", ".join(f"{c} with {n}" for n, c in sorted(other.items()))
+        sys.stderr.write(f"prunelab study: warning: finished runs used other thread counts ({listed}); this runner "
+                         f"uses {threads} (CPU results can differ in the last digits; --threads sets it)\n")
 
 
 def _drive(spec: StudySpec, store: ResultsStore, executor, progress: bool | None, lease: float,

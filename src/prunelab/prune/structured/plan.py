@@ -205,7 +205,9 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, plan: dict, meta: dic
 
     check_plan(plan)
     if not plan.get("base"):
-        raise PrunelabError("cannot save a pruned model without a base architecture spec (zoo models only)")
+        raise PrunelabError("cannot save a pruned model without a base architecture spec: register your model's "
+                            "constructor with prunelab.models.register_family(name, build) and pass "
+                            "spec=ArchSpec(name, kwargs) to StructuredPruner (or export it with to_onnx)")
     return save_checkpoint(path, arch=plan["base"], state_dict=model.state_dict(), plan=plan, meta=meta or {})
 
 
