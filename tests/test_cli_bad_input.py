@@ -54,6 +54,14 @@ def fx(tmp_path_factory) -> Path:
     (d / "bad_kwargs.yaml").write_text(ok.replace("[mlp]", "[{name: mlp, kwargs: {bogus: 3}}]"))
     (d / "sparsity.yaml").write_text(ok.replace("[dense]", "[{name: g, kind: global-magnitude}]")
                                      + "targets: [{sparsity: 1.5}]\n")
+    (d / "train_device.yaml").write_text(ok.replace("max_steps: 2}", "max_steps: 2, device: gpu7}"))
+    (d / "train_bool.yaml").write_text(ok.replace("max_steps: 2}", "max_steps: 2, augment: 'false'}"))
+    (d / "train_int.yaml").write_text(ok.replace("max_steps: 2}", "max_steps: 2.5}"))
+    (d / "measure_bool.yaml").write_text(ok + "measure: {latency: maybe}\n")
+    (d / "no_targets.yaml").write_text(ok.replace("[dense]", "[dense, {name: g, kind: global-magnitude}]")
+                                       + "targets: [{sparsity: []}]\n")
+    (d / "no_plugin.yaml").write_text(ok.replace("[dense]", "[{name: p, kind: from-plugin}]")
+                                      + "plugins: [prunelab_no_such_plugin]\n")
     return d
 
 
@@ -161,6 +169,13 @@ CASES = [
     (["study", "validate", "{fx}/no_cifar.yaml"], "does not exist on this machine"),
     (["study", "validate", "{fx}/cifar_no_root.yaml"], "read from disk"),
     (["study", "validate", "{fx}/bad_data_option.yaml"], "unknown option 'bogus'"),
+    (["study", "validate", "{fx}/train_device.yaml"], "train_device.yaml:3: unknown device 'gpu7'"),
+    (["study", "validate", "{fx}/train_bool.yaml"], "training setting 'augment' must be true or false"),
+    (["study", "validate", "{fx}/train_int.yaml"], "training setting 'max_steps' must be an integer or null"),
+    (["study", "validate", "{fx}/measure_bool.yaml"], "measure latency must be true or false"),
+    (["study", "validate", "{fx}/no_targets.yaml"], "no_targets.yaml:6: method 'g' expands to no runs"),
+    (["study", "validate", "{fx}/no_plugin.yaml"], "plugin module 'prunelab_no_such_plugin' cannot be imported"),
+    (["study", "run", "{fx}/train_device.yaml", "--out", "st", "--quiet"], "unknown device 'gpu7'"),
     (["study", "run", "{fx}/bad.yaml", "--out", "st", "--quiet"], "malformed YAML"),
     (["study", "run", "{fx}/ok.yaml", "--out", "st", "--threads", "0", "--quiet"], "thread count"),
     (["study", "run", "{fx}/ok.yaml", "--out", "st", "--workers", "0", "--quiet"], "workers"),

@@ -74,6 +74,17 @@ def test_failed_runs_exit_1(spec, tmp_path, capsys):
     assert main(["study", "run", str(spec), "--out", str(tmp_path / "s"), "--quiet"]) == 1
     captured = capsys.readouterr()
     assert "4 done, 4 failed" in captured.out and captured.err.count("synthetic failure requested") == 4
+    assert main(["results", str(tmp_path / "s")]) == 0
+    some_failed = capsys.readouterr().out
+    spec.write_text(SPEC.replace("kind: noop}", "kind: noop, fail: true}"))
+    assert main(["study", "run", str(spec), "--out", str(tmp_path / "all"), "--quiet"]) == 1
+    capsys.readouterr()
+    assert main(["results", str(tmp_path / "all")]) == 0
+    all_failed = capsys.readouterr().out
+    for table in (some_failed, all_failed):  # a failed run shows '-' for its metrics, whatever the others did
+        failed = [line.split() for line in table.splitlines() if " failed " in line]
+        assert len(failed) == (4 if table is some_failed else 8) and "None" not in table, table
+        assert all(row[-5:-1] == ["-", "-", "-", "-"] for row in failed), table
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -169,3 +169,123 @@ def test_run_ids_are_stable_and_follow_the_resolved_config():
 def test_spec_hash_changes_with_the_spec():
     assert spec("seeds: 2\n").spec_hash == spec("seeds: [0, 1]\n").spec_hash
     assert spec("seeds: 2\n").spec_hash != spec("seeds: 3\n").spec_hash
+
+
+# ------------------------------------------------------------------------------ plugins, types, devices, YAML
+
+def test_plugin_kinds_are_imported_before_methods_are_checked(tmp_path, monkeypatch):
+    (tmp_path / "prunelab_test_plugin_kinds.py").write_text(textwrap.dedent("""
+        from prunelab.study.tasks import RunOutput, register
+
+        @register("test-plugin-kind", protocols=(), targets=(), uses_model=False)
+        def plugin_kind(run, ctx):
+            return RunOutput()
+    """))
+    (tmp_path / "prunelab_test_broken_plugin.py").write_text("raise RuntimeError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = "name: t\ndata: digits\nmodels: [mlp]\n"
+    runs = spec("plugins: [prunelab_test_plugin_kinds]\nmethods: [dense, {name: p, kind: test-plugin-kind}]\n",
+                base).expand()
+    assert [r.kind for r in runs] == ["dense", "test-plugin-kind"]
+    msg = error("plugins: [prunelab_test_no_such_module]\nmethods: [{name: p, kind: test-plugin-kind-x}]\n", base)
+    assert msg.startswith("study.yaml:4: plugin module 'prunelab_test_no_such_module' cannot be imported")
+    msg = error("methods: [dense]\nplugins: [prunelab_test_broken_plugin]\n", base)
+    assert msg.startswith("study.yaml:5: plugin module 'prunelab_test_broken_plugin' cannot be imported")
+    assert "broken on import" in msg
+
+
+def test_train_device_form_is_checked_without_needing_the_device():
+    msg = error("train:\n  epochs: 1\n  device: gpu7\n")
+    assert msg.startswith("study.yaml:9: unknown device 'gpu7'; valid choices: auto, cpu, cuda, cuda:N")
+    assert "unknown device 'cuda:x'" in error("train: {device: 'cuda:x'}\n")
+    assert "unknown device 'gpu'" in error("", BASE.replace("kind: sleep}", "kind: sleep, train: {device: gpu}}"))
+    for device in ("auto", "cpu", "cuda", "cuda:3", "mps"):  # the form only: a spec may be meant for a GPU machine
+        assert spec(f"train: {{device: '{device}'}}\n").expand()[0].train["device"] == device
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("augment: 'false'", "training setting 'augment' must be true or false, got 'false'"),
+    ("augment: maybe", "training setting 'augment' must be true or false, got 'maybe'"),
+    ("amp: 3", "training setting 'amp' must be true or false, got 3"),
+    ("epochs: 1.5", "training setting 'epochs' must be an integer, got 1.5"),
+    ("epochs: true", "training setting 'epochs' must be an integer, got True"),
+    ("max_steps: 2.5", "training setting 'max_steps' must be an integer or null, got 2.5"),
+    ("lr: abc", "training setting 'lr' must be a number, got 'abc'"),
+    ("lr: '1e-3'", "training setting 'lr' must be a number, got '1e-3'"),
+    ("milestones: oops", "training setting 'milestones' must be a list of numbers, got 'oops'"),
+    ("milestones: [0.5, x]", "training setting 'milestones' must be a list of numbers, got [0.5, 'x']"),
+    ("momentum: [1]", "training setting 'momentum' must be a number, got [1]"),
+    ("device: 5", "training setting 'device' must be a string, got 5"),
+])
+def test_training_settings_must_have_their_declared_type(setting, fragment):
+    msg = error(f"train:\n  batch_size: 8\n  {setting}\n")
+    assert msg.startswith("study.yaml:9: ") and fragment in msg, msg  # the setting's own line
+    msg = error("", BASE.replace("kind: sleep}", f"kind: sleep, train: {{{setting}}}}}"))
+    assert msg.startswith("study.yaml:6: ") and fragment in msg, msg
+
+
+def test_finetune_settings_must_have_their_declared_type():
+    base = "name: t\ndata: digits\nmodels: [mlp]\n"
+    msg = error("methods: [{name: g, kind: global-magnitude, finetune: {lr: abc}}]\ntargets: [{sparsity: 0.5}]\n",
+                base)
+    assert msg.startswith("study.yaml:4: method 'g': finetune: training setting 'lr' must be a number, got 'abc'")
+
+
+def test_well_typed_training_settings_are_kept():
+    run = spec("train: {lr: 1, max_steps: null, milestones: [1, 0.5], augment: false, amp: true}\n").expand()[0]
+    assert run.train["lr"] == 1 and run.train["max_steps"] is None and run.train["milestones"] == [1, 0.5]
+    assert run.train["augment"] is False and run.train["amp"] is True
+
+
+@pytest.mark.parametrize("measure, fragment", [
+    ("{latency: maybe}", "measure latency must be true or false, got 'maybe'"),
+    ("{latency: 1}", "measure latency must be true or false, got 1"),
+    ("{batch_sizes: [1, 2.5]}", "measure batch_sizes must be positive integers"),
+    ("{threads: 1.5}", "measure threads must be a positive integer"),
+    ("{repeats: true}", "measure repeats must be a positive integer"),
+    ("{repeats: null}", "measure repeats must be a positive integer"),
+    ("{min_time_s: fast}", "measure min_time_s must be a number >= 0"),
+    ("{device: 5}", "measure device must be a device name"),
+    ("{device: gpu7}", "unknown device 'gpu7'"),
+])
+def test_measure_settings_must_have_their_declared_type(measure, fragment):
+    msg = error(f"measure: {measure}\n")
+    assert msg.startswith("study.yaml:7: ") and fragment in msg, msg
+
+
+def test_yaml_12_floats_are_numbers():
+    train = spec("train: {lr: 1e-3, weight_decay: 5E-4, gamma: .5, warmup_epochs: 1.0e0, label_smoothing: 1e-1}\n"
+                 "targets: [{compression: 5E+2}]\n").expand()[0]
+    assert train.train["lr"] == 1e-3 and train.train["weight_decay"] == 5e-4 and train.train["gamma"] == 0.5
+    assert train.train["warmup_epochs"] == 1.0 and train.train["label_smoothing"] == 0.1
+    assert train.target == {"compression": 500.0}
+    assert "lr must be >= 0, got -0.0001" in error("train: {lr: -1e-4}\n")
+    import yaml
+
+    assert yaml.safe_load("lr: 1e-3") == {"lr": "1e-3"}  # PyYAML's own loaders are left alone
+
+
+@pytest.mark.parametrize("text, line, method", [
+    ("targets: [{sparsity: []}]\n", 7, "s"),
+    ("targets: []\n", 7, "s"),
+    ("protocols: []\n", 7, "s"),
+])
+def test_a_method_that_expands_to_no_runs_is_an_error(text, line, method):
+    msg = error(text)
+    assert msg.startswith(f"study.yaml:{line}: method {method!r} expands to no runs"), msg
+
+
+def test_a_method_with_its_own_empty_axis_is_an_error():
+    base = "name: t\ndata: digits\nmodels: [a]\nmethods:\n  - {name: n, kind: noop}\n"
+    msg = error("  - {name: s, kind: sleep, targets: []}\ntargets: [{sparsity: 0.5}]\n", base)
+    assert msg.startswith("study.yaml:6: method 's' expands to no runs: its 'targets' list is empty"), msg
+    msg = error("  - {name: s, kind: sleep, protocols: []}\nseeds: 1\n", base)
+    assert msg.startswith("study.yaml:6: method 's' expands to no runs: its 'protocols' list is empty"), msg
+    # an exclude pattern that removes a method on purpose is not an error
+    kept = spec("  - {name: s, kind: sleep}\nexclude: [{method: s}]\n", base).expand()
+    assert {r.method for r in kept} == {"n"}
+
+
+def test_a_huge_seed_count_is_refused_not_expanded():
+    with pytest.raises(PrunelabError, match="1 <= N <= 10,000"):
+        parse_spec("name: s\ndata: digits\nmodels: [mlp]\nmethods: [dense]\nseeds: 1000000000000\n")

@@ -299,6 +299,44 @@ def test_bad_settings_are_one_line_errors(images):
             Trainer(small_cnn(), images, config(device="cuda"))
 
 
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("augment", "false", "true or false"), ("amp", 3, "true or false"), ("nesterov", None, "true or false"),
+    ("epochs", 1.5, "an integer"), ("epochs", True, "an integer"), ("batch_size", "8", "an integer"),
+    ("max_steps", 2.5, "an integer or null"), ("max_steps", False, "an integer or null"),
+    ("lr", "1e-3", "a number"), ("lr", True, "a number"), ("momentum", [1], "a number"),
+    ("milestones", "oops", "a list of numbers"), ("milestones", [1, "2"], "a list of numbers"),
+    ("milestones", [True], "a list of numbers"), ("device", 0, "a string"), ("checkpoint", 3, "a string or null"),
+])
+def test_from_dict_checks_each_setting_against_its_declared_type(key, value, expected):
+    with pytest.raises(PrunelabError) as info:
+        TrainConfig.from_dict({key: value})
+    assert str(info.value) == f"training setting {key!r} must be {expected}, got {value!r}"
+    assert info.value.key == key
+
+
+def test_from_dict_keeps_well_typed_settings():
+    cfg = TrainConfig.from_dict({"lr": 1, "gamma": 0.5, "max_steps": None, "milestones": (2, 0.5), "augment": False,
+                                 "checkpoint": None, "device": "cpu", "epochs": 3})
+    assert cfg.lr == 1 and cfg.max_steps is None and list(cfg.milestones) == [2, 0.5] and cfg.augment is False
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()  # a stored config reads back
+
+
+def test_validate_names_the_setting_a_comparison_would_trip_on():
+    with pytest.raises(PrunelabError, match=r"^training setting 'lr' must be a number, got '1e-3'$"):
+        TrainConfig(lr="1e-3").validate()
+    with pytest.raises(PrunelabError, match=r"^training setting 'milestones' must be a list of numbers"):
+        TrainConfig(milestones="oops").validate()
+
+
+def test_device_form_is_checked_without_the_device():
+    for bad in ("gpu7", "cuda:x", "tpu", ""):
+        with pytest.raises(PrunelabError, match=f"^unknown device {bad!r}; valid choices: auto, cpu, cuda, cuda:N"):
+            TrainConfig(device=bad).validate()
+    for good in ("auto", "cpu", "cuda", "cuda:3", "mps"):  # present or not: validate checks the form only
+        assert TrainConfig(device=good).validate().device == good
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_train_saves_a_loadable_checkpoint(tmp_path, capsys):
     from prunelab.checkpoint import load_model

@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import pandas as pd
+
     from prunelab.io import atomic_write_text
     from prunelab.study import load_results
 
@@ -37,6 +39,9 @@ def run(args) -> int:
                 "sparsity", "latency_ms", "duration"]
         view = df[cols].copy()
         view["protocol"] = view["protocol"].fillna("-")
+        for col in ("acc", "params", "macs", "sparsity", "latency_ms", "duration"):
+            # numbers: a column in which no run reported one holds None objects, which print as 'None'
+            view[col] = pd.to_numeric(view[col], errors="coerce")
         if view["latency_ms"].isna().all():
             view = view.drop(columns=["latency_ms"])
         text = view.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}") + "\n"

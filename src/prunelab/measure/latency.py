@@ -83,19 +83,26 @@ class LatencyResult:
 # validation
 
 
-def check_device(device: str | torch.device) -> str:
-    """Return ``device`` as a string if it can be used here, else raise a one-line error."""
+def check_device_name(device: str | torch.device) -> str:
+    """Return ``device`` as a string if it names a device latency can be measured on (cpu, cuda,
+    cuda:N), else raise a one-line error; whether it is present here is :func:`check_device`'s question."""
     name = str(device)
-    if name == "cpu":
-        return name
-    if re.fullmatch(r"cuda(:\d+)?", name):
-        if not torch.cuda.is_available():
-            raise PrunelabError(f"device {name!r} requested but CUDA is not available here; valid choices: cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise PrunelabError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    if name == "cpu" or re.fullmatch(r"cuda(:\d+)?", name):
         return name
     raise PrunelabError(f"unknown device {name!r}; valid choices: cpu, cuda, cuda:N")
+
+
+def check_device(device: str | torch.device) -> str:
+    """Return ``device`` as a string if it can be used here, else raise a one-line error."""
+    name = check_device_name(device)
+    if name == "cpu":
+        return name
+    if not torch.cuda.is_available():  # cuda or cuda:N
+        raise PrunelabError(f"device {name!r} requested but CUDA is not available here; valid choices: cpu")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= torch.cuda.device_count():
+        raise PrunelabError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+    return name
 
 
 def check_threads(threads: int | None) -> int | None:

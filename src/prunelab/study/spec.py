@@ -22,15 +22,20 @@ the rest. ``exclude`` / ``include`` are patterns over ``model``, ``method``, ``k
 overrides training settings; every other key is a parameter of the method's kind.
 
 Everything is checked before a run starts: malformed YAML (with its line), unknown keys, unknown
-model / dataset / method kind / protocol names, impossible targets, and combinations a kind cannot run.
-Errors are one line, prefixed with ``file:line`` where the YAML tells us.
+model / dataset / method kind / protocol names, the type and range of every training and ``measure``
+setting (a device by its form: it need not be present on the machine that validates), impossible
+targets, methods that expand to no runs, and combinations a kind cannot run. ``plugins`` are imported
+first, so the kinds they register can be used. Errors are one line, prefixed with ``file:line`` where
+the YAML tells us. Numbers follow YAML 1.2: ``1e-3`` is a float (PyYAML's YAML 1.1 would read a string).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +73,16 @@ class _Seq(list):
 
 class _Loader(yaml.SafeLoader):
     pass
+
+
+# YAML 1.2 floats with an exponent (1e-3, 5E+2, -1e-4, 1.0e3): PyYAML follows YAML 1.1, whose floats need
+# a dot and a signed exponent, and reads these as strings. Added to this loader only, after PyYAML's own
+# resolvers, so every scalar they already type keeps its type.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
@@ -284,6 +299,14 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
     name = doc["name"]
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise where.error(doc, "name", f"study name must be a non-empty string without '/', got {name!r}")
+    plugins = _string_list(doc, "plugins", where)
+    if plugins:  # first: they may register the method kinds (and more) that the rest of the spec names
+        from prunelab.study.tasks import import_plugins
+
+        try:
+            import_plugins(plugins)
+        except PrunelabError as exc:
+            raise where.error(doc, "plugins", str(exc)) from None
     spec = StudySpec(
         name=name.strip(),
         description=str(doc.get("description") or ""),
@@ -295,18 +318,11 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
         targets=_parse_targets(doc, "targets", where) if doc.get("targets") is not None else [None],
         protocols=_parse_protocols(doc, "protocols", where) if doc.get("protocols") is not None else [None],
         measure=_parse_measure(doc, where),
-        plugins=_string_list(doc, "plugins", where),
+        plugins=plugins,
         cache=_optional_str(doc, "cache", where),
         _where=where,
     )
     spec._nodes = {"doc": doc}
-    if spec.plugins:
-        from prunelab.study.tasks import import_plugins
-
-        try:
-            import_plugins(spec.plugins)
-        except PrunelabError as exc:
-            raise where.error(doc, "plugins", str(exc)) from None
     spec.exclude, spec._nodes["exclude"] = _parse_patterns(doc, "exclude", spec, where)
     spec.include, spec._nodes["include"] = _parse_patterns(doc, "include", spec, where)
     spec.runs, spec._nodes["runs"] = _parse_entries(doc, spec, where)
@@ -323,7 +339,10 @@ def _mapping(node: _Map, key: str, where: _Where) -> dict[str, Any]:
 
 
 def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
-    """``measure: {latency, batch_sizes, threads, device, repeats, min_time_s}``: names and value ranges."""
+    """``measure: {latency, batch_sizes, threads, device, repeats, min_time_s}``: names, types and value
+    ranges (``latency`` true or false, ``threads`` may be null for torch's default, ``device`` cpu / cuda /
+    cuda:N by its form: whether it is present is asked on the machine that measures)."""
+    from prunelab.measure.latency import check_device_name
     from prunelab.study.common import MEASURE_KEYS
 
     measure = _mapping(doc, "measure", where)
@@ -331,14 +350,27 @@ def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
     for key, value in measure.items():
         if key not in MEASURE_KEYS:
             raise where.error(node, key, f"unknown measure key {key!r}; valid keys: {', '.join(MEASURE_KEYS)}")
+        if key == "latency" and not isinstance(value, bool):
+            raise where.error(node, key, f"measure latency must be true or false, got {value!r}")
         if key == "batch_sizes":
             sizes = _as_list(value)
             if not sizes or not all(_positive_int(b) for b in sizes):
                 raise where.error(node, key, f"measure batch_sizes must be positive integers, got {value!r}")
-        elif key in ("threads", "repeats") and value is not None and not _positive_int(value):
-            raise where.error(node, key, f"measure {key} must be a positive integer, got {value!r}")
-        elif key == "min_time_s" and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+        elif key == "threads" and value is not None and not _positive_int(value):
+            raise where.error(node, key, f"measure threads must be a positive integer or null, got {value!r}")
+        elif key == "repeats" and not _positive_int(value):
+            raise where.error(node, key, f"measure repeats must be a positive integer, got {value!r}")
+        elif key == "min_time_s" and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value < 0):
             raise where.error(node, key, f"measure min_time_s must be a number >= 0, got {value!r}")
+        elif key == "device":
+            if not isinstance(value, str):
+                raise where.error(node, key, f"measure device must be a device name (cpu, cuda, cuda:N), "
+                                             f"got {value!r}")
+            try:
+                check_device_name(value)
+            except PrunelabError as exc:
+                raise where.error(node, key, f"measure device: {exc}") from None
     return measure
 
 
@@ -407,7 +439,10 @@ def _parse_train(node: _Map, key: str, where: _Where) -> dict[str, Any]:
 
     try:
         TrainConfig.from_dict(train)
-    except PrunelabError as exc:
+    except PrunelabError as exc:  # at the setting's own line when the error names one
+        setting, value = getattr(exc, "key", None), node.get(key)
+        if isinstance(value, _Map) and setting in value.key_lines:
+            raise where.error(value, setting, str(exc)) from None
         raise where.error(node, key, str(exc)) from None
     except TypeError as exc:
         raise where.error(node, key, f"bad training setting: {exc}") from None
@@ -473,11 +508,15 @@ def _parse_methods(doc: _Map, where: _Where) -> list[MethodSpec]:
     return out
 
 
+#: more seeds than this in one study is a typo (each seed multiplies every run)
+MAX_SEEDS = 10_000
+
+
 def _parse_seeds(node: _Map, key: str, where: _Where) -> list[int]:
     value = node[key]
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise where.error(node, key, f"'{key}: N' needs N >= 1, got {value}")
+        if not 1 <= value <= MAX_SEEDS:
+            raise where.error(node, key, f"'{key}: N' needs 1 <= N <= {MAX_SEEDS:,}, got {value}")
         return list(range(value))
     value = _as_list(value)
     if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -653,8 +692,12 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
             kind = get_kind(method.kind)
             protocols = entry.get("protocol", method.protocols if method.protocols is not None else spec.protocols)
             targets = entry.get("target", method.targets if method.targets is not None else spec.targets)
-            for protocol, target, label, seed in itertools.product(
-                    _axis(kind.protocols, protocols), _axis(kind.targets, targets), labels, seeds):
+            axes = {"protocols": _axis(kind.protocols, protocols), "targets": _axis(kind.targets, targets),
+                    "models": labels, "seeds": seeds}
+            empty = next((axis for axis, values in axes.items() if not values), None)
+            if empty is not None:
+                raise _empty_axis_error(spec, entry, node, method, empty)
+            for protocol, target, label, seed in itertools.product(*axes.values()):
                 if kind.protocols and protocol is None:
                     protocol = kind.protocols[0]
                 model = models[label]
@@ -720,6 +763,23 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
     if not runs:
         raise where.error(doc, None, "the study has no runs (check 'exclude', 'include' and 'runs')")
     return list(runs.values())
+
+
+def _empty_axis_error(spec: StudySpec, entry: dict[str, Any], entry_node: Any, method: MethodSpec,
+                      axis: str) -> PrunelabError:
+    """A method none of whose runs would exist because one of its axes is an empty list: the error points
+    at that list (a ``runs`` entry's, the method's own, or the study's)."""
+    singular = next(s for s, p in ENTRY_KEYS.items() if p == axis)
+    doc = spec._nodes.get("doc")
+    if singular in entry:
+        key = next((k for k in (axis, singular) if isinstance(entry_node, _Map) and k in entry_node), None)
+        node, whose = entry_node, "a runs entry's"
+    elif axis in ("protocols", "targets") and getattr(method, axis) is not None:
+        node, key, whose = _method_node(spec, method.name), axis, "its"
+    else:
+        node, key, whose = doc, axis, "the study's"
+    return spec._where.error(node, key, f"method {method.name!r} expands to no runs: {whose} {axis!r} list is "
+                                        f"empty")
 
 
 def _unknown_model_kwargs(model: str, kwargs: dict[str, Any]) -> str | None:

@@ -181,3 +181,5 @@ def import_plugins(modules: Iterable[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise PrunelabError(f"plugin module {name!r} cannot be imported: {exc}") from exc
+        except Exception as exc:  # the module itself fails (SyntaxError, an error it raises): still one line
+            raise PrunelabError(f"plugin module {name!r} cannot be imported: {type(exc).__name__}: {exc}") from exc

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -12,6 +15,63 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "constant", "step", "linear")
 LR_STEPS = ("iteration", "epoch")
 AMP_DTYPES = ("bfloat16", "float16")
+
+
+class TrainSettingError(PrunelabError):
+    """A bad training setting; ``key`` names it (spec parsers point at its line)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any, strict: bool) -> bool:
+    if strict:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _type_ok(value: Any, tp: Any, strict: bool) -> bool:
+    """Does ``value`` fit the declared type ``tp``? ``strict`` (settings read from a file) wants real
+    bools for bool fields and real ints for int fields; otherwise (Python callers) any real number
+    passes for a numeric field and bool / str fields are not checked."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, t, strict) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return not args or all(_type_ok(v, args[0], strict) for v in value)
+    if tp is bool:
+        return isinstance(value, bool) or not strict
+    if tp is int:
+        return _is_int(value) if strict else _is_number(value, strict)
+    if tp is float:
+        return _is_number(value, strict)
+    if tp is str:
+        return isinstance(value, str) or not strict
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    """'an integer', 'a number', 'true or false', 'a list of numbers', ... with ' or null' for Optional."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(t) for t in typing.get_args(tp) if t is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in typing.get_args(tp) else "")
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = {"an integer": "integers", "a number": "numbers", "a string": "strings",
+                 "true or false": "booleans"}.get(_type_name(args[0]), "values") if args else "values"
+        return f"a list of {inner}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 @dataclass
@@ -64,7 +124,19 @@ class TrainConfig:
     checkpoint_every: int = 1
     resume: bool = False
 
+    def check_types(self, strict: bool = True) -> TrainConfig:
+        """Check every field against its declared type (see :meth:`from_dict`); ``strict=False`` checks
+        only what a comparison in :meth:`validate` would trip on (numbers and lists of numbers)."""
+        hints = _field_types()
+        for f in fields(self):
+            value, tp = getattr(self, f.name), hints[f.name]
+            if not _type_ok(value, tp, strict):
+                raise TrainSettingError(f.name, f"training setting {f.name!r} must be {_type_name(tp)}, "
+                                                f"got {value!r}")
+        return self
+
     def validate(self) -> TrainConfig:
+        self.check_types(strict=False)
         if self.optimizer not in OPTIMIZERS:
             raise PrunelabError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -105,6 +177,12 @@ class TrainConfig:
                                 f"{self.milestones}")
         if self.nesterov and self.optimizer == "sgd" and self.momentum <= 0:
             raise PrunelabError("nesterov needs momentum > 0")
+        from prunelab.train.trainer import check_device_name
+
+        try:
+            check_device_name(self.device)
+        except PrunelabError as exc:
+            raise TrainSettingError("device", str(exc)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,9 +190,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
+        """A checked config from a mapping (a spec's ``train:``, a stored run config).
+
+        Each value must have its field's declared type: bool fields take true / false only, int
+        fields integers (not bools or floats), float fields any number, ``X | None`` fields also
+        null, list fields a list of such values. A wrong one is a one-line :class:`TrainSettingError`
+        naming the setting, the value and the expected type."""
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise PrunelabError(f"unknown training setting(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return cls(**d).validate()
+            raise TrainSettingError(unknown[0], f"unknown training setting(s) {unknown}; valid: "
+                                                f"{', '.join(sorted(names))}")
+        return cls(**d).check_types().validate()
+
+
+_FIELD_TYPES: dict[str, Any] = {}
+
+
+def _field_types() -> dict[str, Any]:
+    """TrainConfig's field types, resolved from its (string) annotations once."""
+    if not _FIELD_TYPES:
+        _FIELD_TYPES.update(typing.get_type_hints(TrainConfig))
+    return _FIELD_TYPES

@@ -59,15 +59,26 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
+def check_device_name(spec: str | torch.device) -> str:
+    """``spec`` as a string if it has the form of a training device: ``auto`` or a name ``torch.device``
+    reads (cpu, cuda, cuda:N, mps, ...); else a one-line error. Whether the device is present here is
+    not asked (a study spec may be meant for a GPU machine): :func:`resolve_device` asks that."""
+    name = str(spec)
+    if name == "auto":
+        return name
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise PrunelabError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, mps") from None
+    return name
+
+
 def resolve_device(spec: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; a bare ``cuda`` means this process's local device."""
-    spec = str(spec)
+    spec = check_device_name(spec)
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise PrunelabError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N") from None
+    dev = torch.device(spec)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise PrunelabError(f"device {spec!r} requested but CUDA is not available; valid choices: auto, cpu")
