@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,23 @@ def artifact_path(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / config_hash(key)[:24]
 
 
+@contextlib.contextmanager
+def _exclusive(final: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    """Hold the lock file next to ``final`` (``on_wait`` is called if another producer holds it)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def build_artifact(cache_dir: str | os.PathLike, key: dict[str, Any], producer: Callable[[Path], None],
                    on_wait: Callable[[], None] | None = None) -> Path:
     """Return the folder for ``key``, running ``producer(folder)`` first if no runner has made it yet.
@@ -50,32 +67,21 @@ def build_artifact(cache_dir: str | os.PathLike, key: dict[str, Any], producer: 
     final = artifact_path(cache_dir, key)
     if final.is_dir():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = final.parent / f".{final.name}.lock"
-    with open(lock_path, "a") as lock:
+    with _exclusive(final, on_wait):
+        if final.is_dir():
+            return final
+        # Leftovers of producers that were killed while holding the lock.
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        tmp.mkdir()
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            if final.is_dir():
-                return final
-            # Leftovers of producers that were killed while holding the lock.
-            for stale in final.parent.glob(f".{final.name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-            tmp.mkdir()
-            try:
-                producer(tmp)
-                atomic_write_json(tmp / "key.json", key)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            producer(tmp)
+            atomic_write_json(tmp / "key.json", key)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return final
 
 
@@ -90,17 +96,7 @@ def _build_artifact_together(cache_dir: str | os.PathLike, key: dict[str, Any], 
 
     final = artifact_path(cache_dir, key)
     main_rank = ddp.is_main_process()
-    lock = None
-    try:
-        if main_rank:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(final.parent / f".{final.name}.lock", "a")  # noqa: SIM115 (closed below)
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with _exclusive(final, on_wait) if main_rank else contextlib.nullcontext():
         exists = ddp.all_gather_object(final.is_dir() if main_rank else None)[0]
         if exists:
             return final
@@ -121,10 +117,6 @@ def _build_artifact_together(cache_dir: str | os.PathLike, key: dict[str, Any], 
                 shutil.rmtree(tmp, ignore_errors=True)
         ddp.barrier()  # the other ranks read the artifact only once rank 0 has renamed it into place
         return final
-    finally:
-        if lock is not None:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-            lock.close()
 
 
 @dataclass
