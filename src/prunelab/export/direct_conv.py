@@ -112,16 +112,20 @@ def _machine_tag() -> str:
 
 
 def _build() -> dict[str, object]:
-    """Compile the kernel tuned for this CPU, or portably where the compiler refuses ``-march=native``."""
+    """Compile the kernel tuned for this CPU, or portably where the compiler refuses ``-march=native``
+    (and without OpenMP where it has none)."""
     try:
         from torch.utils.cpp_extension import load_inline
     except ImportError as exc:
         return {"error": f"ImportError: {exc}"}
     error = ""
-    for suffix, flags in ((_machine_tag(), ["-O3", "-march=native"]), ("portable", ["-O3"])):
+    # -fopenmp: at::parallel_for is inlined into this module; without OpenMP it runs on one thread.
+    attempts = ((_machine_tag(), ["-O3", "-march=native", "-fopenmp"], ["-fopenmp"]),
+                ("portable", ["-O3", "-fopenmp"], ["-fopenmp"]), ("serial", ["-O3"], []))
+    for suffix, cflags, ldflags in attempts:
         try:
             module = load_inline(f"prunelab_direct_conv_{suffix}", cpp_sources=[_SOURCE], functions=["direct_conv2d"],
-                                 extra_cflags=flags, verbose=False)
+                                 extra_cflags=cflags, extra_ldflags=ldflags, verbose=False)
             return {"module": module}
         except Exception as exc:  # no compiler, no headers, a failed build: try the next, then say why
             last = str(exc).strip().splitlines()[-1:] or [""]
