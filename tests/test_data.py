@@ -335,6 +335,9 @@ def test_har_missing_and_corrupt(tmp_path):
     write_har(tmp_path)
     f = tmp_path / "UCI HAR Dataset" / "test" / "Inertial Signals" / "body_gyro_y_test.txt"
     f.write_text(" ".join(["1.0"] * 100))
+    with pytest.raises(PrunelabError, match="body_gyro_y_test.txt is corrupt: line 1 has 100 values, expected 128"):
+        D.load("har", tmp_path)
+    f.write_text("\n".join([" ".join(["1.0"] * 128)] * 2))
     with pytest.raises(PrunelabError, match="body_gyro_y_test.txt is corrupt: expected 6 rows of 128"):
         D.load("har", tmp_path)
     f.write_text("1.0 abc\n")
@@ -417,3 +420,51 @@ def test_restricted_unpickler_accepts_python2_style_bytes():
     pickle.dump({"x": eval}, buf, protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="eval is not allowed"):
         safe_unpickle(buf.getvalue())
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda rows: rows[:3] + [rows[3].rsplit(None, 1)[0], rows[4] + " 0.5"] + rows[5:], "line 4 has 127 values"),
+    (lambda rows: [rows[0].replace(rows[0].split()[5], "nan", 1)] + rows[1:], "line 1 holds nan"),
+    (lambda rows: rows[:2] + [rows[2].replace(rows[2].split()[0], "1e99", 1)] + rows[3:], "line 3 holds inf"),
+])
+def test_har_rows_must_be_whole_and_finite(tmp_path, edit, message):
+    """A row of the wrong length shifts every later window even when the total count still fits; a
+    NaN or inf would poison its channel's normalisation: both are refused with the line."""
+    write_har(tmp_path)
+    path = tmp_path / "UCI HAR Dataset" / "train" / "Inertial Signals" / "body_acc_x_train.txt"
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+    with pytest.raises(PrunelabError, match=message):
+        D.load("har", tmp_path)
+
+
+def test_imagefolder_skips_hidden_files_and_refuses_decompression_bombs(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            Image.new("RGB", (12, 12), (40, 80, 120)).save(d / "x.png")
+            (d / "._x.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    b = D.load("imagefolder", tmp_path, size=8)
+    assert len(b.train) + len(b.val) == 2 and len(b.test) == 2
+    bomb = tmp_path / "train" / "a" / "bomb.png"
+    Image.new("L", (200, 200)).save(bomb)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100  # Pillow's own guard, lowered so a small file trips it
+    try:
+        with pytest.raises(PrunelabError, match="too large to decode safely"):
+            D.load("imagefolder", tmp_path, size=8)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"flip": "maybe"}, "option 'flip' must be true or false"),
+    ({"pad": "abc"}, "option 'pad' must be a whole number"),
+    ({"pad": -3}, "pad must be a whole number of pixels >= 0"),
+    ({"pad": 100}, "must be smaller than the 16x16 images"),
+])
+def test_data_options_are_checked_against_their_types_and_ranges(options, message):
+    with pytest.raises(PrunelabError, match=message):
+        D.load("synthetic", shape="3x16x16", n_train=32, n_val=8, n_test=8, **options)

@@ -106,3 +106,17 @@ def test_cli_bad_flag_is_one_line_exit_2(capsys):
         main(["info", "--no-such-flag"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_json_is_strict_nan_and_inf_become_null(tmp_path, capsys):
+    """A diverged loss must not make a summary unreadable by strict JSON parsers."""
+    import json
+
+    from prunelab.cli.common import emit_json
+
+    obj = {"loss": float("nan"), "acc": 0.5, "hist": [float("inf"), 1.0], "t": torch.tensor([1.0, float("nan")])}
+    atomic_write_json(tmp_path / "s.json", obj)
+    emit_json(obj)
+    for text in ((tmp_path / "s.json").read_text(), capsys.readouterr().out):
+        parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+        assert parsed == {"loss": None, "acc": 0.5, "hist": [None, 1.0], "t": [1.0, None]}

@@ -266,4 +266,27 @@ def test_full_recipe_without_its_data_fails_in_one_line(tmp_path):
                     "models: [resnet20]\nmethods: [dense]\nseeds: [0]\n")
     proc = subprocess.run([sys.executable, "-m", "prunelab", "study", "run", str(spec), "--out",
                            str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=120)
-    assert "CIFAR-10 not found under" in proc.stdout + proc.stderr
+    assert "CIFAR-10 not found under" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_a_zoo_model_is_fitted_to_the_study_data_like_prunelab_train(tmp_path):
+    """cnn is registered for 1x8x8 digits and mlp for 64 features; on 3x16x16 images a study builds them
+    with 3 input channels / 768 input features (what `prunelab train` does), unless kwargs say otherwise."""
+    from prunelab.models import create
+    from prunelab.study import load_results, run_study
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("""
+name: fit
+data: {name: synthetic, options: {shape: 3x16x16, n_train: 64, n_val: 16, n_test: 16}}
+train: {epochs: 1, max_steps: 2, batch_size: 16, device: cpu}
+models: [cnn, mlp]
+methods: [dense]
+seeds: [0]
+""")
+    result = run_study(spec, tmp_path / "out", progress=False)
+    assert result.counts["done"] == 2, result.failures
+    params = load_results(tmp_path / "out").set_index("model")["params"]
+    assert params["cnn"] == sum(p.numel() for p in create("cnn", in_channels=3).parameters())
+    assert params["mlp"] == sum(p.numel() for p in create("mlp", in_features=3 * 16 * 16).parameters())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -116,7 +117,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, to_json(obj) + "\n")
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (RFC 8259): tensors and NumPy scalars as numbers, paths as strings, and NaN / inf
+    (a diverged loss) as null, which every JSON parser accepts."""
+    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, torch.Tensor | Path) or hasattr(obj, "item"):
+        return _finite(_json_default(obj))
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

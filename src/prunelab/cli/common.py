@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -24,10 +23,9 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 def emit_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout."""
-    from prunelab.io import _json_default
+    from prunelab.io import to_json
 
-    json.dump(obj, sys.stdout, indent=2, default=_json_default)
-    sys.stdout.write("\n")
+    sys.stdout.write(to_json(obj) + "\n")
 
 
 def add_model_argument(parser, help: str) -> None:

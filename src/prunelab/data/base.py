@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunelab.errors import PrunelabError, check_choice
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -26,6 +28,13 @@ class Augment:
     flip: bool = False
     pad_mode: str = "reflect"
     fill: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or self.pad < 0:
+            raise PrunelabError(f"augmentation pad must be a whole number of pixels >= 0, got {self.pad!r}")
+        if not isinstance(self.flip, bool):
+            raise PrunelabError(f"augmentation flip must be true or false, got {self.flip!r}")
+        check_choice("augmentation pad_mode", self.pad_mode, ("reflect", "zeros"))
 
     @classmethod
     def none(cls) -> Augment:
@@ -64,6 +73,12 @@ class DataBundle:
     task: str = "image"  # image | sequence | vector
     augment: Augment = field(default_factory=Augment.none)
     info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        aug, shape = self.augment, self.input_shape
+        if aug.pad and aug.pad_mode == "reflect" and len(shape) == 3 and aug.pad >= min(shape[1:]):
+            raise PrunelabError(f"augmentation pad {aug.pad} with reflect padding must be smaller than the "
+                                f"{self.input_shape[1]}x{self.input_shape[2]} images")
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):

@@ -46,25 +46,46 @@ def _locate(root: Path) -> Path:
                         f"{root / FOLDER}/train/Inertial Signals/body_acc_x_train.txt exists")
 
 
-def _read_numbers(path: Path, what: str) -> np.ndarray:
+def _read_numbers(path: Path, what: str, row_length: int | None = None) -> np.ndarray:
+    """The file's numbers, flat; with ``row_length``, every non-empty line must hold that many (a
+    short line would otherwise shift every later window without notice). NaN and inf are refused:
+    one would poison its channel's normalisation statistics and so every window."""
     if not path.is_file():
         raise PrunelabError(f"UCI-HAR is incomplete: {what} file {path} is missing")
     try:
-        return np.array(path.read_text().split(), dtype=np.float32)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
         raise PrunelabError(f"UCI-HAR file {path} is corrupt: not whitespace-separated numbers") from exc
+    if row_length is not None:
+        for number, line in enumerate(text.splitlines(), 1):
+            count = len(line.split())
+            if count and count != row_length:
+                raise PrunelabError(f"UCI-HAR file {path} is corrupt: line {number} has {count} values, "
+                                    f"expected {row_length}")
+    try:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
+            values = np.array(text.split(), dtype=np.float32)
+    except ValueError as exc:
+        raise PrunelabError(f"UCI-HAR file {path} is corrupt: not whitespace-separated numbers") from exc
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        where = f"line {bad // row_length + 1}" if row_length else f"value {bad + 1}"
+        raise PrunelabError(f"UCI-HAR file {path} is corrupt: {where} holds {values[bad]} (NaN or inf)")
+    return values
 
 
 def _read_split(base: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     y_path = base / split / f"y_{split}.txt"
     y = _read_numbers(y_path, "label")
-    if y.size == 0 or np.any(y != np.round(y)) or y.min() < 1 or y.max() > 6:
+    if y.size == 0:
+        raise PrunelabError(f"UCI-HAR file {y_path} is empty: it needs one label (1..6) per window")
+    if np.any(y != np.round(y)) or y.min() < 1 or y.max() > 6:
         raise PrunelabError(f"UCI-HAR file {y_path} is corrupt: labels must be integers 1..6")
     y = y.astype(np.int64)
     channels = []
     for sig in SIGNALS:
         path = base / split / "Inertial Signals" / f"{sig}_{split}.txt"
-        values = _read_numbers(path, "signal")
+        values = _read_numbers(path, "signal", WINDOW)
         if values.size != y.size * WINDOW:
             raise PrunelabError(f"UCI-HAR file {path} is corrupt: expected {y.size} rows of {WINDOW} values "
                                 f"(one per label in y_{split}.txt), got {values.size} values")

@@ -15,6 +15,7 @@ normalised with the training split's per-channel statistics. Training augmentati
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ def _class_dirs(split_dir: Path) -> list[Path]:
 
 
 def _images(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # Hidden files (macOS "._name.jpg" metadata, editors' backups) are not images, as hidden folders are not classes.
+    return sorted(p for p in class_dir.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _layout_error(root: Path, problem: str) -> PrunelabError:
@@ -44,18 +47,23 @@ def _decode(path: Path, size: int, mode: str, keep_aspect: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if keep_aspect:
-                w, h = img.size
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                img = img.resize((nw, nh), Image.BILINEAR)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-            else:
-                img = img.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():
+            # Pillow's guard against decompression bombs: refuse such an image with one line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if keep_aspect:
+                    w, h = img.size
+                    scale = size / min(w, h)
+                    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                    img = img.resize((nw, nh), Image.BILINEAR)
+                    left, top = (nw - size) // 2, (nh - size) // 2
+                    img = img.crop((left, top, left + size, top + size))
+                else:
+                    img = img.resize((size, size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PrunelabError(f"image {path} is too large to decode safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise PrunelabError(f"image {path} is corrupt or not an image ({type(exc).__name__})") from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

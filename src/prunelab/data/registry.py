@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,12 +70,34 @@ def load(name: str, root: str | os.PathLike | None = None, *, val_fraction: floa
     if unknown:
         raise PrunelabError(f"unknown option(s) {unknown} for dataset {name!r}; "
                             f"valid options: {', '.join(valid) if valid else 'none'}")
+    _check_option_types(entry, options)
     if entry.needs_root and root is None:
         raise PrunelabError(f"dataset {name!r} is read from disk: pass root= (--data-root) pointing at it")
     kwargs: dict[str, Any] = dict(options)
     if val_fraction is not None:
         kwargs["val_fraction"] = val_fraction
     return entry.loader(root, seed=seed, **kwargs)
+
+
+def _check_option_types(entry: DatasetEntry, options: dict[str, Any]) -> None:
+    """Each option must have the type its loader declares (a string 'maybe' is not a bool, 'abc' not
+    an int): one line naming the option, instead of a crash or a silent truthy value later."""
+    try:
+        hints = typing.get_type_hints(entry.loader)
+    except Exception:  # a loader without resolvable annotations: nothing to check against
+        return
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    for key, value in options.items():
+        allowed = [t for t in typing.get_args(hints.get(key)) or (hints.get(key),) if t in names or t is type(None)]
+        if not allowed or (value is None and type(None) in allowed):
+            continue
+        ok = any(isinstance(value, bool) if t is bool else
+                 isinstance(value, int) and not isinstance(value, bool) if t is int else
+                 isinstance(value, int | float) and not isinstance(value, bool) if t is float else
+                 isinstance(value, str) if t is str else False for t in allowed)
+        if not ok:
+            expected = " or ".join(names[t] for t in allowed if t in names)
+            raise PrunelabError(f"dataset {entry.name!r} option {key!r} must be {expected}, got {value!r}")
 
 
 def _ensure_loaded() -> None:

@@ -34,15 +34,17 @@ def load_data(run: RunConfig):
 
 
 def arch_spec(run: RunConfig, data=None):
-    """The run's :class:`~prunelab.models.ArchSpec`: the zoo entry with the spec's kwargs, and the number
-    of classes set to the dataset's when the spec did not set it."""
-    from prunelab.models import resolve
+    """The run's :class:`~prunelab.models.ArchSpec`: the zoo entry with the spec's kwargs, fitted to the
+    data (class count, input channels or features, as ``prunelab train`` does with
+    :func:`prunelab.models.fit_spec`) wherever the spec's own kwargs do not say otherwise."""
+    from prunelab.models import fit_spec, resolve
 
     spec = resolve(run.model, **run.model_kwargs)
-    if data is not None and "num_classes" in spec.kwargs and "num_classes" not in run.model_kwargs \
-            and spec.kwargs["num_classes"] != data.num_classes:
-        spec = spec.with_kwargs(num_classes=data.num_classes)
-    return spec
+    if data is None:
+        return spec
+    fitted = fit_spec(spec, data.num_classes, tuple(data.input_shape))
+    changed = {k: v for k, v in fitted.kwargs.items() if k not in run.model_kwargs and spec.kwargs.get(k) != v}
+    return spec.with_kwargs(**changed) if changed else spec
 
 
 def has_masks(model: nn.Module) -> bool:

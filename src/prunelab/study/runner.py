@@ -142,6 +142,10 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     if executor == "torchrun" and (isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int)
                                    or nproc_per_node < 1):
         raise PrunelabError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
+    if not isinstance(spec, StudySpec):
+        spec = load_spec(spec)
+    if executor != "ray":  # a Ray cluster's data may live only on its workers
+        _check_data(spec)
     spec, out_dir, store = prepare_study(spec, out, update=update)
     out_dir = out_dir.resolve()
     try:
@@ -162,6 +166,17 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
 
         result.report = write_report(result.store_path, out_dir / "report").markdown
     return result
+
+
+def _check_data(spec: StudySpec) -> None:
+    """Load the study's dataset once before anything is written: missing or broken data is one line
+    (exit 2) instead of a study folder full of failed runs. The copy stays cached for local runs."""
+    from prunelab.study.common import load_data
+    from prunelab.study.tasks import get_kind
+
+    real = next((r for r in spec.expand() if get_kind(r.kind).uses_model), None)  # synthetic kinds read no data
+    if real is not None:
+        load_data(real)
 
 
 def _warn_if_threads_differ(store: ResultsStore, threads: int) -> None:

@@ -131,9 +131,7 @@ SIZE_TARGETS = ("params", "macs", "params_ratio", "macs_ratio")
 
 def fitted_spec(run: RunConfig, data):
     """The run's architecture fitted to the data (classes, input channels), as every protocol builds it."""
-    from prunelab.protocols import fit_spec_to_data
-
-    return fit_spec_to_data(arch_spec(run, data), data)
+    return arch_spec(run, data)
 
 
 def fresh_model(spec) -> nn.Module:
