@@ -34,6 +34,9 @@ def fx(tmp_path_factory) -> Path:
     save_checkpoint(d / "cnn.pt", arch=cnn.to_dict(), state_dict=create(cnn).state_dict(),
                     meta={"input_shape": [1, 8, 8]})
     save_checkpoint(d / "mlp.pt", arch=mlp.to_dict(), state_dict=create(mlp).state_dict())
+    r20 = resolve("resnet20", in_channels=1)
+    save_checkpoint(d / "r20.pt", arch=r20.to_dict(), state_dict=create(r20).state_dict(),
+                    meta={"input_shape": [1, 8, 8]})
     masked = create(cnn)
     prune_global(masked, 0.5)
     save_checkpoint(d / "cnn-masked.pt", arch=cnn.to_dict(), state_dict=masked.state_dict(),
@@ -131,6 +134,13 @@ CASES = [
     (["copy-profile", "{fx}/cnn.pt", "--base", "cnn", "--alpha", "1e6", "--data", "digits", "--out", "od", *TRAIN],
      "at most"),
     (["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "1.5", "--out", "od", *TRAIN], "MACs ratio"),
+    (["pfs", "cnn", "--data", "digits", "--macs-ratio", "0.5", "--init-from", "{fx}/cnn.pt", "--expansion", "1.5",
+      "--out", "od", *TRAIN], "does not apply with --init-from"),
+    (["pfs", "{fx}/cnn.pt", "--data", "digits", "--macs-ratio", "0.5", "--out", "od", *TRAIN], "with --init-from"),
+    (["pfs", "resnet32", "--data", "digits", "--macs-ratio", "0.5", "--init-from", "{fx}/r20.pt", "--out", "od",
+      *TRAIN], "is not the resnet_cifar model asked for"),
+    (["scratch", "{fx}/cnn.pt", "--budget", "E", "--data", "digits", "--out", "od", "--max-steps", "2"],
+     "give --epochs"),
     (["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "0.5", "--init-from", "{fx}/mlp.pt",
       "--out", "od", *TRAIN], "mlp network"),
     # bench / export

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -202,7 +203,8 @@ def test_pipeline_scratch_b_and_trained_start(digits, tmp_path):
 
     trained = create(spec)
     path = save_checkpoint(tmp_path / "dense.pt", arch=spec.to_dict(), state_dict=trained.state_dict())
-    res2 = pruning_from_scratch(spec, digits, cfg, pfs, macs_ratio=0.5, init_from=str(path), train=False)
+    res2 = pruning_from_scratch(spec, digits, cfg, dataclasses.replace(pfs, expansion=1.0), macs_ratio=0.5,
+                                init_from=str(path), train=False)
     assert res2.learning.init_from == str(path) and res2.scratch is None
     assert res2.learning.spec == spec  # gates learned on the trained network itself, not an expanded one
 

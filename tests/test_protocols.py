@@ -323,3 +323,24 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and pattern in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_scratch_constructor_init_slices_a_full_width_init(tiny_digits):
+    """Crowley et al. (sec. 4.2) slice a fresh full-width init, so a pruned conv keeps the He std of
+    its *unpruned* fan-out; the family rule uses the actual one. Hand values: sqrt(2 / (9 * out))."""
+    from prunelab.protocols.scratch import train_from_scratch
+    from prunelab.train import TrainConfig
+
+    spec = ArchSpec("wrn", {"depth": 16, "widen_factor": 2, "in_channels": 1})
+    plan = internal_plan(spec, (1, 8, 8), 0.25, seed=3)
+    config = TrainConfig(epochs=1, max_steps=0, device="cpu")
+    stds = {}
+    for init in ("family", "constructor"):
+        torch.manual_seed(0)
+        result = train_from_scratch(plan, tiny_digits, config, budget="E", init=init)
+        weight = result.model.get_submodule("block3.layer.0.conv1").weight
+        stds[init] = (float(weight.detach().std()), weight.shape[0])
+    (fam, kept), (con, kept_c) = stds["family"], stds["constructor"]
+    assert kept == kept_c == 32  # 25% of the 128 channels of the last group's first block
+    assert fam == pytest.approx(math.sqrt(2 / (9 * 32)), rel=0.05)
+    assert con == pytest.approx(math.sqrt(2 / (9 * 128)), rel=0.05)

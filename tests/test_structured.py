@@ -569,6 +569,9 @@ def test_cli_warns_when_a_group_collapses_to_one_channel(tmp_path, capsys):
     widths = {g["group"]: g["after"] for g in json.loads(out)["groups"]}
     assert widths["features.0"] == 1  # the independent fact the warning is about
     assert "warning: layer collapse: 1 group(s) kept at most one channel (features.0 16 -> 1)" in err
+    from prunelab.checkpoint import load_model
+
+    assert load_model(tmp_path / "s.pt").meta["input_shape"] == [1, 8, 8]  # `info` and `bench` read it
 
 
 class _UserNet(nn.Module):

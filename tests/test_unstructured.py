@@ -521,3 +521,23 @@ def test_fastgrnn_column_pruning():
     assert rep.details["components_kept"] == kept_count(25, 0.5)
     with pytest.raises(PrunelabError, match="unknown low-rank factor"):
         prune_lowrank_columns(copy.deepcopy(model), ranks={"cell.x": 3}, input_shape=(5, 9))
+
+
+def test_fastgrnn_global_column_pruning_keeps_a_column_per_factor():
+    """W's columns have smaller sums than U's: global ranking alone would take W to rank 0, cutting
+    the input off. Each pair keeps its strongest column; the rest are ranked globally (hand check)."""
+    torch.manual_seed(0)
+    model = create("fastgrnn", hidden_size=16, u_rank=16)
+    with torch.no_grad():
+        model.cell.w1.weight.mul_(1e-3)  # every W column now scores below every U column
+    w_sums = model.cell.w1.weight.abs().sum(dim=1) * model.cell.w2.weight.abs().sum(dim=0)
+    glob = copy.deepcopy(model)
+    rep = prune_lowrank_columns(glob, sparsity=0.5, input_shape=(5, 9))
+    assert rep.details["components_kept"] == kept_count(25, 0.5)
+    w_kept = torch.nonzero(get_mask(glob.cell.w1).any(dim=1)).view(-1).tolist()
+    assert len(w_kept) == 1
+    assert w_kept[0] in (int(model.cell.w1.weight.abs().sum(dim=1).argmax()), int(w_sums.argmax()))
+    x = torch.randn(4, 5, 9)
+    assert not torch.allclose(glob(x), glob(torch.zeros_like(x)))  # the output still depends on the input
+    with pytest.raises(PrunelabError, match=r"must be in \[1, 9\]"):
+        prune_lowrank_columns(copy.deepcopy(model), ranks={"cell.w1": 0}, input_shape=(5, 9))

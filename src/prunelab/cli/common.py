@@ -34,11 +34,13 @@ def add_model_argument(parser, help: str) -> None:
     parser.add_argument("--model", dest="model_option", metavar="MODEL", default=None, help="the same, as an option")
 
 
-def model_from_args(args) -> str:
-    """The one model named by :func:`add_model_argument`'s two spellings."""
+def model_from_args(args, checkpoints: bool = True) -> str:
+    """The one model named by :func:`add_model_argument`'s two spellings (``checkpoints``: whether the
+    command also takes a checkpoint path there)."""
     given = [m for m in (args.model, args.model_option) if m is not None]
     if not given:
-        raise PrunelabError("missing MODEL: give a zoo name (see 'prunelab models') or a checkpoint path")
+        raise PrunelabError("missing MODEL: give a zoo name (see 'prunelab models')"
+                            + (" or a checkpoint path" if checkpoints else ""))
     if len(given) == 2 and given[0] != given[1]:
         raise PrunelabError(f"two models given ({given[0]!r} and --model {given[1]!r}); give one")
     args.model = given[0]
@@ -142,8 +144,16 @@ def train_config_from_args(args) -> Any:
 
 def fit_overrides(name: str, data) -> dict[str, Any]:
     """Constructor keywords that fit zoo model ``name`` to ``data`` (classes, input channels / size)."""
-    from prunelab.models import fit_spec, resolve
+    from prunelab.models import fit_spec, get_family, resolve
 
     spec = resolve(name)
-    fitted = fit_spec(spec, data.num_classes, data.input_shape)
+    shape = tuple(data.input_shape)
+    if get_family(spec.family).task == "sequence" and len(shape) == 2 and shape[0] == 1 and shape[1] > 1:
+        from prunelab.data import get_dataset_entry
+
+        hint = ("use --data-option layout=time" if "layout" in get_dataset_entry(data.name).options()
+                else "give the data as (steps, features)")
+        sys.stderr.write(f"prunelab: warning: {name} reads {data.name} {shape[0]}x{shape[1]} as one time step of "
+                         f"{shape[1]} features; for a sequence of {shape[1]} steps {hint}\n")
+    fitted = fit_spec(spec, data.num_classes, shape)
     return {k: v for k, v in fitted.kwargs.items() if spec.kwargs.get(k) != v}

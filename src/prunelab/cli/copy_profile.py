@@ -57,7 +57,8 @@ def run(args) -> int:
             row["search"] = members[i].search.to_dict() if members[i].search else None
         if member.model is not None:
             ckpt = save_trained(out / f"member-{i}.pt", member.spec, member.model,
-                                meta={"protocol": "copied-profile", "dense_arch": member.profile.base.to_dict(),
+                                meta={"protocol": "copied-profile", "input_shape": list(data.input_shape),
+                                      "dense_arch": member.profile.base.to_dict(),
                                       "summary": row})
             row["checkpoint"] = str(ckpt)
         rows.append(row)

@@ -59,7 +59,12 @@ def run(args) -> int:
     from prunelab.protocols.pfs import PFSConfig, pruning_from_scratch
     from prunelab.protocols.targets import parse_number
 
-    model_from_args(args)
+    model_from_args(args, checkpoints=False)
+    from prunelab.checkpoint import is_checkpoint_path
+
+    if is_checkpoint_path(args.model):
+        raise PrunelabError(f"MODEL is the default zoo network (e.g. resnet56); give a trained checkpoint such as "
+                            f"{args.model} with --init-from")
     if (args.macs_ratio is None) == (args.macs is None):
         raise PrunelabError("give exactly one budget: --macs-ratio R or --macs N")
     pfs = PFSConfig(lam=args.lam, ratio=args.ratio, epochs=args.gate_epochs, lr=args.gate_lr,
@@ -74,7 +79,8 @@ def run(args) -> int:
     summary = {"command": "pfs", "model": args.model, "data": args.data, "pfs": pfs.to_dict(), **result.to_dict()}
     if result.scratch is not None:
         ckpt = save_trained(out / "model.pt", result.structure.spec, result.scratch.model,
-                            meta={"protocol": "pfs", "dense_arch": result.learning.default.to_dict(),
+                            meta={"protocol": "pfs", "input_shape": list(data.input_shape),
+                                  "dense_arch": result.learning.default.to_dict(),
                                   "summary": summary})
         summary["checkpoint"] = str(ckpt)
     gates = {"units": [u.name for u in result.learning.units], "gates": dict(result.learning.gates),

@@ -342,6 +342,7 @@ def run(args) -> int:
     if args.out:
         out = Path(args.out)
         save_checkpoint(out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan,
-                        meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")}})
+                        meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")},
+                              "input_shape": list(data.input_shape)})
         atomic_write_json(out.with_suffix(".json"), summary)
     return 0

@@ -196,7 +196,8 @@ def run(args) -> int:
     def checkpoint(p) -> None:
         path = out.with_name(f"{out.stem}.prune{p.prunes}{out.suffix}")
         small = p.compress()
-        save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict()})
+        save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
+                                                 "input_shape": list(input_shape)})
         written.append(str(path))
 
     steps = 0
@@ -253,6 +254,7 @@ def run(args) -> int:
                          f"layers with small filters can go first (--exclude them, or use fisher)\n")
     if out is not None:
         save_pruned(out, small, plan, meta={"structured": cfg.to_dict(), "accuracy": summary["accuracy"],
+                                             "input_shape": list(input_shape),
                                              "target": summary["target"]})
         summary["checkpoints"] = written
         atomic_write_json(out.with_suffix(".json"), summary)

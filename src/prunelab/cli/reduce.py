@@ -7,6 +7,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from prunelab.cli.common import (
@@ -93,7 +94,7 @@ def run(args) -> int:
     from prunelab.protocols.output import save_trained, write_summary
     from prunelab.protocols.reduced import reduced_network
 
-    model_from_args(args)
+    model_from_args(args, checkpoints=False)
     targets = targets_from_args(args)
     fixed = args.depth if args.mode == "depth" else args.multiplier
     if args.mode != "depth" and args.depth is not None:
@@ -111,9 +112,16 @@ def run(args) -> int:
                              max_multiplier=args.max_multiplier, latency=latency, train=args.train)
     out = Path(args.out)
     summary = {"command": "reduce", "model": args.model, "data": args.data, **result.to_dict()}
+    if args.mode == "depth":
+        summary["value"] = int(summary["value"])
+    missed = (summary.get("search") or {}).get("rel_error")
+    if missed is not None and abs(missed) > args.tol:
+        sys.stderr.write(f"prunelab reduce: warning: the nearest legal depth, {summary['value']}, misses the "
+                         f"{targets[0].metric} target by {missed:+.1%} (depth changes in whole blocks)\n")
     if result.model is not None:
         ckpt = save_trained(out / "model.pt", result.spec, result.model,
-                            meta={"protocol": "reduced", "dense_arch": result.base.to_dict(), "summary": summary})
+                            meta={"protocol": "reduced", "input_shape": list(data.input_shape),
+                                  "dense_arch": result.base.to_dict(), "summary": summary})
         summary["checkpoint"] = str(ckpt)
     write_summary(out / "summary.json", summary)
     if args.json:

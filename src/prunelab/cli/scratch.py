@@ -18,7 +18,7 @@ from prunelab.errors import PrunelabError
 def add_arguments(parser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="pruned checkpoint (.pt) or structured plan (.json)")
     parser.add_argument("--budget", choices=("E", "B"), default="B",
-                        help="E: the dense model's epochs; B: epochs x dense MACs / pruned MACs (default)")
+                        help="E: --epochs (the dense model's); B: --epochs x dense MACs / pruned MACs (default)")
     parser.add_argument("--dense", default=None, metavar="MODEL",
                         help="the dense model (zoo name) for Scratch-B when the source does not record it")
     parser.add_argument("--init", choices=("family", "constructor"), default="family",
@@ -53,12 +53,15 @@ def run(args) -> int:
     arch = pruned_architecture(read_source(args.source), args.dense)
     if args.budget == "B" and arch.dense is None:
         raise PrunelabError("Scratch-B needs the dense model the architecture was pruned from: pass --dense MODEL")
+    if getattr(args, "given", None) is not None and "epochs" not in args.given:
+        raise PrunelabError(f"give --epochs: the dense model's training epochs (Scratch-{args.budget} "
+                            + ("trains that long)" if args.budget == "E" else "scales them by the MACs ratio)"))
     data = load_data(args)
     result = train_from_scratch(arch, data, config, budget=args.budget, init=args.init)
     out = Path(args.out)
     summary = {"command": "scratch", "source": str(args.source), "data": args.data, **result.to_dict()}
     ckpt = save_trained(out / "model.pt", result.spec, result.model, plan=result.plan,
-                        meta={"protocol": f"scratch-{args.budget}",
+                        meta={"protocol": f"scratch-{args.budget}", "input_shape": list(data.input_shape),
                               "dense_arch": result.dense.to_dict() if result.dense else None, "summary": summary})
     summary["checkpoint"] = str(ckpt)
     write_summary(out / "summary.json", summary)

@@ -232,13 +232,7 @@ def learn_gates(spec: str | ArchSpec | dict, data: DataBundle, pfs: PFSConfig | 
         loaded = load_model(init_from)
         if loaded.plan:
             raise PrunelabError(f"checkpoint {init_from} is already channel-pruned; PFS gates need an unpruned network")
-        if loaded.spec.family != default.family:
-            raise PrunelabError(f"checkpoint {init_from} is a {loaded.spec.family} network, not {default.family}")
-        fitted = fit_spec_to_data(loaded.spec, data)
-        if fitted != loaded.spec:
-            was = loaded.spec.kwargs
-            diff = {k: (was.get(k), v) for k, v in fitted.kwargs.items() if was.get(k) != v}
-            raise PrunelabError(f"checkpoint {init_from} does not fit dataset {data.name}: (checkpoint, data) {diff}")
+        _check_init_from(init_from, loaded.spec, default, pfs, data)
         model, learned_spec = loaded.model, loaded.spec
     elif model is None:
         torch.manual_seed(int(config.seed))
@@ -400,6 +394,27 @@ class PFSResult:
         }
 
 
+def _check_init_from(path, gated: ArchSpec, default: ArchSpec, pfs: PFSConfig, data: DataBundle) -> None:
+    """The trained network must be the default model itself (same family and constructor settings,
+    fitted to the same data): the MACs budget and Scratch-B are computed on ``default``, and the
+    gates are learned on the checkpoint's own widths, so an expansion cannot apply."""
+    if gated.family != default.family:
+        raise PrunelabError(f"checkpoint {path} is a {gated.family} network, not {default.family}")
+    fitted = fit_spec_to_data(gated, data)
+    if fitted != gated:
+        diff = {k: (gated.kwargs.get(k), v) for k, v in fitted.kwargs.items() if gated.kwargs.get(k) != v}
+        raise PrunelabError(f"checkpoint {path} does not fit dataset {data.name}: (checkpoint, data) {diff}")
+    if gated != default:
+        keys = sorted(set(gated.kwargs) | set(default.kwargs))
+        diff = {k: (gated.kwargs.get(k), default.kwargs.get(k)) for k in keys
+                if gated.kwargs.get(k) != default.kwargs.get(k)}
+        raise PrunelabError(f"checkpoint {path} is not the {default.family} model asked for: (checkpoint, model) "
+                            f"{diff}")
+    if pfs.expansion != 1.0:
+        raise PrunelabError(f"--expansion {pfs.expansion:g} does not apply with --init-from: the gates are learned "
+                            f"on the trained network's own widths")
+
+
 def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_config, pfs: PFSConfig | None = None,
                          *, macs_ratio: float | None = None, macs: float | None = None, init_from: str | None = None,
                          budget: str = "B", train: bool = True, gate_config=None) -> PFSResult:
@@ -420,8 +435,7 @@ def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_co
         from prunelab.io import load_checkpoint
 
         gated = ArchSpec.from_dict(load_checkpoint(init_from)["arch"])
-        if gated.family != default.family:
-            raise PrunelabError(f"checkpoint {init_from} is a {gated.family} network, not {default.family}")
+        _check_init_from(init_from, gated, default, pfs, data)
     else:
         gated = expanded_spec(default, pfs.expansion, pfs.expansion_mode)
     _check_budget_reachable(gated, target, reference, shape, pfs.tol)

@@ -37,12 +37,14 @@ class PrunedArchitecture:
     ``spec`` builds it directly (a narrowed spec), or, when the pruning cut channels that no spec
     keyword can express (e.g. residual streams pruned jointly), ``spec`` is the base model and
     ``plan`` compresses it. ``dense`` is the unpruned model it came from (Scratch-B's reference).
+    ``source_plan`` keeps the plan a narrowed spec came from, for ``init="constructor"``.
     """
 
     spec: ArchSpec
     plan: dict | None = None
     dense: ArchSpec | None = None
     source: str = ""
+    source_plan: dict | None = None
 
 
 def pruned_architecture(source: Any, dense: str | ArchSpec | dict | None = None) -> PrunedArchitecture:
@@ -79,6 +81,17 @@ def pruned_architecture(source: Any, dense: str | ArchSpec | dict | None = None)
             name = dense if isinstance(dense, str) else dense_spec.family
             raise PrunelabError(f"dense model {name} is a {dense_spec.family} network but the pruned "
                                 f"architecture is {arch.spec.family}; give the model it was pruned from")
+        recorded = arch.dense
+        if recorded is not None:
+            fit_keys = ("num_classes", "in_channels", "in_features", "input_size")
+            ours = {k: v for k, v in dense_spec.kwargs.items() if k not in fit_keys}
+            theirs = {k: v for k, v in recorded.kwargs.items() if k not in fit_keys}
+            if ours != theirs:
+                diff = {k: (ours.get(k), theirs.get(k)) for k in sorted(set(ours) | set(theirs))
+                        if ours.get(k) != theirs.get(k)}
+                raise PrunelabError(f"dense model {dense} differs from the one {arch.source} was pruned from "
+                                    f"((--dense, recorded) {diff}); leave --dense out to use the recorded one")
+            return arch  # the recorded dense model, already fitted to the data it was trained on
         arch.dense = dense_spec
     return arch
 
@@ -89,8 +102,8 @@ def _from_plan(plan: dict, source: str) -> PrunedArchitecture:
     base = ArchSpec.from_dict(plan["base"])
     narrowed = narrowed_spec(plan, base)
     if narrowed is not None:
-        return PrunedArchitecture(narrowed, None, base, source)
-    return PrunedArchitecture(base, plan, base, source)
+        return PrunedArchitecture(narrowed, None, base, source, source_plan=plan)
+    return PrunedArchitecture(base, plan, base, source, source_plan=plan)
 
 
 def narrowed_spec(plan: dict, base: ArchSpec) -> ArchSpec | None:
@@ -200,6 +213,9 @@ def train_from_scratch(source: Any, data: DataBundle, config, *, budget: str = "
     arch = source if isinstance(source, PrunedArchitecture) else pruned_architecture(source, dense)
     if dense is not None and isinstance(source, PrunedArchitecture):
         arch = dataclasses.replace(arch, dense=resolve(dense))
+    if init == "constructor" and arch.plan is None and arch.source_plan is not None:
+        # Crowley et al.'s slicing: build the base model (its full-width init) and compress it by the plan.
+        arch = dataclasses.replace(arch, spec=ArchSpec.from_dict(arch.source_plan["base"]), plan=arch.source_plan)
     spec = fit_spec_to_data(arch.spec, data)
     shape = tuple(data.input_shape)
     probe = _probe_model(spec, arch.plan)

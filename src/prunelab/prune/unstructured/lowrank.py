@@ -18,6 +18,7 @@ Linear (two linear maps with nothing in between are one factorised matrix, full 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -117,8 +118,9 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
     """Remove rank components of low-rank factor pairs; returns the report.
 
     ``sparsity``: fraction of all rank components (over all pairs) removed by global magnitude of the
-    absolute column sums, exactly ``round((1 - s) * R)`` kept. ``ranks``: target rank per pair, keyed
-    by the first factor's module path (the paper's (r_W, r_U) settings), the lowest columns removed.
+    absolute column sums, exactly ``round((1 - s) * R)`` kept, at least one per pair. ``ranks``: target
+    rank per pair (>= 1), keyed by the first factor's module path (the paper's (r_W, r_U) settings),
+    the lowest columns removed.
     ``pairs`` defaults to :func:`find_lowrank_pairs` (needs ``input_shape``).
     """
     if (sparsity is None) == (ranks is None):
@@ -135,7 +137,20 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
             check_sparsity(sparsity, "column sparsity")
             scores = torch.cat([p.column_scores().cpu() for p in pairs])
             total = scores.numel()
-            flat = keep_largest(scores, kept_count(total, sparsity))
+            keep = kept_count(total, sparsity)
+            if keep < len(pairs):
+                raise PrunelabError(f"column sparsity {sparsity} keeps {keep} of {total} rank columns, fewer than one "
+                                    f"per low-rank factor pair ({len(pairs)})")
+            # Every pair keeps its strongest column (a rank-0 factor would cut the input off, the
+            # layer collapse a Minimum Threshold prevents); the rest are ranked globally.
+            reserved = torch.zeros(total, dtype=torch.bool)
+            start = 0
+            for p in pairs:
+                reserved[start + int(scores[start:start + p.rank].argmax())] = True
+                start += p.rank
+            rest = scores.clone()
+            rest[reserved] = -math.inf
+            flat = reserved | keep_largest(rest, keep - len(pairs))
             keeps, start = [], 0
             for p in pairs:
                 keeps.append(flat[start:start + p.rank])
@@ -149,8 +164,8 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
             keeps = []
             for p in pairs:
                 r = int(ranks.get(p.first_name, p.rank))
-                if not 0 <= r <= p.rank:
-                    raise PrunelabError(f"target rank for {p.first_name} must be in [0, {p.rank}], got {r}")
+                if not 1 <= r <= p.rank:
+                    raise PrunelabError(f"target rank for {p.first_name} must be in [1, {p.rank}], got {r}")
                 keeps.append(keep_largest(p.column_scores().cpu(), r))
             total = sum(p.rank for p in pairs)
             target = 1.0 - sum(int(k.sum()) for k in keeps) / total
