@@ -169,3 +169,29 @@ def test_without_a_compiler_conversion_still_works(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "could not be built here" in proc.stdout
+
+
+@native
+def test_bench_runs_the_lowerings_the_file_records(tmp_path, capsys):
+    """`prunelab bench FILE --sparse` must time the model the file describes: direct layers stay direct."""
+    import json
+
+    from prunelab.cli import main
+    from prunelab.io import save_checkpoint
+
+    torch.manual_seed(0)
+    spec = resolve("cnn")
+    model = create(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prune_global(model, 0.9)
+    ckpt, out = tmp_path / "masked.pt", tmp_path / "sparse.pt"
+    save_checkpoint(ckpt, arch=spec.to_dict(), state_dict=model.state_dict(), meta={"input_shape": [1, 8, 8]})
+    assert main(["export", str(ckpt), "--format", "sparse", "--out", str(out), "--policy", "sparse",
+                 "--threads", "1", "--json"]) == 0
+    recorded = {c["name"]: c["lowering"] for c in json.loads(capsys.readouterr().out)["layers"]
+                if c["kernel"] == "sparse" and c["lowering"]}
+    assert recorded and set(recorded.values()) == {"direct"}
+    assert main(["bench", str(out), "--sparse", "--batch-sizes", "2", "--threads", "1", "--warmup", "1",
+                 "--repeats", "2", "--min-time", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sparse"]["lowerings"] == recorded

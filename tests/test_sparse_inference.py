@@ -265,3 +265,68 @@ def test_cached_csr_weight_follows_copies_and_moves():
     clone.values = clone.values.clone() * 0.5
     torch.testing.assert_close(clone(x), sparse(x))
     torch.testing.assert_close(sparse(x), linear(x), rtol=1e-5, atol=1e-6)
+
+
+def test_float64_models_are_fed_float64(tmp_path):
+    """Example inputs take the model's dtype: a .double() model converts, times and checks."""
+    from prunelab.measure.latency import latency_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 5)).double()
+    for layer in (model[0], model[3]):
+        masked_(layer, 0.8)
+    converted, report = convert_to_sparse(model, (3, 6, 6), batch_size=2, policy="sparse")
+    assert report.relative_error <= 1e-12
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    assert relative_error(converted(x), model(x)) <= 1e-12
+    assert latency_of(model, (3, 6, 6), batch_size=1, threads=1, repeats=2, min_time_s=0.0) > 0
+    from prunelab.export.onnx import to_onnx
+
+    with pytest.raises(PrunelabError, match="ONNX Runtime cannot"):  # it has no float64 Conv: one line, not a crash
+        to_onnx(model, (3, 6, 6), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_sparse_linear_output_supports_view_like_nn_linear():
+    """A model that calls .view() on a Linear's output converts and runs (outputs are contiguous)."""
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 12)
+
+        def forward(self, x):
+            return self.fc(x).view(-1, 3)
+
+    torch.manual_seed(0)
+    model = Head().eval()
+    masked_(model.fc, 0.9)
+    converted, report = convert_to_sparse(model, (16,), batch_size=4, policy="sparse")
+    assert report.sparse_layers == ["fc"]
+    x = torch.randn(4, 16)
+    assert relative_error(converted(x), model(x)) <= RTOL
+
+
+@pytest.mark.parametrize("lowering", ["gather", "im2col", "direct"])
+def test_sparse_convs_take_unbatched_input_like_torch(lowering):
+    from prunelab.export.direct_conv import native_kernel
+
+    if lowering == "direct" and native_kernel() is None:
+        pytest.skip("no native kernel here")
+    torch.manual_seed(0)
+    conv2 = masked_(nn.Conv2d(4, 6, 3, padding=1), 0.7)
+    conv1 = masked_(nn.Conv1d(4, 6, 3, padding=1), 0.7)
+    x2, x1 = torch.randn(4, 9, 7), torch.randn(4, 11)
+    assert relative_error(SparseConv2d.from_dense(conv2, lowering)(x2), conv2(x2)) <= RTOL
+    assert relative_error(SparseConv1d.from_dense(conv1, lowering)(x1), conv1(x1)) <= RTOL
+
+
+def test_timing_runs_at_least_the_minimum_time():
+    """--min-time is honoured for fast calls too (no hidden cap on the number of rounds)."""
+    import time
+
+    from prunelab.measure.latency import time_interleaved
+
+    t0 = time.perf_counter()
+    samples = time_interleaved({"noop": lambda: None}, warmup=1, repeats=2, min_time_s=0.05)
+    assert sum(samples["noop"]) >= 50.0 and time.perf_counter() - t0 >= 0.05

@@ -76,13 +76,14 @@ def run(args) -> int:
 
         report = sparse_report_of(loaded.meta)
         if report is not None:
-            model = apply_choices(model, report.choices(), device=device)
+            model = apply_choices(model, report.choices(), device=device, lowerings=report.lowerings())
         else:
             threads = args.threads[0] if args.threads else None
             model, report = convert_to_sparse(model, shape, batch_size=args.batch_sizes[0], threads=threads,
                                               device=device)
         sparse_info = {"sparse_layers": report.sparse_layers, "layers": len(report.layers),
-                       "chosen_at_batch_size": report.batch_size, "chosen_on": report.device}
+                       "chosen_at_batch_size": report.batch_size, "chosen_on": report.device,
+                       "lowerings": {n: m.lowering for n, m in model.named_modules() if hasattr(m, "lowering")}}
     results = bench(model, shape, batch_sizes=args.batch_sizes, threads=args.threads or [None],
                     backends=args.backend, device=device, warmup=args.warmup, repeats=args.repeats,
                     min_time_s=args.min_time)

@@ -90,7 +90,10 @@ def onnx_bytes_of(model: nn.Module, input_shape: Sequence[int], *, dynamic_batch
     if has_sparse_modules(model):
         raise PrunelabError("a model with sparse-kernel layers has no ONNX form; export the masked model instead")
     device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
-    x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(0)).to(device)
+    from prunelab.measure.latency import input_dtype
+
+    x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(0),
+                    dtype=input_dtype(model)).to(device)
     was_training = model.training
     model.eval()
     try:
@@ -130,7 +133,11 @@ def ort_session(onnx_model: bytes | str | os.PathLike, *, threads: int | None = 
     else:
         providers = ["CPUExecutionProvider"]
     source = onnx_model if isinstance(onnx_model, bytes) else os.fspath(onnx_model)
-    return ort.InferenceSession(source, sess_options=options, providers=providers)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # ONNX Runtime's own exception types: an op or dtype it has no kernel for
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunelabError(f"ONNX Runtime cannot load the model: {first}") from exc
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -164,9 +171,19 @@ def check_onnx(onnx_model: bytes | str | os.PathLike, model: nn.Module, input_sh
 
     Raises :class:`PrunelabError` when the relative error exceeds ``rtol``.
     """
-    x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(1))
-    session = ort_session(onnx_model, threads=1)
-    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    from prunelab.measure.latency import input_dtype
+
+    x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(1),
+                    dtype=input_dtype(model))
+    try:
+        session = ort_session(onnx_model, threads=1)
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    except PrunelabError:
+        raise
+    except Exception as exc:  # ONNX Runtime's own exception types (e.g. no float64 Conv kernel)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = "; export a float32 model" if x.dtype != torch.float32 else ""
+        raise PrunelabError(f"ONNX Runtime cannot run the exported model: {first}{hint}") from exc
     was_training = model.training
     model.eval()
     try:

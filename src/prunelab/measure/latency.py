@@ -225,7 +225,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
     Every round calls each candidate once, starting from a different candidate each round, so a
     machine that is shared or changes clock speed affects all candidates alike. Rounds continue until
     ``repeats`` rounds are done and the candidates together ran ``min_time_s`` seconds (at most
-    ``max_repeats`` rounds, default ``20 * repeats``).
+    ``max_repeats`` rounds when given).
     """
     _check_timing(warmup, repeats, min_time_s)
     names = list(fns)
@@ -237,10 +237,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
             fns[name]()
     _sync(device)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    limit = max(repeats, max_repeats if max_repeats is not None else 20 * repeats)
+    limit = max(repeats, max_repeats) if max_repeats is not None else None
     total_ms = 0.0
     rounds = 0
-    while rounds < limit and (rounds < repeats or total_ms < 1000.0 * min_time_s):
+    while (limit is None or rounds < limit) and (rounds < repeats or total_ms < 1000.0 * min_time_s):
         for k in range(len(names)):
             name = names[(rounds + k) % len(names)]
             ms = _time_call(fns[name], device)
@@ -266,6 +266,15 @@ def example_input(input_shape: Sequence[int], batch_size: int, device: str = "cp
     """A fixed random batch ``(batch_size, *input_shape)`` (same seed, same tensor)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((batch_size, *tuple(input_shape)), generator=gen, dtype=dtype).to(device)
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model's inputs should have: that of its first floating-point parameter or buffer
+    (float32 for a model without any), so a ``.double()`` model is fed float64."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -337,7 +346,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size:
     device = check_device(device)
     _check_timing(warmup, repeats, min_time_s)
     with fixed_threads(threads) as n_threads, _prepared(model, device):
-        x = example_input(input_shape, batch_size, device)
+        x = example_input(input_shape, batch_size, device, dtype=input_dtype(model))
         if backend == "eager":
             def call() -> object:
                 with torch.inference_mode():
@@ -481,7 +490,7 @@ def compare_latency(models: Mapping[str, Any], input_shape: Sequence[int], *, ba
         for cand in candidates.values():
             stack.enter_context(_prepared(cand.model, device))
         for batch in batch_sizes:
-            x = example_input(input_shape, batch, device)
+            x = example_input(input_shape, batch, device, dtype=input_dtype(next(iter(candidates.values())).model))
 
             def runner(model: nn.Module, x: torch.Tensor = x) -> Callable[[], object]:
                 def call() -> object:
