@@ -146,6 +146,8 @@ CASES = [
     # bench / export
     (["bench", "cnn", "--threads", "999"], "thread count"),
     (["bench", "cnn", "--out", "results/"], "names a folder"),
+    (["prune", "cnn", "--structured", "--data", "digits", "--target-params", "10000", "--round-to", "0",
+      "--out", "o.pt"], "round-to must be a whole number of channels >= 1"),
     (["prune", "cnn", "--structured", "--data", "digits", "--target-params", "0", "--out", "o.pt"], ">= 1"),
     (["export", "{fx}/cnn.pt", "--format", "onnx", "--out", "o.onnx", "--policy", "dense"], "--format sparse only"),
     (["export", "{fx}/cnn.pt", "--format", "sparse", "--out", "o.pt", "--static-batch"], "--format onnx only"),

@@ -470,7 +470,7 @@ def test_bad_targets_and_settings():
     with pytest.raises(PrunelabError, match="unknown scope"):
         find_groups(model, (1, 8, 8), "everything")
     with pytest.raises(PrunelabError, match="round-to"):
-        StructuredConfig(round_to=3).validate()
+        StructuredConfig(round_to=-8).validate()
 
 
 def test_latency_target_runs_without_timing_assumptions():
@@ -615,3 +615,15 @@ def test_a_registered_user_model_saves_pruned_and_loads_back(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), small(x))
     assert sum(p.numel() for p in loaded.parameters()) <= 5000 < sum(p.numel() for p in _UserNet().parameters())
+
+
+def test_round_to_any_multiple_keeps_widths_multiples(tmp_path):
+    """--round-to K takes any K >= 1 (as reduce and copy-profile do): every pruned width is a multiple."""
+    spec = ArchSpec("cnn", {"in_channels": 1})
+    config = StructuredConfig(criterion="l1", schedule="oneshot", round_to=4, target=Target("params", 12000))
+    pruner = StructuredPruner(create(spec), config, (1, 8, 8), spec=spec)
+    pruner.prune_oneshot()
+    widths = pruner.masks.widths()
+    assert all(w % 4 == 0 and w >= 4 for w in widths.values()) and pruner.reached()
+    with pytest.raises(PrunelabError, match=">= 1"):
+        StructuredConfig(round_to=0).validate()

@@ -177,7 +177,9 @@ def _check_args(args, train_config) -> None:
     if args.method == "lowrank":
         if args.prune_schedule != "oneshot":
             raise PrunelabError("--method lowrank supports --prune-schedule oneshot only")
-        if (args.sparsity is None) == (not args.ranks):
+        if args.sparsity is not None and args.ranks:
+            raise PrunelabError("--method lowrank takes --sparsity (fraction of rank columns) or --ranks, not both")
+        if args.sparsity is None and not args.ranks:
             raise PrunelabError("--method lowrank needs either --sparsity (fraction of rank columns) or --ranks")
         if args.mt is not None or args.mt_percent is not None or args.layer_sparsity:
             raise PrunelabError("--mt, --mt-percent and --layer-sparsity do not apply to --method lowrank")

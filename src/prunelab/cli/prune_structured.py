@@ -89,8 +89,8 @@ def add_arguments(parser) -> None:
                    help="Fisher cost term: score - BETA x cost freed (Theis et al.; default 0 as the seeds)")
     g.add_argument("--fisher-cost", choices=("macs", "params"), default="macs",
                    help="what --fisher-beta charges (default: macs)")
-    g.add_argument("--round-to", type=int, choices=(8, 16), default=None,
-                   help="keep every group's width a multiple of 8 or 16")
+    g.add_argument("--round-to", type=int, default=None, metavar="K",
+                   help="keep every group's width a multiple of K (8 or 16 suit most CPUs and GPUs)")
     g.add_argument("--finetune-steps", type=int, default=0, metavar="S",
                    help="iterative: keep fine-tuning S steps after the target is reached (default: 0)")
     g.add_argument("--checkpoint-every-prunes", type=int, default=None, metavar="N",

@@ -66,8 +66,10 @@ class StructuredConfig:
             raise PrunelabError(f"prune-every must be >= 1 step, got {self.prune_every}")
         if self.channels_per_prune < 1:
             raise PrunelabError(f"channels-per-prune must be >= 1, got {self.channels_per_prune}")
-        if self.round_to not in (None, 1, 8, 16):
-            raise PrunelabError(f"round-to must be 8 or 16, got {self.round_to}")
+        if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                          or self.round_to < 1):
+            raise PrunelabError(f"round-to must be a whole number of channels >= 1 (e.g. 8 or 16), got "
+                                f"{self.round_to!r}")
         if self.fisher_beta < 0:
             raise PrunelabError(f"fisher-beta must be >= 0, got {self.fisher_beta}")
         if self.finetune_steps < 0:

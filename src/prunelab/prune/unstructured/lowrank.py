@@ -134,7 +134,7 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
     with torch.no_grad():
         keeps: list[torch.Tensor]
         if sparsity is not None:
-            check_sparsity(sparsity, "column sparsity")
+            check_sparsity(sparsity, "column sparsity (fraction of rank columns removed)")
             scores = torch.cat([p.column_scores().cpu() for p in pairs])
             total = scores.numel()
             keep = kept_count(total, sparsity)

@@ -79,7 +79,7 @@ _COMMON = {
     "schedule": Param("iterative", one_of("iterative", "oneshot"), "one of iterative, oneshot"),
     "prune_every": Param(100, is_int(1), "a number of steps K >= 1"),
     "channels_per_prune": Param(1, is_int(1), "a number of channels >= 1"),
-    "round_to": Param(None, one_of(None, 1, 8, 16), "null, 8 or 16"),
+    "round_to": Param(None, is_int(1, optional=True), "null or a channel multiple >= 1 (e.g. 8 or 16)"),
     "finetune": Param({}, is_mapping, "a mapping of training settings applied on top of the study's 'train'"),
     "finetune_epochs": Param(None, is_int(0, optional=True),
                              "null (0 iterative, the dense epochs one-shot) or a number of epochs >= 0"),
