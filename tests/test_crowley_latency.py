@@ -9,7 +9,6 @@ No assertion depends on how fast this machine is.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from prunelab.cli import main
 from prunelab.report import write_report
 from prunelab.study import run_study
 from prunelab.study.spec import load_spec, spec_from_dict
+from sql_stats import sql_stats
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "crowley_latency.yaml"
 
@@ -71,22 +71,6 @@ def tiny_study(tmp_path_factory):
     result = run_study(spec_from_dict(tiny_doc()), out, progress=False)
     assert result.ok, result.failures
     return out, write_report(out)
-
-
-def sql_stats(db: Path, x: str, y: str) -> dict[tuple[str, str], tuple[float, float, float, float, int]]:
-    """(series label, target) -> (mean x, std x, mean y, std y, n) straight from SQL; ``x`` / ``y`` are SQL
-    expressions over a run row."""
-    conn = sqlite3.connect(db)
-    rows = conn.execute(
-        f"SELECT method, protocol, target, COUNT(*), AVG({x}), SUM(({x}) * ({x})), AVG({y}), SUM(({y}) * ({y})) "
-        f"FROM runs WHERE status = 'done' GROUP BY method, protocol, target").fetchall()
-    conn.close()
-
-    def std(total_sq, mean, n):
-        return math.sqrt(max(0.0, (total_sq - n * mean * mean) / (n - 1))) if n > 1 else math.nan
-
-    return {(method if protocol is None else f"{method} / {protocol}", target):
-            (mx, std(sx, mx, n), my, std(sy, my, n), n) for method, protocol, target, n, mx, sx, my, sy in rows}
 
 
 def plotted(figure) -> dict[tuple[str, str], tuple[float, float, float, float, int]]:
@@ -144,10 +128,10 @@ def test_latency_plots_equal_the_store(tiny_study, batch):
     latency = f"json_extract(metrics, '$.latency_ms_b{batch}')"
     vs_params = report.figures[f"latency_ms_b{batch}_vs_params"]
     assert vs_params.path.is_file() and vs_params.path.stat().st_size > 1000
-    assert_same(vs_params, sql_stats(out / "results.db", "params", latency))
+    assert_same(vs_params, sql_stats(out / "results.db", "params", latency, by_model=False))
     acc = report.figures[f"acc_vs_latency_ms_b{batch}"]
     assert acc.path.is_file()
-    assert_same(acc, sql_stats(out / "results.db", latency, "acc"), y_scale=100.0)
+    assert_same(acc, sql_stats(out / "results.db", latency, "acc", by_model=False), y_scale=100.0)
     text = report.markdown.read_text()
     assert f"(latency_ms_b{batch}_vs_params.png)" in text and f"(acc_vs_latency_ms_b{batch}.png)" in text
     assert f"Latency b{batch} (ms)" in text and "## Measured latency" in text

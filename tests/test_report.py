@@ -9,6 +9,7 @@ import pytest
 
 from prunelab.report import write_report
 from prunelab.study import run_study
+from sql_stats import sql_stats
 
 SPEC = """
 name: rep
@@ -30,24 +31,6 @@ def study(tmp_path_factory):
     run_study(tmp / "spec.yaml", tmp / "study", progress=False)
     report = write_report(tmp / "study")
     return tmp / "study", report
-
-
-def sql_stats(db, column: str) -> dict[tuple[str, str, str], tuple[float, float, float, float, int]]:
-    """(model, series label, target) -> (mean x, std x, mean acc, std acc, n) straight from SQL."""
-    conn = sqlite3.connect(db)
-    rows = conn.execute(
-        f"SELECT model, method, protocol, target, COUNT(*), AVG({column}), SUM({column} * {column}), AVG(acc), "
-        f"SUM(acc * acc) FROM runs WHERE status = 'done' GROUP BY model, method, protocol, target").fetchall()
-    conn.close()
-
-    def std(total_sq, mean, n):
-        return math.sqrt(max(0.0, (total_sq - n * mean * mean) / (n - 1))) if n > 1 else math.nan
-
-    out = {}
-    for model, method, protocol, target, n, mx, sx, ma, sa in rows:
-        label = method if protocol is None else f"{method} / {protocol}"
-        out[(model, label, target)] = (mx, std(sx, mx, n), ma, std(sa, ma, n), n)
-    return out
 
 
 @pytest.mark.parametrize("axis", ["params", "macs", "sparsity", "latency_ms"])
