@@ -489,8 +489,9 @@ def compare_latency(models: Mapping[str, Any], input_shape: Sequence[int], *, ba
     with fixed_threads(threads) as n_threads, contextlib.ExitStack() as stack:
         for cand in candidates.values():
             stack.enter_context(_prepared(cand.model, device))
+        dtype = input_dtype(next(iter(candidates.values())).model)  # one input, shared by every candidate
         for batch in batch_sizes:
-            x = example_input(input_shape, batch, device, dtype=input_dtype(next(iter(candidates.values())).model))
+            x = example_input(input_shape, batch, device, dtype=dtype)
 
             def runner(model: nn.Module, x: torch.Tensor = x) -> Callable[[], object]:
                 def call() -> object:
