@@ -36,6 +36,7 @@ import warnings
 import torch
 from torch import nn
 
+from prunelab.errors import PrunelabError
 from prunelab.export.sparse import convert_to_sparse
 from prunelab.io import atomic_write_json
 from prunelab.measure import count_macs
@@ -232,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    try:
+        for name in args.structured_models:
+            resolve(name)
+    except PrunelabError as exc:
+        sys.stderr.write(f"inference.py: error: --structured-models: {exc}\n")
+        return 2
     info = machine()
     print(f"prunelab inference benchmark: {args.device}, {args.threads} thread(s), "
           f"{'channels_last' if args.channels_last else 'NCHW'}; CPU {info['cpu']} "
