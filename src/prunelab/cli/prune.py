@@ -26,6 +26,7 @@ from prunelab.cli.common import (
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
+from prunelab.io import check_writable
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
 #: methods that rank trained weights: a zoo model is trained dense first unless told otherwise
@@ -172,6 +173,8 @@ def _prune_config(args):
 def _check_args(args, train_config) -> None:
     if args.out is not None and Path(args.out).suffix == ".json":
         raise PrunelabError(f"--out {args.out} must not end in .json (the summary goes to PATH with suffix .json)")
+    if args.out is not None:
+        check_writable(Path(args.out).with_suffix(".json"))  # the summary beside it, refused before any work
     if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
         raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
     if args.method == "lowrank":

@@ -148,7 +148,7 @@ def _sizes(model, input_shape) -> dict[str, int]:
 def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.cli.common import data_from_args, emit_json, fit_overrides, train_config_from_args
-    from prunelab.io import atomic_write_json
+    from prunelab.io import atomic_write_json, check_writable
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
     from prunelab.train import Trainer, evaluate, resolve_device
 
@@ -157,6 +157,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix == ".json":
         raise PrunelabError(f"--out {args.out} must not end in .json (the summary goes to PATH with suffix .json)")
+    if out is not None:
+        check_writable(out.with_suffix(".json"))  # the summary beside it, refused before any work
     if cfg.checkpoint_every and out is None:
         raise PrunelabError("--checkpoint-every-prunes needs --out (checkpoints are written next to it)")
     if cfg.checkpoint_every and cfg.schedule == "oneshot":

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import unknown_choice
+from prunelab.io import atomic_write
 from prunelab.report.aggregate import batch_latency_columns, batch_of, series_label
 
 AXES = {
@@ -57,6 +58,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically: a killed or failed report never leaves a partial picture."""
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
+    finally:
+        plt.close(fig)
 
 
 def _nan_to_zero(values: list[float]) -> list[float]:
@@ -130,9 +139,7 @@ def _draw(series: list[Series], path: Path, xlabel: str, ylabel: str, title: str
         ax.legend(fontsize=7)
     fig.suptitle(f"{title} (mean ± std over seeds)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def tradeoff_figure(summary: pd.DataFrame, x: str, path: Path) -> Figure | None:
@@ -205,9 +212,7 @@ def layer_figure(layers: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Fig
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return Figure("layer_sparsity", path, "per-layer sparsity", "layer", "sparsity", series)
 
 

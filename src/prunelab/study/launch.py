@@ -13,6 +13,7 @@ path, "progress": path}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(job.threads)
 
     def sink(info: dict[str, Any]) -> None:
-        with open(task["progress"], "a") as fh:
+        # Live progress only (the outcome file holds the results): a full disk must not fail the run here.
+        with contextlib.suppress(OSError), open(task["progress"], "a") as fh:
             fh.write(json.dumps(info, default=str) + "\n")
 
     try:

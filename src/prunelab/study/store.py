@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.io import no_space_left, pid_alive
 from prunelab.study.run import RunConfig, canonical_json
 from prunelab.study.targets import target_key, target_label, target_value
 from prunelab.study.tasks import PROMOTED_METRICS
@@ -73,18 +74,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as fh:  # a zombie is dead
-        return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    return True
-
-
 def worker_gone(worker: str | None) -> bool:
     """True when ``worker`` ran on this host and its process no longer exists."""
     if not worker:
@@ -92,7 +81,7 @@ def worker_gone(worker: str | None) -> bool:
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    return not _pid_alive(int(pid))
+    return not pid_alive(int(pid))
 
 
 @dataclass
@@ -104,8 +93,30 @@ class Claim:
     attempt: int
 
 
-def _corrupt(path: Path, exc: Exception) -> PrunelabError:
+def _corrupt(path: Path, exc: Exception | str) -> PrunelabError:
+    """The error for a store SQLite cannot use: a full disk is said as such (SQLite words it "database
+    or disk is full", and the store is then intact), anything else as a corrupted or foreign file."""
+    if isinstance(exc, sqlite3.Error) and _disk_full(exc, path):
+        return _store_full(path, "the store is intact and finished runs are kept")
     return PrunelabError(f"results store {path} is corrupted or not a prunelab store ({exc})")
+
+
+def _store_full(path: Path, state: str) -> PrunelabError:
+    return PrunelabError(f"results store {path}: no space left on device; {state}: free space "
+                         "and run again")
+
+
+#: SQLite's primary result codes for a full disk and for an I/O error (extended codes keep them in the low byte)
+SQLITE_FULL, SQLITE_IOERR = 13, 10
+
+
+def _disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """SQLite says SQLITE_FULL when a write finds the disk full, but SQLITE_IOERR when it cannot even
+    create the WAL index of a store it opens: that is a full disk too when no space is left."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is None:
+        return "database or disk is full" in str(exc) or ("disk I/O error" in str(exc) and no_space_left(path.parent))
+    return code & 0xFF == SQLITE_FULL or (code & 0xFF == SQLITE_IOERR and no_space_left(path.parent))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -223,6 +234,10 @@ class ResultsStore:
                 conn.close()
             with contextlib.suppress(FileExistsError):  # another runner created it first: use theirs
                 os.link(tmp, path)
+        except sqlite3.Error as exc:
+            if _disk_full(exc, path):
+                raise _store_full(path, "no store was created") from None
+            raise PrunelabError(f"cannot create results store {path}: {exc}") from None
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
