@@ -262,9 +262,11 @@ class ResultsStore:
             raise self._error(exc) from None
         try:
             yield self.conn
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):  # a full disk mid-transaction, most likely
+                raise self._error(exc) from None
             raise
         try:
             self.conn.execute("COMMIT")
