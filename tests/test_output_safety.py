@@ -304,20 +304,24 @@ def test_only_abandoned_temp_files_of_ours_are_removed(tmp_path):
     assert link in left and fifo in left and (tmp_path / "keep.txt").read_text() == "keep"
 
 
-def test_a_write_started_inside_another_keeps_the_outer_temp_file(tmp_path, monkeypatch):
-    """Two writes of one destination in one process (threads, nested calls): the second must not take
-    the first's temporary file for an orphan of this PID."""
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_write_started_inside_another_keeps_the_outer_temp_file(tmp_path, monkeypatch, relative):
+    """Two writes of one destination in one process (threads, nested calls), by relative or absolute
+    paths: the second must not take the first's temporary file for an orphan of this PID."""
     real_fsync = os.fsync
     calls = []
+    monkeypatch.chdir(tmp_path)
+    outer = Path("out.json") if relative else tmp_path / "out.json"
+    inner = tmp_path / "out.json" if relative else Path("out.json")
 
     def fsync(fd):
         calls.append(fd)
         if len(calls) == 1:
-            atomic_write_json(tmp_path / "out.json", {"inner": True})
+            atomic_write_json(inner, {"inner": True})
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    atomic_write_json(tmp_path / "out.json", {"outer": True})
+    atomic_write_json(outer, {"outer": True})
     assert json.loads((tmp_path / "out.json").read_text()) == {"outer": True}
     assert _temps(tmp_path, "out.json") == []
 

@@ -49,7 +49,7 @@ _TEMP_TAG = "plab"
 _ACTIVE: set[str] = set()
 _ACTIVE_LOCK = threading.Lock()
 
-_ERRNO_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_ERRNO_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _umask() -> int:
@@ -81,12 +81,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
-    return "not a regular file"
+    return "a special file"
 
 
 def output_target(path: str | os.PathLike) -> Path:
@@ -150,7 +150,7 @@ def _abandoned(name: str, dest: Path, age: float) -> bool:
     if host == _host_tag():
         if pid == os.getpid():
             with _ACTIVE_LOCK:
-                return str(dest.parent / name) not in _ACTIVE
+                return os.path.abspath(dest.parent / name) not in _ACTIVE
         if not pid_alive(pid):
             return True
     return age > STALE_TEMP_AGE_S  # another host, or a PID reused by another process
@@ -209,8 +209,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], object], *, bin
                                    suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise _write_error(path, exc) from exc
+    active = os.path.abspath(tmp)
     with _ACTIVE_LOCK:
-        _ACTIVE.add(tmp)
+        _ACTIVE.add(active)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the
         # umask), so a checkpoint or report written here is readable by whoever may read the folder.
@@ -229,7 +230,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], object], *, bin
         raise
     finally:
         with _ACTIVE_LOCK:
-            _ACTIVE.discard(tmp)
+            _ACTIVE.discard(active)
     return path
 
 
@@ -294,11 +295,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
     start = path
     if folder:
         if path.exists() and not path.is_dir():
-            with contextlib.suppress(OSError):
-                mode = os.stat(path).st_mode
-                if not stat.S_ISREG(mode):
-                    raise PrunelabError(f"cannot write into {path}: it is {_kind(mode)}, not a folder")
-            raise PrunelabError(f"cannot write into {path}: it is a file, not a folder")
+            raise PrunelabError(f"cannot write into {path}: it is {_kind(os.stat(path).st_mode)}, not a folder")
     else:
         start = output_target(path).parent
     existing = _nearest_existing(start.absolute())

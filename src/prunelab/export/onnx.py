@@ -205,8 +205,9 @@ def to_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLik
             opset: int = DEFAULT_OPSET, exporter: str = "auto", check: bool = True, rtol: float = 1e-4) -> OnnxExport:
     """Export ``model`` to an ONNX file at ``path`` (written atomically) and, with ``check``, verify
     that ONNX Runtime reproduces eager PyTorch within ``rtol`` (relative error of the output)."""
-    from prunelab.io import atomic_write_bytes
+    from prunelab.io import atomic_write_bytes, output_target
 
+    output_target(path)  # a device, pipe or folder at ``path`` is refused before the export's work
     data = onnx_bytes_of(model, input_shape, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter)
     max_abs = rel = None
     if check:
