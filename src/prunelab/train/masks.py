@@ -112,7 +112,8 @@ class MaskEnforcer:
 
     :meth:`refresh` reads the model's masks; :meth:`enforce` zeroes now; :meth:`after_step` is what
     the trainer calls after every optimiser step: it re-reads the masks first if one was attached or
-    removed since (see :func:`masks_generation`), and costs one attribute check on a dense model.
+    removed since (see :func:`masks_generation`), and costs one comparison on a dense model;
+    :meth:`sync` catches up after callbacks that may have pruned.
     """
 
     def __init__(self) -> None:
@@ -138,7 +139,15 @@ class MaskEnforcer:
             mask_optimizer_state_(optimizer, zip(self.params, self.masks))
 
     def after_step(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Zero the pruned weights and their optimiser state (after an optimiser step)."""
         if self._generation != _generation and self.model is not None:
             self.refresh(self.model)
         if self.params:
+            self.enforce(optimizer)
+
+    def sync(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Enforce at once if a mask was attached or removed since the masks were read (after the
+        callbacks of an epoch start or a step, which may prune), else do nothing."""
+        if self._generation != _generation and self.model is not None:
+            self.refresh(self.model)
             self.enforce(optimizer)

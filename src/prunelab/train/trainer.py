@@ -233,9 +233,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # Masks are read after on_fit_start (callbacks may attach them), the resume and the DDP
         # broadcast, and enforced once before the first step (a mask attached to trained weights).
-        self.masks.refresh(self.model)
-        self.masks.enforce(self.optimizer)
         masks = self.masks
+        masks.refresh(self.model)
+        masks.enforce(self.optimizer)
         x_train, y_train = self._split_tensors("train")
         spe, bsz = self.steps_per_epoch, cfg.batch_size
         max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
@@ -252,6 +252,7 @@ class Trainer:
                 self._reset_epoch_metrics()
                 for fn in hooks["on_epoch_start"]:
                     fn(self)
+                masks.sync(opt)
             self.model.train()
             order = self.epoch_indices(epoch)
             dy, dx, flip = self.epoch_augment_params(epoch) if aug is not None else (None, None, None)
@@ -294,6 +295,7 @@ class Trainer:
                 self._epoch_lrs.append(self._last_lr)
                 for fn in hooks["on_step_end"]:
                     fn(self)
+                masks.sync(opt)
                 if bar is not None:
                     bar.update(1)
                 if self.stop or self.step >= max_steps:
