@@ -324,7 +324,7 @@ UNSTRUCTURED_PATHS = {"api-train": _api_train, "cli-train": _cli_train, "cli-pru
 
 @pytest.mark.filterwarnings("ignore:layer collapse", "ignore:training ended before")
 @pytest.mark.parametrize("path", list(UNSTRUCTURED_PATHS))
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(m=masks, r=recipes)
 def test_unstructured_masks_hold_after_every_step_and_after_save_and_load(path, digits, m, r):
     import tempfile
@@ -419,7 +419,7 @@ STRUCTURED_PATHS = {"api": _structured_api, "cli-prune": _structured_cli, "resum
 
 @pytest.mark.filterwarnings("ignore:training ended before")
 @pytest.mark.parametrize("path", list(STRUCTURED_PATHS))
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(s=structured_cases, r=recipes)
 def test_soft_channel_masks_hold_after_every_step_and_after_save_and_load(path, digits, s, r):
     import tempfile
