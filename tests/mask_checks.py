@@ -1,4 +1,5 @@
-"""Checks that masks hold, read independently of prunelab's mask helpers (tests and their DDP workers).
+"""Checks that masks hold, read independently of prunelab's mask helpers, and the cases the property
+tests draw (shared by ``test_masks_hold.py`` and its DDP worker processes).
 
 Masks are found by the ``<param>_mask`` buffer name alone; weights, optimiser state and saved
 state_dicts are read as plain tensors. :func:`observed` appends a :class:`HoldCheck` to every
@@ -12,11 +13,16 @@ import contextlib
 from unittest import mock
 
 import torch
+from hypothesis import strategies as st
 from torch import nn
 
 from prunelab.checkpoint import load_model
-from prunelab.prune.structured import StructuredPruner
-from prunelab.train import Callback, Trainer
+from prunelab.models import ArchSpec
+from prunelab.prune.structured import StructuredConfig, StructuredPruner, Target
+from prunelab.train import Callback, TrainConfig, Trainer
+
+#: the model every case trains: two hidden Linear-BN-ReLU layers on the 64 pixels of the digits
+MLP = ArchSpec("mlp", {"hidden_widths": [16, 12], "in_features": 64, "num_classes": 10})
 
 
 def masks_of(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -133,3 +139,43 @@ def observed():
     with mock.patch.object(Trainer, "__init__", init_trainer), \
             mock.patch.object(StructuredPruner, "__init__", init_pruner):
         yield checks
+
+
+# ------------------------------------------------------------------- the cases the property tests draw
+#: what the trainer is asked to do (optimiser and its state, weight decay, the run length)
+recipes = st.fixed_dictionaries({
+    "optimizer": st.sampled_from(["sgd", "adam"]),
+    "momentum": st.sampled_from([0.0, 0.9]),
+    "nesterov": st.booleans(),
+    "weight_decay": st.sampled_from([0.0, 5e-3]),
+    "lr": st.sampled_from([0.01, 0.1]),
+    "steps": st.integers(2, 5),
+    "seed": st.integers(0, 50),
+})
+#: which weights are masked
+masks = st.fixed_dictionaries({
+    "method": st.sampled_from(["global", "uniform", "random"]),
+    "sparsity": st.sampled_from([0.3, 0.5, 0.75, 0.9]),
+})
+
+
+def recipe_config(r: dict, **kw) -> TrainConfig:
+    nesterov = r["nesterov"] and r["optimizer"] == "sgd" and r["momentum"] > 0
+    return TrainConfig(epochs=kw.pop("epochs", 1), batch_size=64, lr=r["lr"], optimizer=r["optimizer"],
+                       momentum=r["momentum"], nesterov=nesterov, weight_decay=r["weight_decay"], schedule="constant",
+                       device="cpu", seed=r["seed"], max_steps=kw.pop("max_steps", r["steps"]), **kw)
+
+
+structured_cases = st.fixed_dictionaries({
+    "criterion": st.sampled_from(["l1", "fisher", "bn", "random"]),
+    "every": st.integers(1, 2),
+    "per_prune": st.integers(1, 3),
+    "ratio": st.sampled_from([0.5, 0.7]),
+})
+
+
+def structured_pruner(model, s: dict, seed: int) -> StructuredPruner:
+    params = sum(p.numel() for p in model.parameters())
+    cfg = StructuredConfig(criterion=s["criterion"], prune_every=s["every"], channels_per_prune=s["per_prune"],
+                           target=Target("params", params * s["ratio"]), seed=seed)
+    return StructuredPruner(model, cfg, (1, 8, 8), spec=MLP)

@@ -22,29 +22,33 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 import prunelab.data as D
 from mask_checks import (
+    MLP,
     assert_saved_zero_under_masks,
     assert_zero_under_masks,
     mask_state,
+    masks,
     masks_of,
     observed,
+    recipe_config,
+    recipes,
+    structured_cases,
+    structured_pruner,
 )
 from prunelab.checkpoint import load_model
 from prunelab.cli import main
 from prunelab.errors import PrunelabError
 from prunelab.io import save_checkpoint
-from prunelab.models import ArchSpec, create
-from prunelab.prune.structured import StructuredConfig, StructuredPruner, Target
+from prunelab.models import create
+from prunelab.prune.structured import StructuredPruner
 from prunelab.prune.unstructured import PruneConfig, kept_count, prune, prune_global
 from prunelab.train import Callback, TrainConfig, Trainer, train
 
 torch.set_num_threads(1)
 
-MLP = ArchSpec("mlp", {"hidden_widths": [16, 12], "in_features": 64, "num_classes": 10})
 FAST = ["--data", "digits", "--batch-size", "64", "--device", "cpu"]
 
 
@@ -200,30 +204,6 @@ def test_divergence_names_the_first_bad_step_and_keeps_the_last_good_state(digit
 
 
 # ------------------------------------------------------------------ property: every training path
-#: what the trainer is asked to do (optimiser and its state, weight decay, the run length)
-recipes = st.fixed_dictionaries({
-    "optimizer": st.sampled_from(["sgd", "adam"]),
-    "momentum": st.sampled_from([0.0, 0.9]),
-    "nesterov": st.booleans(),
-    "weight_decay": st.sampled_from([0.0, 5e-3]),
-    "lr": st.sampled_from([0.01, 0.1]),
-    "steps": st.integers(2, 5),
-    "seed": st.integers(0, 50),
-})
-#: which weights are masked
-masks = st.fixed_dictionaries({
-    "method": st.sampled_from(["global", "uniform", "random"]),
-    "sparsity": st.sampled_from([0.3, 0.5, 0.75, 0.9]),
-})
-
-
-def recipe_config(r: dict, **kw) -> TrainConfig:
-    nesterov = r["nesterov"] and r["optimizer"] == "sgd" and r["momentum"] > 0
-    return TrainConfig(epochs=kw.pop("epochs", 1), batch_size=64, lr=r["lr"], optimizer=r["optimizer"],
-                       momentum=r["momentum"], nesterov=nesterov, weight_decay=r["weight_decay"], schedule="constant",
-                       device="cpu", seed=r["seed"], max_steps=kw.pop("max_steps", r["steps"]), **kw)
-
-
 def recipe_flags(r: dict, **kw) -> list[str]:
     c = recipe_config(r, **kw)
     return [*FAST, "--optimizer", c.optimizer, "--momentum", str(c.momentum), "--weight-decay", str(c.weight_decay),
@@ -335,21 +315,6 @@ def test_unstructured_masks_hold_after_every_step_and_after_save_and_load(path, 
     assert trained and all(c.steps >= 2 for c in trained), [(c.steps, c.checked) for c in checks]
 
 
-structured_cases = st.fixed_dictionaries({
-    "criterion": st.sampled_from(["l1", "fisher", "bn", "random"]),
-    "every": st.integers(1, 2),
-    "per_prune": st.integers(1, 3),
-    "ratio": st.sampled_from([0.5, 0.7]),
-})
-
-
-def structured_pruner(model, s: dict, seed: int) -> StructuredPruner:
-    params = sum(p.numel() for p in model.parameters())
-    cfg = StructuredConfig(criterion=s["criterion"], prune_every=s["every"], channels_per_prune=s["per_prune"],
-                           target=Target("params", params * s["ratio"]), seed=seed)
-    return StructuredPruner(model, cfg, (1, 8, 8), spec=MLP)
-
-
 def assert_compressed_equals_masked(pruner: StructuredPruner, path, x: torch.Tensor) -> None:
     """The saved compressed model, loaded back, has the kept widths and computes the masked model."""
     from prunelab.prune.structured import save_pruned
@@ -437,12 +402,12 @@ DDP_WORKER = textwrap.dedent('''
     from hypothesis import strategies as st
 
     import prunelab.data as D
-    from mask_checks import HoldCheck, assert_zero_under_masks, mask_state
+    from mask_checks import (MLP, HoldCheck, assert_zero_under_masks, masks, recipe_config, recipes,
+                             structured_cases, structured_pruner)
     from prunelab.models import create
     from prunelab.prune.unstructured import PruneConfig, prune
     from prunelab.train import Trainer
     from prunelab.train import distributed as dist
-    from test_masks_hold import MLP, masks, recipe_config, recipes, structured_cases, structured_pruner
 
     torch.set_num_threads(1)
     out = sys.argv[1]
