@@ -6,10 +6,11 @@
     prunes a fresh copy; the copies are made outside the timed region; the two are interleaved and
     the medians compared.
 (b) One training step (forward, backward, SGD with momentum and weight decay) of CIFAR ResNet-20 at
-    batch 128, dense vs masked (90 % global MP, :class:`MaskCallback` re-applying masks and clearing
-    momentum after the step). Steps are interleaved call by call and medians compared; the cost of the
-    mask enforcement alone is timed too, since on a noisy shared machine it is far below the noise of
-    a whole step, and an identical dense copy is timed alongside as a control for the noise.
+    batch 128, dense vs masked (90 % global MP; :class:`~prunelab.train.masks.MaskEnforcer` re-applies
+    the masks and clears momentum after the step, as ``Trainer`` does for every model). Steps are
+    interleaved call by call and medians compared; the cost of the mask enforcement alone is timed
+    too, since on a noisy shared machine it is far below the noise of a whole step, and an identical
+    dense copy is timed alongside as a control for the noise.
 
 Usage: ``python benchmarks/unstructured.py [--threads 1] [--reps 5] [--steps 20] [--skip-a | --skip-b]``
 """
@@ -27,7 +28,8 @@ from torch import nn
 
 from prunelab.measure.latency import time_interleaved
 from prunelab.models import create
-from prunelab.prune.unstructured import MaskCallback, PruneConfig, get_mask, prune
+from prunelab.prune.unstructured import PruneConfig, get_mask, prune
+from prunelab.train.masks import MaskEnforcer
 
 
 def conv_linear(model: nn.Module) -> list[nn.Module]:
@@ -76,29 +78,23 @@ def bench_masked_step(steps: int, batch: int = 128) -> dict:
     x = torch.randn(batch, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
 
-    class _T:  # what MaskCallback reads from a trainer
-        pass
-
     runs = {}
     for name, model in (("dense", dense), ("dense (control copy)", control), ("masked", masked)):
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        cb = MaskCallback() if name == "masked" else None
-        t = _T()
-        t.model, t.optimizer = model, opt
-        if cb is not None:
-            cb.on_fit_start(t)
+        masks = MaskEnforcer()
+        masks.refresh(model)  # no masks on the dense models: after_step is one check, as in the trainer
+        masks.enforce(opt)
 
-        def step(model=model, opt=opt, cb=cb, t=t):
+        def step(model=model, opt=opt, masks=masks):
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-            if cb is not None:
-                cb.on_step_end(t)
+            masks.after_step(opt)
 
         runs[name] = step
-        if cb is not None:
-            runs["mask enforcement only"] = lambda cb=cb, t=t: cb.on_step_end(t)
+        if name == "masked":
+            runs["mask enforcement only"] = lambda masks=masks, opt=opt: masks.after_step(opt)
     samples = time_interleaved(runs, warmup=3, repeats=steps)
     med = {k: statistics.median(v) for k, v in samples.items()}
     for m in conv_linear(masked):

@@ -89,7 +89,7 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
 
     Each flag maps one-to-one onto a :class:`prunelab.train.config.TrainConfig` field.
     """
-    from prunelab.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+    from prunelab.train.config import NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig().to_dict()
     d.update(defaults or {})
@@ -130,6 +130,9 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     g.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], metavar="N")
     g.add_argument("--resume", action="store_true", default=d["resume"],
                    help="continue from the training state at --state if it exists")
+    g.add_argument("--on-nonfinite", choices=NONFINITE_ACTIONS, default=d["on_nonfinite"],
+                   help="a NaN or infinite loss or weight (checked at every epoch end): stop with one line "
+                        "(exit 2, nothing written), or warn and train on")
 
 
 def train_config_from_args(args) -> Any:

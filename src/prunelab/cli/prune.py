@@ -83,6 +83,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--rewind-epoch", type=int, default=None,
                    help="iterative: rewind surviving weights to this epoch of the first training run")
     g.add_argument("--snip-batch", type=int, default=128, help="snip: number of training samples scored")
+    g.add_argument("--allow-regrow", action="store_true",
+                   help="let a --sparsity below the model's present one revive already-pruned weights (default: "
+                        "they stay pruned, the sparsity stays where it was, and a warning says how many)")
     g.add_argument("--keep-first-dense", action="store_true", help="leave the first Conv/Linear layer dense")
     g.add_argument("--keep-last-dense", action="store_true", help="leave the last Conv/Linear layer dense")
     g.add_argument("--include-types", nargs="+", choices=sorted(LAYER_TYPES), default=["conv", "linear"])
@@ -167,7 +170,8 @@ def _prune_config(args):
     if args.method == "lowrank":
         return None, selection
     return PruneConfig(args.method, args.sparsity if args.sparsity is not None else 0.0, layer_sparsity,
-                       args.mt, args.mt_percent, selection, seed=args.seed).validate(), selection
+                       args.mt, args.mt_percent, selection, seed=args.seed,
+                       allow_regrow=args.allow_regrow).validate(), selection
 
 
 def _check_args(args, train_config) -> None:
@@ -186,6 +190,8 @@ def _check_args(args, train_config) -> None:
             raise PrunelabError("--method lowrank needs either --sparsity (fraction of rank columns) or --ranks")
         if args.mt is not None or args.mt_percent is not None or args.layer_sparsity:
             raise PrunelabError("--mt, --mt-percent and --layer-sparsity do not apply to --method lowrank")
+        if args.allow_regrow:
+            raise PrunelabError("--allow-regrow does not apply to --method lowrank (removed rank columns never return)")
     elif args.ranks:
         raise PrunelabError("--ranks applies to --method lowrank only")
     if args.method == "layerwise" and args.prune_schedule != "oneshot":
@@ -239,7 +245,6 @@ def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import atomic_write_json, save_checkpoint
     from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
-    from prunelab.prune.unstructured.masks import MaskCallback
     from prunelab.prune.unstructured.pruner import check_feasible, prune
     from prunelab.prune.unstructured.report import build_report
     from prunelab.prune.unstructured.schedules import (
@@ -306,12 +311,12 @@ def run(args) -> int:
                                        warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
+            Trainer(model, data, train_config).fit()  # the trainer holds the masks
     elif args.prune_schedule == "oneshot":
         report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
+            Trainer(model, data, train_config).fit()  # the trainer holds the masks
     elif args.prune_schedule == "gradual":
         gradual = GradualPruning(prune_config, schedule)
         Trainer(model, data, train_config, callbacks=[gradual]).fit()

@@ -5,7 +5,9 @@
 The model is built with the dataset's number of classes; if its input shape differs from the data's
 and it cannot run on the data's inputs, the command stops with both shapes named. The checkpoint
 (``--out``) holds the architecture spec, the weights and the training summary; ``--json`` prints the
-summary (accuracy, parameters, MACs, history) as JSON.
+summary (accuracy, parameters, MACs, history) as JSON. A pruned checkpoint keeps its masks: the
+trainer holds every pruned weight at zero. A run whose loss or weights go NaN or infinite stops with
+one line and writes nothing (``--on-nonfinite warn`` trains on instead).
 """
 
 from __future__ import annotations

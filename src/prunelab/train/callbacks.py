@@ -2,11 +2,12 @@
 
 Pruning interleaves with training in every seed paper: masks re-applied after each optimiser step
 (Gupta et al.), a channel removed every K steps with Fisher scores accumulated in between
-(Crowley et al.), gates clamped after each step (Wang et al.). All of that is a :class:`Callback`.
+(Crowley et al.), gates clamped after each step (Wang et al.). Weight masks are held by the trainer
+itself (:mod:`prunelab.train.masks`), so no path can forget them; the rest is a :class:`Callback`.
 The trainer calls the hooks in this order for every batch::
 
     on_batch_start -> forward -> loss -> backward -> on_after_backward -> optimizer.step()
-    -> scheduler.step() -> on_step_end
+    -> masks re-applied -> scheduler.step() -> on_step_end
 
 and around them ``on_fit_start`` (before a checkpoint is resumed), ``on_epoch_start`` /
 ``on_epoch_end(trainer, history_row)`` for every complete epoch, and ``on_fit_end``.

@@ -15,6 +15,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "constant", "step", "linear")
 LR_STEPS = ("iteration", "epoch")
 AMP_DTYPES = ("bfloat16", "float16")
+NONFINITE_ACTIONS = ("stop", "warn")  # what a NaN / infinite loss or weight does (prunelab.train.divergence)
 
 
 class TrainSettingError(PrunelabError):
@@ -91,7 +92,9 @@ class TrainConfig:
     the autocast type on CUDA (float16 adds a GradScaler). ``drop_last`` drops the incomplete last
     batch of every epoch. ``checkpoint`` is a path for a resumable training state written every
     ``checkpoint_every`` epochs and when training stops; with ``resume`` an existing state there is
-    loaded and training continues where it stopped.
+    loaded and training continues where it stopped. ``on_nonfinite`` is what a NaN or infinite loss
+    (or weight) does, checked at every epoch end: ``stop`` raises a one-line error naming the epoch,
+    the step and the learning rate; ``warn`` warns once and trains on.
     """
 
     epochs: int = 10
@@ -123,6 +126,7 @@ class TrainConfig:
     checkpoint: str | None = None
     checkpoint_every: int = 1
     resume: bool = False
+    on_nonfinite: str = "stop"
 
     def check_types(self, strict: bool = True) -> TrainConfig:
         """Check every field against its declared type (see :meth:`from_dict`); ``strict=False`` checks
@@ -155,6 +159,9 @@ class TrainConfig:
             raise PrunelabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_step not in LR_STEPS:
             raise PrunelabError(f"unknown lr_step {self.lr_step!r}; valid choices: {', '.join(LR_STEPS)}")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise PrunelabError(f"unknown on_nonfinite {self.on_nonfinite!r}; valid choices: "
+                                f"{', '.join(NONFINITE_ACTIONS)}")
         if self.amp_dtype not in AMP_DTYPES:
             raise PrunelabError(f"unknown amp_dtype {self.amp_dtype!r}; valid choices: {', '.join(AMP_DTYPES)}")
         if self.max_steps is not None and self.max_steps < 0:

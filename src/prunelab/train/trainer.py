@@ -15,7 +15,15 @@ run ends with the same weights as an uninterrupted one.
 Per batch the hooks run in this order (see :mod:`prunelab.train.callbacks`)::
 
     on_batch_start -> forward -> loss -> backward -> on_after_backward -> optimizer.step()
-    -> scheduler.step() -> on_step_end
+    -> masks re-applied -> scheduler.step() -> on_step_end
+
+Masks: every ``<param>_mask`` buffer on the model (:mod:`prunelab.train.masks`) is enforced by the
+trainer itself, whoever trains it and with whatever callbacks: after each optimiser step the pruned
+weights and their optimiser state are zeroed again, so no path can train a pruned weight back.
+
+Divergence: at each epoch end (where the losses are read back anyway) a NaN or infinite loss, or
+weights gone NaN / infinite, stop the run with one line (``on_nonfinite='stop'``, the default) before
+anything is evaluated or checkpointed, or warn once (``'warn'``); see :mod:`prunelab.train.divergence`.
 
 ``on_fit_start`` runs before any checkpoint is resumed, ``on_epoch_start`` at the start of each epoch
 (not again when a run resumes inside an epoch), ``on_epoch_end(trainer, row)`` after each complete
@@ -28,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,14 @@ from prunelab.io import atomic_torch_save, torch_load
 from prunelab.train import distributed as ddp
 from prunelab.train.callbacks import Callback
 from prunelab.train.config import TrainConfig
+from prunelab.train.divergence import (
+    DivergenceWarning,
+    TrainingDiverged,
+    describe_loss,
+    divergence_message,
+    first_nonfinite_parameter,
+)
+from prunelab.train.masks import MaskEnforcer
 from prunelab.train.optim import build_optimizer, build_scheduler
 
 STATE_FORMAT = "prunelab-train-state"
@@ -107,7 +124,8 @@ class Trainer:
     other parameters keep their gradients (cleared every step) but get no optimiser state and no
     weight decay. Attributes: ``model`` (the plain module, never the DDP wrapper), ``optimizer``,
     ``scheduler``, ``step`` (optimiser steps taken), ``epoch`` (current epoch, 0-based), ``device``,
-    ``stop`` (set True to end after the current step), ``config``, ``data``, ``history``.
+    ``stop`` (set True to end after the current step), ``config``, ``data``, ``history``, ``masks``
+    (the :class:`~prunelab.train.masks.MaskEnforcer` holding the model's weight masks).
     """
 
     def __init__(self, model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
@@ -152,11 +170,14 @@ class Trainer:
         self._epoch_loss: list[torch.Tensor] = []
         self._epoch_sizes: list[int] = []
         self._epoch_correct: list[torch.Tensor] = []
+        self._epoch_lrs: list[float] = []
         self._carry = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count restored from a checkpoint
         self._elapsed = 0.0
         self._last_lr = float(self.optimizer.param_groups[0]["lr"])
         self._resumed = False
         self._net: nn.Module = self.model
+        self.masks = MaskEnforcer()
+        self._warned_nonfinite = False
 
     # ----------------------------------------------------------------------------------------- data
     def _count_steps(self, n: int) -> int:
@@ -210,6 +231,11 @@ class Trainer:
 
             self._net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # Masks are read after on_fit_start (callbacks may attach them), the resume and the DDP
+        # broadcast, and enforced once before the first step (a mask attached to trained weights).
+        masks = self.masks
+        masks.refresh(self.model)
+        masks.enforce(self.optimizer)
         x_train, y_train = self._split_tensors("train")
         spe, bsz = self.steps_per_epoch, cfg.batch_size
         max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
@@ -226,6 +252,7 @@ class Trainer:
                 self._reset_epoch_metrics()
                 for fn in hooks["on_epoch_start"]:
                     fn(self)
+                masks.sync(opt)
             self.model.train()
             order = self.epoch_indices(epoch)
             dy, dx, flip = self.epoch_augment_params(epoch) if aug is not None else (None, None, None)
@@ -258,14 +285,17 @@ class Trainer:
                     scaler.update()
                 else:
                     opt.step()
+                masks.after_step(opt)
                 sched.step()
                 self.step += 1
                 self._batch_in_epoch = b + 1
                 self._epoch_loss.append(loss.detach())
                 self._epoch_sizes.append(y.shape[0])
                 self._epoch_correct.append((out.detach().argmax(1) == y).sum())
+                self._epoch_lrs.append(self._last_lr)
                 for fn in hooks["on_step_end"]:
                     fn(self)
+                masks.sync(opt)
                 if bar is not None:
                     bar.update(1)
                 if self.stop or self.step >= max_steps:
@@ -273,6 +303,7 @@ class Trainer:
                     break
             if self._batch_in_epoch < spe:  # stopped inside the epoch
                 self._elapsed = time.perf_counter() - start
+                self._check_finite(ddp.all_reduce_(self._epoch_sums(), "sum"))
                 if cfg.checkpoint:
                     self.save_state(cfg.checkpoint)
                 break
@@ -308,7 +339,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- metrics
     def _reset_epoch_metrics(self) -> None:
-        self._epoch_loss, self._epoch_sizes, self._epoch_correct = [], [], []
+        self._epoch_loss, self._epoch_sizes, self._epoch_correct, self._epoch_lrs = [], [], [], []
         self._carry = torch.zeros(3, dtype=torch.float64)
 
     def _epoch_sums(self) -> torch.Tensor:
@@ -321,8 +352,37 @@ class Trainer:
                                  sizes.sum()]).cpu()
         return sums
 
+    def _check_finite(self, sums: torch.Tensor) -> None:
+        """Stop (or warn once) when this epoch's loss sum (all ranks) or a weight is NaN or infinite."""
+        if self._warned_nonfinite:
+            return
+        if not math.isfinite(float(sums[0])):
+            epoch, step, what, lr = self._first_nonfinite_loss()
+        else:
+            name = first_nonfinite_parameter(self.model.named_parameters())
+            if name is None:
+                return
+            epoch, step, what, lr = self.epoch + 1, self.step, f"weight {name} holds nan or inf", self._last_lr
+        stop = self.config.on_nonfinite == "stop"
+        message = divergence_message(epoch, step, what, lr, stop)
+        if stop:
+            raise TrainingDiverged(message, epoch=epoch, step=step, lr=lr)
+        self._warned_nonfinite = True
+        warnings.warn(message, DivergenceWarning, stacklevel=4)
+
+    def _first_nonfinite_loss(self) -> tuple[int, int, str, float]:
+        """(epoch from 1, step, description, lr) of this epoch's first non-finite loss on any rank."""
+        if not self._epoch_loss:  # only the sums carried from a resumed state are bad
+            return self.epoch + 1, self.step, "loss is nan", self._last_lr
+        losses = torch.stack(self._epoch_loss).float().cpu()
+        finite = ddp.all_reduce_(torch.isfinite(losses).double(), "min")
+        i = int(torch.nonzero(finite == 0)[0]) if bool((finite == 0).any()) else 0
+        value = float(losses[i]) if not math.isfinite(float(losses[i])) else float("nan")
+        return self.epoch + 1, self.step - len(self._epoch_loss) + i + 1, describe_loss(value), self._epoch_lrs[i]
+
     def _history_row(self, epoch_mark: float, evaluate: bool, start: float) -> dict[str, Any]:
         sums = ddp.all_reduce_(self._epoch_sums(), "sum")
+        self._check_finite(sums)
         n = max(float(sums[2]), 1.0)
         row: dict[str, Any] = {"epoch": epoch_mark, "step": self.step, "lr": float(self._last_lr),
                                "train_loss": float(sums[0]) / n, "train_acc": float(sums[1]) / n}
@@ -445,7 +505,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._batch_in_epoch = int(state["batch_in_epoch"])
-        self._epoch_loss, self._epoch_sizes, self._epoch_correct = [], [], []
+        self._epoch_loss, self._epoch_sizes, self._epoch_correct, self._epoch_lrs = [], [], [], []
         self._carry = torch.zeros(3, dtype=torch.float64)
         if self._batch_in_epoch:
             self._carry = state["epoch_sums"].double().clone()

@@ -36,7 +36,13 @@ from prunelab.prune.unstructured.pruner import (
     prune_snip,
     prune_uniform,
 )
-from prunelab.prune.unstructured.report import LayerCollapseWarning, LayerReport, PruneReport, outputs_connected
+from prunelab.prune.unstructured.report import (
+    LayerCollapseWarning,
+    LayerReport,
+    PruneReport,
+    RegrowWarning,
+    outputs_connected,
+)
 from prunelab.prune.unstructured.schedules import (
     GradualPruning,
     GradualSchedule,
@@ -60,6 +66,7 @@ __all__ = [
     "PrunableLayer",
     "PruneConfig",
     "PruneReport",
+    "RegrowWarning",
     "apply_masks_",
     "attach_masks_from_state_dict",
     "check_feasible",

@@ -9,7 +9,7 @@ their absolute sum and removes the lowest ones (``9 - r_W`` of them for ``W``, `
 then fine-tunes with the masks re-applied. Here the removal is global magnitude over all factor pairs'
 columns (exact count, ties to the earlier column), or given target ranks per pair; a removed component
 masks its row of ``first`` and its column of ``second`` with the usual ``weight_mask`` buffers, so
-:class:`~prunelab.prune.unstructured.masks.MaskCallback` keeps it removed during fine-tuning.
+the trainer keeps it removed during fine-tuning (:mod:`prunelab.train.masks`).
 
 Pairs are found by tracing: a bias-free Linear whose input is the output tensor of another bias-free
 Linear (two linear maps with nothing in between are one factorised matrix, full rank or not); pass

@@ -3,36 +3,41 @@
 A pruned module keeps its ``weight`` parameter as is and gains one boolean buffer ``weight_mask``
 (state_dict key ``<module>.weight_mask``). Unlike ``torch.nn.utils.prune`` there is no
 ``weight_orig`` copy and no forward pre-hook: pruned entries are stored as exact zeros, so the
-forward pass costs nothing extra. They stay zero because :class:`MaskCallback` multiplies each
-weight by its mask in place after every optimiser step and clears the optimiser state (SGD
-momentum, Adam ``exp_avg`` / ``exp_avg_sq``) of pruned entries, the procedure of Gupta et al.
-(2022, ``Global MP/prune.py``: masks re-applied after each step), with the momentum leak that
-section 6 item 4 of the seed notes warns about closed.
+forward pass costs nothing extra. They stay zero because the trainer re-applies every mask on the
+model after each optimiser step and clears the optimiser state (SGD momentum, Adam ``exp_avg`` /
+``exp_avg_sq``) of pruned entries (:mod:`prunelab.train.masks`, which owns the buffer convention),
+the procedure of Gupta et al. (2022, ``Global MP/prune.py``: masks re-applied after each step), with
+the momentum leak closed. :class:`MaskCallback` does the same in a training loop of your own.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.train.callbacks import Callback
+from prunelab.train.masks import (
+    MASK_SUFFIX,
+    MaskEnforcer,
+    apply_masks_,
+    attach_mask,
+    detach_mask,
+    get_mask,
+    mask_optimizer_state_,
+    masked_tensors,
+)
 
-MASK_SUFFIX = "_mask"
-
-
-def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
-    """The boolean mask buffer of ``module.<name>``, or None if the tensor is not masked."""
-    return module._buffers.get(name + MASK_SUFFIX)
+__all__ = ["MASK_SUFFIX", "MaskCallback", "apply_masks_", "attach_masks_from_state_dict", "ensure_mask", "get_mask",
+           "is_masked", "mask_counts", "mask_optimizer_state_", "masked_tensors", "remove_mask", "set_mask", "strip"]
 
 
 def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *, copy: bool = True) -> torch.Tensor:
     """Attach ``mask`` to ``module.<name>`` (or overwrite the existing buffer in place) and zero
     the pruned entries. Returns the buffer. Overwriting in place keeps the buffer object, so
-    optimisers and callbacks holding a reference see the new mask. ``copy=False`` lets a new buffer
+    optimisers and trainers holding a reference see the new mask. ``copy=False`` lets a new buffer
     take ``mask`` itself (for a fresh tensor nobody else holds)."""
     param = getattr(module, name)
     if mask.numel() != param.numel():
@@ -40,8 +45,7 @@ def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *, cop
     mask = mask.to(device=param.device, dtype=torch.bool).view(param.shape)
     buf = get_mask(module, name)
     if buf is None:
-        module.register_buffer(name + MASK_SUFFIX, mask.clone() if copy else mask, persistent=True)
-        buf = get_mask(module, name)
+        buf = attach_mask(module, mask.clone() if copy else mask, name)
     else:
         buf.copy_(mask)
     with torch.no_grad():
@@ -53,27 +57,13 @@ def ensure_mask(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """The mask of ``module.<name>``, attaching an all-True one first if it has none."""
     buf = get_mask(module, name)
     if buf is None:
-        param = getattr(module, name)
-        module.register_buffer(name + MASK_SUFFIX, torch.ones_like(param, dtype=torch.bool), persistent=True)
-        buf = get_mask(module, name)
+        buf = attach_mask(module, torch.ones_like(getattr(module, name), dtype=torch.bool), name)
     return buf
 
 
 def remove_mask(module: nn.Module, name: str = "weight") -> None:
     """Drop the mask buffer (the weight keeps its zeros)."""
-    module._buffers.pop(name + MASK_SUFFIX, None)
-
-
-def masked_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.nn.Parameter, torch.Tensor]]:
-    """Yield ``(module_path, module, param_name, param, mask)`` for every masked parameter."""
-    for path, module in model.named_modules():
-        for bname, buf in module._buffers.items():
-            if buf is None or not bname.endswith(MASK_SUFFIX):
-                continue
-            pname = bname[: -len(MASK_SUFFIX)]
-            param = module._parameters.get(pname)
-            if isinstance(param, nn.Parameter) and buf.dtype == torch.bool and buf.shape == param.shape:
-                yield path, module, pname, param, buf
+    detach_mask(module, name)
 
 
 def is_masked(model: nn.Module) -> bool:
@@ -101,18 +91,7 @@ def attach_masks_from_state_dict(model: nn.Module, state_dict: dict[str, torch.T
             raise PrunelabError(
                 f"checkpoint mask {key} has shape {tuple(value.shape)} but {path}.{pname} has {tuple(param.shape)}"
             )
-        module.register_buffer(bname, torch.ones_like(param, dtype=torch.bool), persistent=True)
-    return model
-
-
-@torch.no_grad()
-def apply_masks_(model: nn.Module) -> nn.Module:
-    """Zero every masked entry of ``model`` in place (after loading weights, or any update)."""
-    params, masks = [], []
-    for _, _, _, param, mask in masked_tensors(model):
-        params.append(param)
-        masks.append(mask)
-    _mul_(params, masks)
+        attach_mask(module, torch.ones_like(param, dtype=torch.bool), pname)
     return model
 
 
@@ -138,64 +117,35 @@ def mask_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _mul_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
-    if not tensors:
-        return
-    try:
-        torch._foreach_mul_(tensors, masks)
-    except (RuntimeError, TypeError, AttributeError):
-        for t, m in zip(tensors, masks):
-            t.mul_(m)
-
-
-@torch.no_grad()
-def mask_optimizer_state_(optimizer: torch.optim.Optimizer, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Zero the optimiser state of pruned entries: every state tensor shaped like its parameter
-    (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``...)."""
-    tensors, masks = [], []
-    state = optimizer.state
-    for param, mask in pairs:
-        st = state.get(param)
-        if not st:
-            continue
-        for value in st.values():
-            if isinstance(value, torch.Tensor) and value.shape == mask.shape and value.is_floating_point():
-                tensors.append(value)
-                masks.append(mask)
-    _mul_(tensors, masks)
-
-
 class MaskCallback(Callback):
-    """Keep pruned weights exactly zero during training.
+    """Keep pruned weights exactly zero in a training loop of your own.
 
-    After every optimiser step it multiplies each masked weight by its mask in place and zeroes
-    the matching optimiser state entries, so momentum and weight decay cannot regrow them. Masks are
-    discovered on the model at ``on_fit_start`` (after the trainer has moved it to its device and
-    loaded any resume state); masks changed in place later (gradual pruning) are followed
-    automatically. Masks live in the model's state_dict, so resuming needs no callback state.
+    :class:`prunelab.train.Trainer` enforces every mask on its model by itself, so it needs no
+    callback (one passed to it stands aside). In another loop, call ``on_fit_start(trainer)`` once
+    and ``on_step_end(trainer)`` after every optimiser step, where ``trainer`` has ``model`` and
+    ``optimizer`` attributes: each masked weight is multiplied by its mask in place and the matching
+    optimiser state entries are zeroed, so momentum and weight decay cannot regrow them. Masks
+    changed in place later (gradual pruning) are followed automatically.
     """
 
     def __init__(self) -> None:
-        self._params: list[torch.Tensor] = []
-        self._masks: list[torch.Tensor] = []
+        self.enforcer = MaskEnforcer()
+        self._active = True
 
     def refresh(self, model: nn.Module) -> None:
         """Re-read the masked parameters of ``model`` (call after attaching new masks)."""
-        self._params, self._masks = [], []
-        for _, _, _, param, mask in masked_tensors(model):
-            self._params.append(param)
-            self._masks.append(mask)
+        self.enforcer.refresh(model)
 
-    @torch.no_grad()
     def enforce(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Zero pruned weights and their optimiser state now."""
-        _mul_(self._params, self._masks)
-        if optimizer is not None:
-            mask_optimizer_state_(optimizer, zip(self._params, self._masks))
+        self.enforcer.enforce(optimizer)
 
     def on_fit_start(self, trainer) -> None:
+        # the prunelab Trainer holds its own MaskEnforcer: enforcing twice per step would only cost time
+        self._active = not isinstance(getattr(trainer, "masks", None), MaskEnforcer)
         self.refresh(trainer.model)
         self.enforce(getattr(trainer, "optimizer", None))
 
     def on_step_end(self, trainer) -> None:
-        self.enforce(trainer.optimizer)
+        if self._active:
+            self.enforcer.after_step(trainer.optimizer)

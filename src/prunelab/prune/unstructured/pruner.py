@@ -19,7 +19,11 @@ describes, then prunes each layer to its count by the same criterion.
 
 Weights already pruned (mask False) rank below every surviving weight, so pruning again at a
 higher sparsity only removes more (nested masks, as gradual and iterative schedules need) and
-pruning again at the same sparsity changes nothing.
+pruning again at the same sparsity changes nothing. Pruning again at a *lower* sparsity than the
+model already has would revive pruned weights (as zeros that then train); by default they stay
+pruned instead: the old mask is a constraint, the result is as sparse as it already was, and the
+report warns how many weights the target would have revived (``details["kept_pruned"]``).
+``allow_regrow=True`` (``--allow-regrow``) makes revival the explicit choice (``details["regrown"]``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from prunelab.prune.unstructured.allocation import (
     minimum_threshold,
     sigma_from_percent,
 )
-from prunelab.prune.unstructured.masks import set_mask
+from prunelab.prune.unstructured.masks import get_mask, set_mask
 from prunelab.prune.unstructured.report import PruneReport, build_report
 from prunelab.prune.unstructured.scores import criterion, score_buffer
 from prunelab.prune.unstructured.selection import DEFAULT_SELECTION, LayerSelection, PrunableLayer, select_layers
@@ -66,7 +70,8 @@ class PruneConfig:
     is the sparsity of layers no ``layer_sparsity`` pattern names. ``layer_sparsity``: glob pattern
     on module path -> sparsity (the last matching pattern wins). ``mt``: Minimum Threshold as an
     absolute count of weights per layer; ``mt_percent``: the same as a percentage of all selected
-    weights (the paper's convention). ``seed``: for the random criteria.
+    weights (the paper's convention). ``seed``: for the random criteria. ``allow_regrow``: let a
+    target below the model's present sparsity revive already-pruned weights (default: they stay pruned).
     """
 
     method: str = "global"
@@ -76,6 +81,7 @@ class PruneConfig:
     mt_percent: float | None = None
     selection: LayerSelection = DEFAULT_SELECTION
     seed: int = 0
+    allow_regrow: bool = False
 
     def validate(self) -> PruneConfig:
         check_choice("pruning method", self.method, METHODS)
@@ -127,6 +133,7 @@ class PruneConfig:
             "mt_percent": self.mt_percent,
             "selection": self.selection.to_dict(),
             "seed": self.seed,
+            "allow_regrow": self.allow_regrow,
         }
 
 
@@ -171,6 +178,8 @@ def prune(model: nn.Module, config: PruneConfig, *, batch: tuple[torch.Tensor, t
     sizes = [layer.numel for layer in layers]
     total = sum(sizes)
     sigma = config.sigma(total)
+    before = [get_mask(layer.module) for layer in layers]
+    pruned_before = sum(n - int(torch.count_nonzero(m)) for n, m in zip(sizes, before) if m is not None)
     score = criterion(config.criterion, seed=config.seed, model=model, layers=layers, batch=batch, loss_fn=loss_fn)
     with torch.no_grad():
         buf, offsets = score_buffer(layers, score)
@@ -201,6 +210,12 @@ def prune(model: nn.Module, config: PruneConfig, *, batch: tuple[torch.Tensor, t
             if config.scope == "given":
                 details["layer_sparsity"] = {x.name: s for x, s in zip(layers, per_layer)}
         del buf
+        if pruned_before:
+            masks, revived = _constrain(masks, before, config.allow_regrow)
+            details["pruned_before"] = pruned_before
+            details["regrown" if config.allow_regrow else "kept_pruned"] = revived
+            if revived and not config.allow_regrow:
+                kept = None  # fewer kept than allocated: the report counts the masks
         for layer, mask in zip(layers, masks):
             set_mask(layer.module, mask, copy=False)
     known = None if kept is None else {x.name: k for x, k in zip(layers, kept)}
@@ -208,41 +223,61 @@ def prune(model: nn.Module, config: PruneConfig, *, batch: tuple[torch.Tensor, t
                         sigma=sigma, details=details, warn=warn, kept=known)
 
 
+def _constrain(masks: list[torch.Tensor], before: list[torch.Tensor | None],
+               allow_regrow: bool) -> tuple[list[torch.Tensor], int]:
+    """The new masks, with every weight pruned ``before`` kept pruned unless ``allow_regrow``; and the
+    number of weights the new masks revive (or would have revived)."""
+    out, revived = [], 0
+    for mask, old in zip(masks, before):
+        if old is not None:
+            old = old.reshape(-1)
+            revived += int(torch.count_nonzero(mask & ~old))
+            if not allow_regrow:
+                mask = mask & old
+        out.append(mask)
+    return out, revived
+
+
 def prune_global(model: nn.Module, sparsity: float, *, mt: int | None = None, mt_percent: float | None = None,
-                 selection: LayerSelection | None = None, input_shape: tuple[int, ...] | None = None) -> PruneReport:
+                 selection: LayerSelection | None = None, input_shape: tuple[int, ...] | None = None,
+                 allow_regrow: bool = False) -> PruneReport:
     """Global Magnitude Pruning (Gupta et al. 2022): one magnitude threshold across all selected
     weights, optionally with Minimum Threshold ``mt`` (count) or ``mt_percent`` (% of weights)."""
-    cfg = PruneConfig("global", sparsity, mt=mt, mt_percent=mt_percent, selection=selection or DEFAULT_SELECTION)
+    cfg = PruneConfig("global", sparsity, mt=mt, mt_percent=mt_percent, selection=selection or DEFAULT_SELECTION,
+                      allow_regrow=allow_regrow)
     return prune(model, cfg, input_shape=input_shape)
 
 
 def prune_uniform(model: nn.Module, sparsity: float, *, selection: LayerSelection | None = None,
-                  input_shape: tuple[int, ...] | None = None) -> PruneReport:
+                  input_shape: tuple[int, ...] | None = None, allow_regrow: bool = False) -> PruneReport:
     """Layer-wise magnitude pruning with the same sparsity in every selected layer."""
-    return prune(model, PruneConfig("uniform", sparsity, selection=selection or DEFAULT_SELECTION),
-                 input_shape=input_shape)
+    return prune(model, PruneConfig("uniform", sparsity, selection=selection or DEFAULT_SELECTION,
+                                    allow_regrow=allow_regrow), input_shape=input_shape)
 
 
 def prune_layerwise(model: nn.Module, layer_sparsity: Mapping[str, float], *, default: float = 0.0,
-                    selection: LayerSelection | None = None, input_shape: tuple[int, ...] | None = None) -> PruneReport:
+                    selection: LayerSelection | None = None, input_shape: tuple[int, ...] | None = None,
+                    allow_regrow: bool = False) -> PruneReport:
     """Layer-wise magnitude pruning with given sparsities (glob pattern -> sparsity; others ``default``)."""
     cfg = PruneConfig("layerwise", default, layer_sparsity=dict(layer_sparsity),
-                      selection=selection or DEFAULT_SELECTION)
+                      selection=selection or DEFAULT_SELECTION, allow_regrow=allow_regrow)
     return prune(model, cfg, input_shape=input_shape)
 
 
 def prune_random(model: nn.Module, sparsity: float, *, uniform: bool = False, seed: int = 0,
                  mt: int | None = None, mt_percent: float | None = None, selection: LayerSelection | None = None,
-                 input_shape: tuple[int, ...] | None = None) -> PruneReport:
+                 input_shape: tuple[int, ...] | None = None, allow_regrow: bool = False) -> PruneReport:
     """Random pruning baseline: global (one random ranking) or uniform (same sparsity per layer)."""
     cfg = PruneConfig("random-uniform" if uniform else "random", sparsity, mt=mt, mt_percent=mt_percent,
-                      selection=selection or DEFAULT_SELECTION, seed=seed)
+                      selection=selection or DEFAULT_SELECTION, seed=seed, allow_regrow=allow_regrow)
     return prune(model, cfg, input_shape=input_shape)
 
 
 def prune_snip(model: nn.Module, sparsity: float, batch: tuple[torch.Tensor, torch.Tensor], *,
                loss_fn: Callable | None = None, mt: int | None = None, mt_percent: float | None = None,
-               selection: LayerSelection | None = None, input_shape: tuple[int, ...] | None = None) -> PruneReport:
+               selection: LayerSelection | None = None, input_shape: tuple[int, ...] | None = None,
+               allow_regrow: bool = False) -> PruneReport:
     """SNIP (Lee et al. 2019): keep the weights with the largest ``|w * dL/dw|`` on ``batch``."""
-    cfg = PruneConfig("snip", sparsity, mt=mt, mt_percent=mt_percent, selection=selection or DEFAULT_SELECTION)
+    cfg = PruneConfig("snip", sparsity, mt=mt, mt_percent=mt_percent, selection=selection or DEFAULT_SELECTION,
+                      allow_regrow=allow_regrow)
     return prune(model, cfg, batch=batch, loss_fn=loss_fn, input_shape=input_shape)

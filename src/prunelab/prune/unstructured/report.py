@@ -28,6 +28,10 @@ class LayerCollapseWarning(UserWarning):
     """A layer kept no weights, or no path from input to output survived."""
 
 
+class RegrowWarning(UserWarning):
+    """A target below the model's present sparsity: already-pruned weights were kept pruned."""
+
+
 @dataclass
 class LayerReport:
     """One Conv/Linear layer after pruning. ``pruned`` says whether the layer was selected."""
@@ -88,6 +92,23 @@ class PruneReport:
 
     @property
     def warnings(self) -> list[str]:
+        """Every warning of this report, one line each: layer collapse, then weights kept pruned."""
+        regrow = self.regrow_warning
+        return self.collapse_warnings + ([regrow] if regrow else [])
+
+    @property
+    def regrow_warning(self) -> str | None:
+        """Set when the target would have revived already-pruned weights and they were kept pruned."""
+        n = int(self.details.get("kept_pruned") or 0)
+        if not n:
+            return None
+        before = self.details.get("pruned_before", 0) / self.total if self.total else 0.0
+        return (f"{n:,} already-pruned weights stay pruned: target sparsity {self.target_sparsity:.4g} would revive "
+                f"them (the layers were {before:.4g} sparse already; now {self.sparsity:.4g}); allow_regrow "
+                f"(--allow-regrow) lets pruned weights return")
+
+    @property
+    def collapse_warnings(self) -> list[str]:
         out = []
         if self.collapsed:
             out.append(f"layer collapse: {len(self.collapsed)} layer(s) keep no weights: {', '.join(self.collapsed)}")
@@ -213,6 +234,8 @@ def build_report(model: nn.Module, selected: list[PrunableLayer], *, method: str
     report = PruneReport(method, float(target_sparsity), total, kept_total, layers, sigma, macs_dense, macs_sparse,
                          collapsed, connected, dict(details or {}))
     if warn:
-        for message in report.warnings:
+        for message in report.collapse_warnings:
             warnings.warn(message, LayerCollapseWarning, stacklevel=3)
+        if report.regrow_warning:
+            warnings.warn(report.regrow_warning, RegrowWarning, stacklevel=3)
     return report

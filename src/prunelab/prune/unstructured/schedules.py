@@ -1,7 +1,7 @@
 """When to prune: one-shot, gradual (cubic schedule), iterative rounds with optional rewinding.
 
 * One-shot (Gupta et al. 2022, Algorithm 1 with ``isGradual`` false): prune a trained model once to
-  the target, then fine-tune with the masks held by :class:`~prunelab.prune.unstructured.masks.MaskCallback`.
+  the target, then fine-tune; the trainer holds the masks (:mod:`prunelab.train.masks`).
 * Gradual: start from an untrained model and raise the sparsity while training. The Global MP paper
   (v1) does not give its formula; following the seed notes (sec. 3.1) the default is the cubic
   schedule of Zhu & Gupta (2017, eq. 1)::
@@ -258,7 +258,7 @@ def prune_iterative(model: nn.Module, data, train_config, config: PruneConfig, *
         if rewind_state is not None:
             rewind_(model, rewind_state)
         result = RoundResult(r, target, report)
-        trainer_callbacks = [MaskCallback(), *callbacks]
+        trainer_callbacks = list(callbacks)
         if snapshot is not None and r == 1:
             trainer_callbacks.append(snapshot)
         trainer = Trainer(model, data, train_config, callbacks=trainer_callbacks)

@@ -185,13 +185,12 @@ def _output(ctx: RunContext, run: RunConfig, model: nn.Module, spec, data, final
 
 
 def _fine_tune(ctx: RunContext, model: nn.Module, data, config, phase: str = "finetune"):
-    """Train ``model`` with its masks held; returns (final row, history)."""
-    from prunelab.prune.unstructured import MaskCallback
+    """Train ``model`` with its masks held (the trainer enforces them); returns (final row, history)."""
     from prunelab.train import Trainer
 
     if config.epochs == 0 or config.max_steps == 0:
         return evaluate_final(model, data), []
-    result = Trainer(model, data, config, callbacks=[MaskCallback(), ctx.callback(phase)]).fit()
+    result = Trainer(model, data, config, callbacks=[ctx.callback(phase)]).fit()
     return result.final, list(result.history)
 
 
