@@ -77,7 +77,9 @@ class ChannelGroup:
     channels). ``mask_points``: modules after whose output the soft mask is applied (every BatchNorm
     of the group, plus producers whose output does not go straight into one), so that a masked channel
     reaches no consumer. ``vanishable``: the group may lose every channel (its consumers then output
-    zeros and the block reduces to its shortcut, as in pytorch-prunes). ``unit``: the zoo width unit.
+    zeros and the block reduces to its shortcut, as in pytorch-prunes). ``producers`` / ``batchnorms``:
+    the layers whose filters / scales a channel's weight-based score reads (the unit's conv and BN for
+    a zoo width unit; every producer and BatchNorm of a generic group). ``unit``: the zoo width unit.
     """
 
     name: str
@@ -86,8 +88,8 @@ class ChannelGroup:
     members: list[Member]
     mask_points: list[str]
     vanishable: bool
-    l1_modules: list[str]
-    bn_modules: list[str]
+    producers: list[str]
+    batchnorms: list[str]
     ops: list[str] = field(default_factory=list)
     unit: object | None = None
 
@@ -392,7 +394,7 @@ def _vanishable(dg: tp.DependencyGraph, model: nn.Module, members: list[Member],
     return True
 
 
-def _scoring_modules(model: nn.Module, members: list[Member], unit) -> tuple[list[str], list[str]]:
+def _scoring_layers(model: nn.Module, members: list[Member], unit) -> tuple[list[str], list[str]]:
     if unit is not None:
         bns = [unit.bn] if unit.bn else []
         return [unit.conv], bns
@@ -489,10 +491,10 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
         if hit is not None:
             skipped.append({"group": name, "reason": f"excluded by {hit!r}"})
             continue
-        l1, bns = _scoring_modules(model, members, unit)
+        producers, bns = _scoring_layers(model, members, unit)
         groups.append(ChannelGroup(
             name=name, root=root, width=width, members=members, mask_points=_mask_points(dg, model, members),
             vanishable=_vanishable(dg, model, members, merge),
-            l1_modules=l1, bn_modules=bns, ops=ops, unit=unit))
+            producers=producers, batchnorms=bns, ops=ops, unit=unit))
     groups.sort(key=lambda g: order[g.root])
     return GroupSet(groups, scope, input_shape, layers, skipped)

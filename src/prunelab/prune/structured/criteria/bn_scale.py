@@ -30,11 +30,11 @@ class BNScale(Criterion):
     def scores(self) -> dict[str, torch.Tensor]:
         out = {}
         for g in self.groups:
-            if not g.bn_modules:
+            if not g.batchnorms:
                 raise PrunelabError(f"criterion 'bn' needs a BatchNorm in every group; group {g.name} has none "
                                     f"(use --criterion l1 or fisher, or exclude it)")
             values = []
-            for name in g.bn_modules:
+            for name in g.batchnorms:
                 bn = self.model.get_submodule(name)
                 if not isinstance(bn, BN_TYPES) or bn.weight is None:
                     raise PrunelabError(f"criterion 'bn' needs an affine BatchNorm; {name} has no scale")

@@ -37,7 +37,7 @@ def filter_scores(model, groups, signed: bool = False) -> dict[str, torch.Tensor
     out = {}
     for g in groups:
         values = []
-        for name in g.l1_modules:
+        for name in g.producers:
             flat = model.get_submodule(name).weight.detach().float().flatten(1)
             per = flat.sum(1) if signed else flat.abs().sum(1)
             values.append(in_group_order(g, producer(g, name), per).cpu())

@@ -50,7 +50,7 @@ class Taylor(Criterion):
         out = {}
         for g in self.groups:
             total = None
-            for name in g.bn_modules or g.l1_modules:
+            for name in g.batchnorms or g.producers:
                 module = self.model.get_submodule(name)
                 member = producer(g, name)
                 for param in (module.weight, getattr(module, "bias", None)):
