@@ -629,3 +629,22 @@ def test_round_to_any_multiple_keeps_widths_multiples(tmp_path):
     assert all(w % 4 == 0 and w >= 4 for w in widths.values()) and pruner.reached()
     with pytest.raises(PrunelabError, match=">= 1"):
         StructuredConfig(round_to=0).validate()
+
+
+def test_torch_pruning_is_pinned_to_the_tested_releases():
+    """pyproject.toml bounds torch-pruning to the releases the structured code is tested with (1.5.0 to
+    1.5.2 lack the graph's OUTPUT nodes; 1.7 is not tested), and the installed one is among them."""
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from prunelab.prune.structured.groups import TORCH_PRUNING_TESTED
+
+    def parse(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split("."))
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    low, high = re.search(r'"torch-pruning>=([\d.]+),<([\d.]+)"', text).groups()
+    assert all(parse(low) <= parse(v) < parse(high) for v in TORCH_PRUNING_TESTED)
+    assert low == TORCH_PRUNING_TESTED[0]
+    assert version("torch-pruning") in TORCH_PRUNING_TESTED

@@ -34,11 +34,11 @@ from torch import nn
 
 from prunelab.data.base import DataBundle, Split
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models import ArchSpec, WidthUnit, create, resolve, width_units
+from prunelab.models import ArchSpec, WidthUnit, create, get_family, resolve, width_units
+from prunelab.models.widths import with_unit_widths
 from prunelab.protocols.build import fit_spec_to_data
 from prunelab.protocols.gates import GateBank, GateClamp, GatePenalty
 from prunelab.protocols.targets import Measurer, format_metric
-from prunelab.protocols.widths import with_unit_widths
 from prunelab.train.callbacks import Callback
 
 
@@ -144,12 +144,11 @@ class GateLearning:
         }
 
 
-#: How the reference's ``-e`` widens each family (seeds.md 2.2): CIFAR ResNets widen the residual
-#: stream with the gated widths; MobileNet-V2 and ImageNet ResNets widen only the gated (hidden /
-#: internal) widths, their backbone being ``-m``. Families not in the reference widen their gated
-#: widths only, so the pruned structure keeps the default backbone.
+#: How the reference's ``-e`` widens a family is the family's ``expansion`` hook: CIFAR ResNets
+#: widen the residual stream with the gated widths; MobileNet-V2 and ImageNet ResNets widen only the
+#: gated (hidden / internal) widths, their backbone being ``-m``. Families not in the reference widen
+#: their gated widths only (the default), so the pruned structure keeps the default backbone.
 EXPANSION_MODES = ("auto", "width", "bottleneck")
-_AUTO_EXPANSION = {"resnet_cifar": "width"}
 
 
 def expanded_spec(spec: ArchSpec, expansion: float, mode: str = "auto") -> ArchSpec:
@@ -161,7 +160,7 @@ def expanded_spec(spec: ArchSpec, expansion: float, mode: str = "auto") -> ArchS
     from prunelab.protocols.reduced import scale_bottleneck, scale_width
 
     if mode == "auto":
-        mode = _AUTO_EXPANSION.get(spec.family, "bottleneck")
+        mode = get_family(spec.family).expansion
     return scale_width(spec, expansion) if mode == "width" else scale_bottleneck(spec, expansion)
 
 

@@ -32,6 +32,7 @@ from prunelab.prune.structured.criterion import (
 from prunelab.prune.structured.groups import SCOPES, GroupSet, find_groups
 from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.plan import make_plan
+from prunelab.prune.structured.schedule import IterativePruning
 from prunelab.prune.structured.select import removal_order, select
 from prunelab.prune.structured.targets import Target, measure_latency_ms
 
@@ -314,9 +315,7 @@ class StructuredPruner:
         kept = self.masks.widths()
         return [{"group": g.name, "before": g.width, "after": kept[g.name]} for g in self.groups]
 
-    def callback(self, on_checkpoint: Callable[[StructuredPruner], None] | None = None):
-        from prunelab.prune.structured.schedule import IterativePruning
-
+    def callback(self, on_checkpoint: Callable[[StructuredPruner], None] | None = None) -> IterativePruning:
         return IterativePruning(self, on_checkpoint)
 
     def detach(self) -> None:

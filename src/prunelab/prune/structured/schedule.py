@@ -11,18 +11,20 @@ model and its plan there; the reference code keeps one every 100 prunes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunelab.train.callbacks import Callback
 
-if TYPE_CHECKING:
-    from prunelab.prune.structured.pruner import StructuredPruner
-
 
 class IterativePruning(Callback):
-    """Remove ``channels_per_prune`` channels every ``prune_every`` steps until the target."""
+    """Remove ``channels_per_prune`` channels every ``prune_every`` steps until the target.
 
-    def __init__(self, pruner: StructuredPruner, on_checkpoint: Callable[[StructuredPruner], None] | None = None):
+    ``pruner`` is the :class:`~prunelab.prune.structured.pruner.StructuredPruner` it drives (not
+    imported here: the pruner builds this callback); ``on_checkpoint(pruner)`` is called every
+    ``checkpoint_every`` prunes.
+    """
+
+    def __init__(self, pruner, on_checkpoint: Callable[[Any], None] | None = None):
         self.pruner = pruner
         self.on_checkpoint = on_checkpoint
         self.reached_at: int | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from prunelab.errors import PrunelabError
+from prunelab.models.common import BN_TYPES
 from prunelab.prune.structured.criterion import (
     Criterion,
     in_group_order,
@@ -17,7 +18,6 @@ from prunelab.prune.structured.criterion import (
     producer,
     register_criterion,
 )
-from prunelab.prune.structured.groups import BN_TYPES
 
 
 @register_criterion
