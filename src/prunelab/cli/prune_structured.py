@@ -171,7 +171,9 @@ def run(args) -> int:
     is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
-    if any(k.endswith("_mask") for k in model.state_dict()):
+    from prunelab.prune.unstructured.masks import carries_masks
+
+    if carries_masks(model.state_dict()):
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
     input_shape = tuple(data.input_shape)

@@ -139,11 +139,6 @@ def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:
     return model
 
 
-def widths_of(plan: dict) -> dict[str, int]:
-    """Group name -> kept width."""
-    return {str(r.get("name", r["root"])): len(r["kept"]) for r in check_plan(plan)["groups"]}
-
-
 def spec_of_compressed(plan: dict):
     """The :class:`~prunelab.models.ArchSpec` of the pruned architecture, built from its constructor.
 

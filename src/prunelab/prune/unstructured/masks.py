@@ -6,8 +6,8 @@ A pruned module keeps its ``weight`` parameter as is and gains one boolean buffe
 forward pass costs nothing extra. They stay zero because :class:`MaskCallback` multiplies each
 weight by its mask in place after every optimiser step and clears the optimiser state (SGD
 momentum, Adam ``exp_avg`` / ``exp_avg_sq``) of pruned entries, the procedure of Gupta et al.
-(2022, ``Global MP/prune.py``: masks re-applied after each step), with the momentum leak that
-section 6 item 4 of the seed notes warns about closed.
+(2022, ``Global MP/prune.py``: masks re-applied after each step), with the momentum leak closed
+(momentum and weight decay would otherwise regrow pruned weights between two re-applications).
 """
 
 from __future__ import annotations
@@ -24,9 +24,25 @@ from prunelab.train.callbacks import Callback
 MASK_SUFFIX = "_mask"
 
 
+def mask_name(param: str) -> str:
+    """The mask buffer (or state_dict key) of parameter ``param``: ``weight`` -> ``weight_mask``."""
+    return param + MASK_SUFFIX
+
+
+def masked_name(name: str) -> str | None:
+    """The parameter a mask buffer or state_dict key belongs to (``fc.weight_mask`` -> ``fc.weight``);
+    None when ``name`` is not a mask."""
+    return name[: -len(MASK_SUFFIX)] if name.endswith(MASK_SUFFIX) else None
+
+
+def carries_masks(names: Iterable[str]) -> bool:
+    """Whether any of the buffer or state_dict names ``names`` is a weight mask."""
+    return any(masked_name(n) is not None for n in names)
+
+
 def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     """The boolean mask buffer of ``module.<name>``, or None if the tensor is not masked."""
-    return module._buffers.get(name + MASK_SUFFIX)
+    return module._buffers.get(mask_name(name))
 
 
 def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *, copy: bool = True) -> torch.Tensor:
@@ -40,7 +56,7 @@ def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *, cop
     mask = mask.to(device=param.device, dtype=torch.bool).view(param.shape)
     buf = get_mask(module, name)
     if buf is None:
-        module.register_buffer(name + MASK_SUFFIX, mask.clone() if copy else mask, persistent=True)
+        module.register_buffer(mask_name(name), mask.clone() if copy else mask, persistent=True)
         buf = get_mask(module, name)
     else:
         buf.copy_(mask)
@@ -54,30 +70,26 @@ def ensure_mask(module: nn.Module, name: str = "weight") -> torch.Tensor:
     buf = get_mask(module, name)
     if buf is None:
         param = getattr(module, name)
-        module.register_buffer(name + MASK_SUFFIX, torch.ones_like(param, dtype=torch.bool), persistent=True)
+        module.register_buffer(mask_name(name), torch.ones_like(param, dtype=torch.bool), persistent=True)
         buf = get_mask(module, name)
     return buf
 
 
 def remove_mask(module: nn.Module, name: str = "weight") -> None:
     """Drop the mask buffer (the weight keeps its zeros)."""
-    module._buffers.pop(name + MASK_SUFFIX, None)
+    module._buffers.pop(mask_name(name), None)
 
 
 def masked_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.nn.Parameter, torch.Tensor]]:
     """Yield ``(module_path, module, param_name, param, mask)`` for every masked parameter."""
     for path, module in model.named_modules():
         for bname, buf in module._buffers.items():
-            if buf is None or not bname.endswith(MASK_SUFFIX):
+            pname = masked_name(bname)
+            if buf is None or pname is None:
                 continue
-            pname = bname[: -len(MASK_SUFFIX)]
             param = module._parameters.get(pname)
             if isinstance(param, nn.Parameter) and buf.dtype == torch.bool and buf.shape == param.shape:
                 yield path, module, pname, param, buf
-
-
-def is_masked(model: nn.Module) -> bool:
-    return next(masked_tensors(model), None) is not None
 
 
 def attach_masks_from_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -87,11 +99,11 @@ def attach_masks_from_state_dict(model: nn.Module, state_dict: dict[str, torch.T
     are left alone. A mask whose shape does not fit its parameter raises :class:`PrunelabError`."""
     modules = dict(model.named_modules())
     for key, value in state_dict.items():
-        if not key.endswith(MASK_SUFFIX):
+        if masked_name(key) is None:
             continue
         path, _, bname = key.rpartition(".")
         module = modules.get(path)
-        pname = bname[: -len(MASK_SUFFIX)]
+        pname = masked_name(bname)
         if module is None or bname in module._buffers:
             continue
         param = module._parameters.get(pname)
