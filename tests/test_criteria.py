@@ -368,3 +368,26 @@ def test_new_criteria_run_from_the_cli_and_validate_in_studies(criterion, tmp_pa
         targets: [{{params_ratio: 0.5}}]
     """))
     assert spec.methods[0].params["criterion"] == criterion
+
+
+def test_the_readme_criterion_example_works():
+    """The README's L2 example, executed as written, scores each unit's conv filters by their L2 norm."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Your own channel criterion"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    from prunelab.prune.structured import criterion as registry
+
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        model = create(WRN)
+        groups = find_groups(model, (1, 8, 8), "internal", spec=WRN)
+        scores = channel_scores("l2", model, groups)
+        for g in groups:
+            w = model.get_submodule(g.unit.conv).weight.detach()
+            torch.testing.assert_close(scores[g.name], w.pow(2).sum((1, 2, 3)).sqrt())
+        assert "l2" in criterion_names()
+    finally:
+        registry._CRITERIA.pop("l2", None)

@@ -526,7 +526,7 @@ assert dist.init_from_env() and dist.is_distributed()
 spec = ArchSpec("wrn", {"depth": 10, "widths": [4, 8, 8, 8], "in_channels": 1})
 model = create(spec)
 data = D.load("synthetic", shape="1x8x8", n_train=256, n_val=16, n_test=16, seed=0)
-pruner = StructuredPruner(model, StructuredConfig(criterion="fisher", prune_every=2, channels_per_prune=2,
+pruner = StructuredPruner(model, StructuredConfig(criterion=sys.argv[2], prune_every=2, channels_per_prune=2,
                                                   target=Target("channels", 12)), (1, 8, 8), spec=spec)
 raw = []
 original = pruner.criterion.scores
@@ -539,7 +539,10 @@ dist.destroy()
 """
 
 
-def test_fisher_scores_are_averaged_across_ddp_ranks(tmp_path):
+@pytest.mark.parametrize("criterion", ["fisher", "apoz"])
+def test_accumulated_scores_are_averaged_across_ddp_ranks(criterion, tmp_path):
+    """Fisher and APoZ accumulate over each rank's shard; the ranks average before ranking
+    (``all_reduce = "mean"``) and so prune the same channels."""
     import os
     import subprocess
     import sys
@@ -550,7 +553,7 @@ def test_fisher_scores_are_averaged_across_ddp_ranks(tmp_path):
                                                              "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
+                           str(script), str(tmp_path), criterion], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert any(not torch.equal(r0["raw"][k], r1["raw"][k]) for k in r0["raw"])  # ranks saw different shards
