@@ -1,6 +1,6 @@
 """Parameter and MAC counters against published sizes, independent counters and hand computations.
 
-References: the sizes of seeds.md sec. 4.4 (pytorch-prunes, PFS and Global MP model definitions;
+References: sizes computed from the reference model definitions (pytorch-prunes, PFS and Global MP;
 torchvision's published parameter counts), ``torch.utils.flop_counter.FlopCounterMode`` (conv and
 matmul FLOPs = 2 x MACs) and torch-pruning's ``count_ops_and_params`` (per-layer, ptflops-style).
 """
@@ -29,7 +29,7 @@ def _close(value: float, reference: float, rel: float = 0.01) -> bool:
     return abs(value - reference) <= rel * reference
 
 
-# name -> (total params, conv+linear weights, MACs, relative tolerance on MACs); seeds.md sec. 4.4
+# name -> (total params, conv+linear weights, MACs, relative tolerance on MACs), from those definitions
 PUBLISHED = {
     "wrn-40-2": (2_243_546, 2_238_128, 327.6e6, 0.01),
     "resnet56": (855_770, 851_504, 125_751_936, 0.0),  # exact figure of PFS's counter

@@ -121,7 +121,8 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def test_units_read_actual_widths_of_a_compressed_model():
     """Slice one block's internal channels by hand (as a structured plan does): the units report the
     new width, the spec written from them rebuilds the same shapes, and the family init redraws the
-    narrowed conv with He std for its *actual* fan-out (seeds.md pitfall 6)."""
+    narrowed conv with He std for its *actual* fan-out (pytorch-prunes' deploy keeps the sliced
+    full-width init instead)."""
     spec = resolve("resnet20")
     model = create(spec)
     block = model.layer2[1]

@@ -15,6 +15,7 @@ from hand_counts import hand_macs
 from prunelab.cli import main
 from prunelab.errors import PrunelabError
 from prunelab.models import ArchSpec, create, resolve, width_units
+from prunelab.models.widths import round_width, units_of, with_unit_widths
 from prunelab.protocols import (
     build_model,
     copy_profile,
@@ -26,11 +27,10 @@ from prunelab.protocols import (
     transfer_profile,
 )
 from prunelab.protocols.profile import profile_between, profile_to_target
-from prunelab.protocols.reduced import reduce_spec, round_width
+from prunelab.protocols.reduced import reduce_spec
 from prunelab.protocols.scratch import scratch_b_factor
 from prunelab.protocols.search import bisect_scalar
 from prunelab.protocols.targets import Target
-from prunelab.protocols.widths import units_of, with_unit_widths
 from prunelab.train import TrainConfig
 
 torch.set_num_threads(1)

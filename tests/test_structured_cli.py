@@ -113,7 +113,7 @@ def test_bad_input_exits_2_and_writes_nothing(checkpoints, tmp_path, capsys):
     base = [str(src), "--data", "digits", "--structured", *FAST]
     _assert_rejected([*base, "--target-params", str(params + 1)], tmp_path, capsys, "not below")
     _assert_rejected([*base, "--target-params", "10"], tmp_path, capsys, "unreachable")
-    _assert_rejected([*base, "--target-params", "1000", "--criterion", "taylor"], tmp_path, capsys, "--criterion")
+    _assert_rejected([*base, "--target-params", "1000", "--criterion", "obd"], tmp_path, capsys, "--criterion")
     _assert_rejected([*base, "--target-params", "1000", "--scope", "everything"], tmp_path, capsys, "--scope")
     _assert_rejected(base, tmp_path, capsys, "a target is required")
     # a plan that does not fit the base model

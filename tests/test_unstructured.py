@@ -1,7 +1,7 @@
 """Unstructured pruning: masks, selection, criteria, Minimum Threshold, schedules, diagnostics.
 
 References used here are independent of prunelab: ``torch.nn.utils.prune``, ``torch.kthvalue``,
-hand-computed Minimum Threshold allocations, the seed notes' sigma table, autograd for SNIP, and
+hand-computed Minimum Threshold allocations, sigmas from the paper's MT percentages, autograd for SNIP, and
 forward passes of the model itself for layer collapse.
 """
 
@@ -350,7 +350,7 @@ def test_minimum_threshold_matches_hand_computation():
 
 
 def test_minimum_threshold_percent_and_reference_sigmas():
-    # seed notes sec. 3.2 table: absolute sigma from the paper's percentages
+    # Gupta et al. 2022: absolute sigma from the paper's MT percentages of the conv + linear weights
     assert sigma_from_percent(25_502_912, 0.05) == 12_751
     assert sigma_from_percent(25_502_912, 0.0075) == 1_912
     assert sigma_from_percent(4_209_088, 0.2) == 8_418

@@ -38,9 +38,9 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
         model = apply_plan(model, plan)
     state = ckpt["state_dict"]
-    if any(k.endswith("_mask") for k in state):
-        from prunelab.prune.unstructured.masks import attach_masks_from_state_dict
+    from prunelab.prune.unstructured.masks import attach_masks_from_state_dict, carries_masks
 
+    if carries_masks(state):
         attach_masks_from_state_dict(model, state)
     try:
         model.load_state_dict(state, strict=True)

@@ -1,4 +1,4 @@
-"""``prunelab prune --structured``: channel pruning with Fisher, L1, BN or random scores.
+"""``prunelab prune --structured``: channel pruning with a registered criterion (Fisher, L1, BN, ...).
 
 Pipeline (Crowley et al. 2018, after Theis et al. 2018): load MODEL (a zoo name, trained dense first
 for ``--pretrain-epochs``, or a checkpoint, possibly already pruned), find its channel groups
@@ -46,12 +46,13 @@ def _has_option(parser, flag: str):
 
 
 def add_arguments(parser) -> None:
-    from prunelab.prune.structured import CRITERIA, SCOPES
+    from prunelab.prune.structured import SCOPES, criterion_names, get_criterion
 
     g = parser
-    g.add_argument("--criterion", choices=CRITERIA, default="fisher",
-                   help="channel score: fisher (Theis et al.), l1 (sum |w| of the filter), l1-signed "
-                        "(pytorch-prunes' signed sum), bn (|gamma|), random (default: fisher)")
+    names = criterion_names()
+    described = "; ".join(f"{n}: {get_criterion(n).summary}" for n in names).replace("%", "%%")
+    g.add_argument("--criterion", choices=names, default="fisher",
+                   help=f"channel score: {described} (default: fisher)")
     g.add_argument("--scope", choices=SCOPES, default="internal",
                    help="internal: channels inside residual/dense blocks only (the seeds); all: every group, "
                         "residual streams pruned jointly (default: internal)")
@@ -86,7 +87,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--latency-device", default="cpu", metavar="DEVICE",
                    help="device of latency targets: cpu, cuda, cuda:N (default: cpu)")
     g.add_argument("--fisher-beta", type=float, default=0.0, metavar="BETA",
-                   help="Fisher cost term: score - BETA x cost freed (Theis et al.; default 0 as the seeds)")
+                   help="cost term of --criterion fisher: score - BETA x cost freed (Theis et al.; default 0 as "
+                        "the seeds)")
     g.add_argument("--fisher-cost", choices=("macs", "params"), default="macs",
                    help="what --fisher-beta charges (default: macs)")
     g.add_argument("--round-to", type=int, default=None, metavar="K",
@@ -171,7 +173,9 @@ def run(args) -> int:
     is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
-    if any(k.endswith("_mask") for k in model.state_dict()):
+    from prunelab.prune.unstructured.masks import carries_masks
+
+    if carries_masks(model.state_dict()):
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
     input_shape = tuple(data.input_shape)
@@ -253,7 +257,8 @@ def run(args) -> int:
         listed = ", ".join(f"{g['group']} {g['before']} -> {g['after']}" for g in collapsed[:4])
         sys.stderr.write(f"prunelab prune: warning: layer collapse: {len(collapsed)} group(s) kept at most one "
                          f"channel ({listed}); the {cfg.criterion} scores are ranked across layers, so "
-                         f"layers with small filters can go first (--exclude them, or use fisher)\n")
+                         f"layers with small filters can go first (--exclude them, or use fisher or "
+                         f"l1-normalized)\n")
     if out is not None:
         save_pruned(out, small, plan, meta={"structured": cfg.to_dict(), "accuracy": summary["accuracy"],
                                              "input_shape": list(input_shape),

@@ -58,11 +58,6 @@ def to_split(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> Spli
     return Split(xt, yt)
 
 
-def empty_like(split: Split) -> Split:
-    """A zero-row split with the same trailing input shape."""
-    return Split(split.x[:0].clone(), split.y[:0].clone())
-
-
 def channel_stats(x: np.ndarray, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation over every other axis (float64 accumulation)."""
     axes = tuple(a for a in range(x.ndim) if a != channel_axis % x.ndim)

@@ -1,4 +1,13 @@
-"""The model zoo: plain ``nn.Module`` families built from explicit width specs, and a registry."""
+"""The model zoo: plain ``nn.Module`` families built from explicit width specs, and a registry.
+
+Each family lives in its own module, which registers its constructor, its hooks and its named
+models with :func:`register_family` / :func:`register_model` when imported (the registry imports no
+family). Every module of this package is imported here, so a new family is one new file; a user's
+own family is registered the same way from any module (a study's ``plugins:``).
+"""
+
+import importlib
+import pkgutil
 
 from prunelab.models.registry import (
     ArchSpec,
@@ -17,6 +26,10 @@ from prunelab.models.registry import (
     spec_from_units,
     width_units,
 )
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "ArchSpec",

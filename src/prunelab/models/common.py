@@ -130,7 +130,3 @@ def out_width(module: nn.Module) -> int:
     """Output channels / features of a conv or linear layer, read from its weight (robust to layers
     whose attributes were not updated when a plan sliced the weight)."""
     return int(module.weight.shape[0])
-
-
-def image_shape(in_channels: int, size: int) -> tuple[int, int, int]:
-    return (int(in_channels), int(size), int(size))

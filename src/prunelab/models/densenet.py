@@ -22,7 +22,8 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import check_fraction, check_int, check_positive, check_widths, out_width, scaled
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import ArchSpec, WidthUnit, register_family, register_model
+from prunelab.models.widths import round_width, scale_explicit
 from prunelab.models.wrn import init as _wrn_init
 
 
@@ -148,3 +149,17 @@ def init(model: nn.Module) -> None:
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 32, 32)
+
+
+def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:
+    """The growth rate times ``mult``, explicit block widths too."""
+    growth = int(spec.kwargs.get("growth_rate", 12))
+    new = spec.with_kwargs(growth_rate=round_width(growth * mult, round_to))
+    return scale_explicit(spec, new, "block_widths", mult, round_to)
+
+
+register_family("densenet", densenet, units=units, init=init, shape_of=input_shape, scale_width=scale_width,
+                width_keys=("block_widths",), doc="DenseNet-BC for CIFAR (pytorch-prunes layout)")
+register_model("densenet-bc-100-12", "densenet", depth=100, growth_rate=12,
+               doc="DenseNet-BC-100, k=12 (Crowley et al.)")
+register_model("densenet-bc-40-12", "densenet", depth=40, growth_rate=12, doc="DenseNet-BC-40, k=12")

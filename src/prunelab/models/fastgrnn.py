@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from prunelab.models.common import check_int, out_width
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import WidthUnit, register_family, register_model
 
 ZETA_INIT = 1.0
 NU_INIT = -4.0
@@ -110,3 +110,9 @@ def init(model: FastGRNN) -> None:
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     """HAR-2: 128 steps of ``input_size`` (9) features."""
     return (128, int(kwargs.get("input_size", 9)))
+
+
+register_family("fastgrnn", fastgrnn, units=units, init=init, input_shape=(128, 9), task="sequence",
+                shape_of=input_shape, doc="FastGRNN with low-rank W and U")
+register_model("fastgrnn", "fastgrnn", input_size=9, hidden_size=80, w_rank=9, u_rank=80, num_classes=2,
+               doc="FastGRNN for HAR-2, full rank (r_W=9, r_U=80)")

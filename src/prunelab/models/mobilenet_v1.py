@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from prunelab.models.common import check_int, check_positive, check_widths, he_fan_out_init, out_width, scaled
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import WidthUnit, register_family, register_model
+from prunelab.models.widths import scale_units
 
 DEFAULT_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
@@ -96,3 +97,9 @@ def init(model: nn.Module) -> None:
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 224, 224)
+
+
+# Its width units are all its widths (``widths``).
+register_family("mobilenet_v1", mobilenet_v1, units=units, init=init, input_shape=(3, 224, 224), shape_of=input_shape,
+                scale_width=scale_units, doc="MobileNet-V1, ImageNet")
+register_model("mobilenet-v1", "mobilenet_v1", num_classes=1000, doc="MobileNet-V1, bias-free classifier (Global MP)")

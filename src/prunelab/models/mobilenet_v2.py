@@ -39,7 +39,8 @@ from prunelab.models.common import (
     scaled,
 )
 from prunelab.models.mobilenet_v1 import ConvBNReLU
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import ArchSpec, WidthUnit, register_family, register_model
+from prunelab.models.widths import scale_list, scale_units
 
 OUT_WIDTHS = (16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320)
 EXPANSION = 6
@@ -251,3 +252,22 @@ def init_cifar(model: nn.Module) -> None:
 
 def input_shape_cifar(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 32, 32)
+
+
+def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:
+    """Every width unit (hidden widths) times ``mult``, and the block outputs (the residual stream, not
+    width units) with them."""
+    outs = spec.kwargs.get("out_widths")
+    if outs is None:
+        wm = float(spec.kwargs.get("width_mult", 1.0))
+        outs = [max(1, int(w * wm)) for w in OUT_WIDTHS]
+    return scale_units(spec, mult, round_to).with_kwargs(out_widths=scale_list(outs, mult, round_to))
+
+
+register_family("mobilenet_v2", mobilenet_v2, units=units, init=init, input_shape=(3, 224, 224), shape_of=input_shape,
+                scale_width=scale_width, doc="MobileNet-V2, ImageNet")
+register_family("mobilenet_v2_cifar", mobilenet_v2_cifar, units=units_cifar, init=init_cifar,
+                shape_of=input_shape_cifar, scale_width=scale_width,
+                doc="MobileNet-V2, CIFAR variant (K. Liu, Global MP)")
+register_model("mobilenet-v2", "mobilenet_v2", num_classes=1000, doc="MobileNet-V2 (PFS / torchvision layers)")
+register_model("mobilenet-v2-cifar", "mobilenet_v2_cifar", doc="MobileNet-V2 for CIFAR (K. Liu, Global MP)")

@@ -10,6 +10,18 @@ Families also describe their *width units* (:class:`WidthUnit`): the channel set
 method may shrink while keeping the family's layout (block-internal channels, bottleneck widths,
 VGG layer widths...). Each unit names the BatchNorm after which a channel mask or gate goes and the
 keyword argument (and index) that sets its width, so a compressed model maps back to a spec.
+
+Everything the protocols need to know about a family is a hook it registers with itself (timm's
+``@register_model`` shape: each family file registers its own constructor and names, and this
+registry imports no family; the package ``prunelab.models`` imports every family module):
+
+* ``units(model)``: its width units;
+* ``scale_width(spec, mult, round_to)``: every width of the network times ``mult`` (reduced networks,
+  Crowley et al. 2018; Pruning from Scratch's width expansion);
+* ``expansion``: how Pruning from Scratch's ``-e`` widens the family by default (``width`` or
+  ``bottleneck``, Wang et al. 2020);
+* ``width_keys``: the constructor keywords that list per-block unit widths explicitly, whose length
+  follows the depth (dropped or carried over stage by stage when the depth changes).
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from prunelab.errors import PrunelabError, unknown_choice
+from prunelab.errors import PrunelabError, check_choice, unknown_choice
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,12 @@ class Family:
     #: ``shape_of(kwargs) -> input shape``: the default input shape of a spec (in-channels or input
     #: features come from its kwargs); None means ``input_shape`` for every spec
     shape_of: Callable[[dict[str, Any]], tuple[int, ...]] | None = None
+    #: ``scale_width(spec, mult, round_to) -> spec``: every width times ``mult``; None: the family has none
+    scale_width: Callable[[ArchSpec, float, int], ArchSpec] | None = None
+    #: Pruning from Scratch's default expansion of the family: "width" or "bottleneck"
+    expansion: str = "bottleneck"
+    #: constructor keywords listing explicit per-block unit widths (their length follows the depth)
+    width_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,13 +118,22 @@ _FAMILIES: dict[str, Family] = {}
 _MODELS: dict[str, ModelEntry] = {}
 
 
+EXPANSIONS = ("width", "bottleneck")
+
+
 def register_family(name: str, build: Callable[..., nn.Module], *, units=None, init=None,
                     input_shape: tuple[int, ...] = (3, 32, 32), task: str = "image", doc: str = "",
-                    shape_of: Callable[[dict[str, Any]], tuple[int, ...]] | None = None) -> None:
+                    shape_of: Callable[[dict[str, Any]], tuple[int, ...]] | None = None,
+                    scale_width: Callable[[ArchSpec, float, int], ArchSpec] | None = None,
+                    expansion: str = "bottleneck", width_keys: tuple[str, ...] = ()) -> None:
     """Register a family. ``init(model)`` re-initialises a built (possibly compressed) model in place
     with the family's rule computed from each layer's actual fan-in / fan-out. ``shape_of(kwargs)``
-    gives a spec's input shape (e.g. ``(in_channels, 32, 32)``); ``input_shape`` is the default."""
-    _FAMILIES[name] = Family(name, build, units, init, tuple(input_shape), task, doc, shape_of)
+    gives a spec's input shape (e.g. ``(in_channels, 32, 32)``); ``input_shape`` is the default.
+    ``units``, ``scale_width``, ``expansion`` and ``width_keys`` are the optional hooks of the module
+    docstring (a family without ``units`` still prunes with the generic channel groups)."""
+    check_choice(f"expansion of family {name!r}", expansion, EXPANSIONS)
+    _FAMILIES[name] = Family(name, build, units, init, tuple(input_shape), task, doc, shape_of, scale_width,
+                             expansion, tuple(width_keys))
 
 
 def register_model(name: str, family: str, *, input_shape: tuple[int, ...] | None = None,
@@ -119,24 +146,20 @@ def register_model(name: str, family: str, *, input_shape: tuple[int, ...] | Non
 
 
 def list_models() -> list[str]:
-    _ensure_loaded()
     return sorted(_MODELS)
 
 
 def list_families() -> list[str]:
-    _ensure_loaded()
     return sorted(_FAMILIES)
 
 
 def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     if name not in _MODELS:
         raise unknown_choice("model", name, _MODELS)
     return _MODELS[name]
 
 
 def get_family(name: str) -> Family:
-    _ensure_loaded()
     if name not in _FAMILIES:
         raise unknown_choice("model family", name, _FAMILIES)
     return _FAMILIES[name]
@@ -213,11 +236,6 @@ def spec_from_units(spec: ArchSpec | str | dict, units: list[WidthUnit]) -> Arch
             values[u.index] = int(u.width)
         kw[key] = values
     return ArchSpec(spec.family, kw)
-
-
-def _ensure_loaded() -> None:
-    # Importing the zoo registers every family and model name.
-    import prunelab.models.zoo  # noqa: F401
 
 
 def fit_spec(spec: ArchSpec, num_classes: int | None, input_shape: tuple[int, ...] | None) -> ArchSpec:

@@ -23,7 +23,8 @@ from torch import nn
 
 from prunelab.errors import check_choice
 from prunelab.models.common import check_int, check_positive, check_widths, he_fan_out_init, out_width, scaled
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import ArchSpec, WidthUnit, register_family, register_model
+from prunelab.models.widths import round_width, scale_explicit, scale_list
 
 BLOCKS = ("basic", "bottleneck")
 
@@ -161,3 +162,23 @@ def init(model: nn.Module) -> None:
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 224, 224)
+
+
+def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:
+    """Stem and stage widths (times the spec's own width multiplier) times ``mult``, explicit block
+    widths too."""
+    wm = float(spec.kwargs.get("width_mult", 1.0))
+    widths = spec.kwargs.get("widths") or [64, 128, 256, 512]
+    stem = int(spec.kwargs.get("stem_width", 64))
+    new = spec.with_kwargs(widths=scale_list([max(1, int(w * wm)) for w in widths], mult, round_to),
+                           stem_width=round_width(max(1, int(stem * wm)) * mult, round_to), width_mult=1.0)
+    return scale_explicit(spec, new, "block_widths", mult, round_to)
+
+
+register_family("resnet", resnet, units=units, init=init, input_shape=(3, 224, 224), shape_of=input_shape,
+                scale_width=scale_width, width_keys=("block_widths",),
+                doc="ImageNet ResNet, torchvision layout and keys")
+for _name, _block, _layers in (("resnet18", "basic", [2, 2, 2, 2]), ("resnet34", "basic", [3, 4, 6, 3]),
+                               ("resnet50", "bottleneck", [3, 4, 6, 3])):
+    register_model(_name, "resnet", block=_block, layers=_layers, num_classes=1000,
+                   doc=f"ResNet-{_name[6:]} (torchvision layout and keys)")

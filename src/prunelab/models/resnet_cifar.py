@@ -39,7 +39,8 @@ from prunelab.models.common import (
     out_width,
     scaled,
 )
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import ArchSpec, WidthUnit, register_family, register_model
+from prunelab.models.widths import scale_explicit, scale_list
 
 SHORTCUTS = ("A", "B")
 DEFAULT_WIDTHS = (16, 32, 64)
@@ -184,3 +185,24 @@ def init(model: CifarResNet) -> None:
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 32, 32)
+
+
+def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:
+    """Stage widths (times the spec's own width multiplier) times ``mult``, explicit block widths too."""
+    base = float(spec.kwargs.get("width_mult", 1.0))
+    widths = spec.kwargs.get("widths") or [16, 32, 64]
+    new = spec.with_kwargs(widths=scale_list([int(w * base) for w in widths], mult, round_to), width_mult=1.0)
+    return scale_explicit(spec, new, "block_widths", mult, round_to)
+
+
+# Pruning from Scratch widens the residual stream of CIFAR ResNets with the gated widths ("-e").
+register_family("resnet_cifar", resnet_cifar, units=units, init=init, shape_of=input_shape, scale_width=scale_width,
+                expansion="width", width_keys=("block_widths",),
+                doc="CIFAR ResNet-6n+2, shortcut option A or B (PFS layout)")
+
+# CIFAR ResNets: option B (PFS) under the plain name, option A with "-a".
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}", "resnet_cifar", depth=_depth, shortcut="B",
+                   doc=f"CIFAR ResNet-{_depth}, 1x1-conv shortcuts (option B, PFS)")
+    register_model(f"resnet{_depth}-a", "resnet_cifar", depth=_depth, shortcut="A",
+                   doc=f"CIFAR ResNet-{_depth}, zero-padding shortcuts (option A)")

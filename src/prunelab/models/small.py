@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from prunelab.models.common import check_int, check_widths, out_width, reset_default_
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import WidthUnit, register_family, register_model
+from prunelab.models.widths import scale_units
 
 
 class LinearBNReLU(nn.Sequential):
@@ -155,3 +156,18 @@ def gru_shape(kwargs: dict) -> tuple[int, ...]:
 def init(model: nn.Module) -> None:
     """PyTorch's default rule for every layer (BN running statistics reset too)."""
     reset_default_(model)
+
+
+# The MLP's and CNNs' width units are all their widths.
+register_family("mlp", mlp, units=mlp_units, init=init, input_shape=(64,), task="vector", shape_of=mlp_shape,
+                scale_width=scale_units, doc="MLP with BN (digits)")
+register_family("cnn", cnn, units=conv_units, init=init, input_shape=(1, 8, 8), shape_of=cnn_shape,
+                scale_width=scale_units, doc="small 2-D CNN (digits, 1x8x8)")
+register_family("cnn1d", cnn1d, units=conv_units, init=init, input_shape=(1, 40), task="sequence",
+                shape_of=cnn1d_shape, scale_width=scale_units, doc="small 1-D CNN (MNIST-1D, 1x40)")
+register_family("gru", gru, init=init, input_shape=(40, 1), task="sequence", shape_of=gru_shape,
+                doc="GRU sequence classifier (MNIST-1D as 40 steps x 1)")
+register_model("mlp", "mlp", in_features=64, doc="MLP 64-128-64-10 (digits)")
+register_model("cnn", "cnn", in_channels=1, doc="CNN 16-32-64 (digits, 1x8x8)")
+register_model("cnn1d", "cnn1d", in_channels=1, doc="1-D CNN 32-64-64 (MNIST-1D, 1x40)")
+register_model("gru", "gru", input_size=1, doc="GRU, hidden 64 (MNIST-1D, 40x1)")

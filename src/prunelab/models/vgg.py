@@ -21,7 +21,8 @@ from torch import nn
 
 from prunelab.errors import check_choice
 from prunelab.models.common import check_int, check_positive, check_widths, he_fan_out_init, out_width, scaled
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import WidthUnit, register_family, register_model
+from prunelab.models.widths import scale_units
 
 #: convs per stage for each depth; a 2x2 max pool follows every stage but the last
 STAGES: dict[int, tuple[int, ...]] = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
@@ -95,3 +96,10 @@ def init(model: nn.Module) -> None:
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 32, 32)
+
+
+# Its width units are all its widths (``cfg``).
+register_family("vgg", vgg, units=units, init=init, shape_of=input_shape, scale_width=scale_units,
+                width_keys=("cfg",), doc="VGG-BN, CIFAR variant (PFS layout)")
+for _depth in (11, 13, 16, 19):
+    register_model(f"vgg{_depth}-bn", "vgg", depth=_depth, doc=f"VGG-{_depth}-BN, CIFAR variant (PFS)")

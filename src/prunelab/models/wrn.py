@@ -35,7 +35,8 @@ from prunelab.models.common import (
     out_width,
     scaled,
 )
-from prunelab.models.registry import WidthUnit
+from prunelab.models.registry import ArchSpec, WidthUnit, register_family, register_model
+from prunelab.models.widths import scale_explicit, scale_list
 
 
 class WideBlock(nn.Module):
@@ -154,3 +155,22 @@ def init(model: nn.Module) -> None:
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
     return (int(kwargs.get("in_channels", 3)), 32, 32)
+
+
+def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:
+    """Widths times ``mult``: the stem stays 16 channels, the group widths int(16k), int(32k), int(64k)
+    scale (pytorch-prunes' k), and explicit block widths with them."""
+    k = float(spec.kwargs.get("widen_factor", 1.0))
+    widths = spec.kwargs.get("widths") or [16, int(16 * k), int(32 * k), int(64 * k)]
+    new = spec.with_kwargs(widths=[int(widths[0])] + scale_list(widths[1:], mult, round_to))
+    return scale_explicit(spec, new, "block_widths", mult, round_to)
+
+
+register_family("wrn", wrn, units=units, init=init, shape_of=input_shape, scale_width=scale_width,
+                width_keys=("block_widths",), doc="pre-activation Wide ResNet WRN-depth-k (pytorch-prunes layout)")
+
+# Wide ResNets (pytorch-prunes; dropout 0.3 for the Global MP WRN-22-8 / WRN-28-8 settings).
+for _depth, _k, _drop in ((16, 1, 0.0), (16, 2, 0.0), (16, 8, 0.0), (22, 8, 0.3), (28, 8, 0.3), (28, 10, 0.3),
+                          (40, 1, 0.0), (40, 2, 0.0), (40, 4, 0.0)):
+    register_model(f"wrn-{_depth}-{_k}", "wrn", depth=_depth, widen_factor=_k, dropout=_drop,
+                   doc=f"WRN-{_depth}-{_k}" + (f", dropout {_drop}" if _drop else ""))

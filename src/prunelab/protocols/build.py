@@ -38,7 +38,7 @@ def reinitialise(model: nn.Module, spec: ArchSpec) -> nn.Module:
 
     Used when the architecture is a base model compressed by a plan (the plan's layers are slices of
     wider ones): Crowley et al.'s reference code keeps the slice of a full-width init, whose He
-    std is computed for the unpruned fan-out (seeds.md, pitfall 6); prunelab re-draws it for the
+    std is computed for the unpruned fan-out (``train.py --deploy``); prunelab re-draws it for the
     real sizes. A family without a registered init falls back to each module's ``reset_parameters``
     (PyTorch's default rule, also computed from the actual fan).
     """

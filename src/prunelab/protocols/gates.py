@@ -7,7 +7,7 @@ BatchNorms, so the model's own modules, parameter names and forward stay untouch
 come off again with :meth:`GateBank.remove`.
 
 A gate of exactly 0 before the ReLU gives ReLU(0) = 0: the channel is dead, with no BN bias
-leaking into the next layer (seeds.md, pitfall 2).
+leaking into the next layer (the reference's placement in ``learn_gates.py``).
 """
 
 from __future__ import annotations
@@ -70,11 +70,6 @@ class GateBank(nn.Module):
     def values(self) -> dict[str, torch.Tensor]:
         """Detached CPU copy of each unit's gates, keyed by unit name."""
         return {u.name: g.detach().cpu().clone() for u, g in zip(self.units, self.gates)}
-
-    @torch.no_grad()
-    def load_values(self, values: dict[str, torch.Tensor]) -> None:
-        for u, g in zip(self.units, self.gates):
-            g.copy_(values[u.name].to(g.device, g.dtype))
 
     def nonzero_fraction(self) -> float:
         """Fraction of gates that are exactly non-zero: the PFS model-selection statistic."""

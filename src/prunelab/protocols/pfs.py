@@ -1,6 +1,7 @@
 """Pruning from Scratch (Wang et al., AAAI 2020): structures learned on a random, frozen network.
 
-Three stages, as in the official code (seeds.md, sec. 2.2):
+Three stages, as in the official code (``frankwang345/pruning-from-scratch``: ``learn_gates.py``,
+``prune_model.py``, ``train_pruned.py``):
 
 1. :func:`learn_gates`: channel gates (one scalar per channel of every width unit, after its BN,
    before the activation, initialised to 1) are the only parameters trained, on a randomly
@@ -10,7 +11,8 @@ Three stages, as in the official code (seeds.md, sec. 2.2):
    among epochs whose fraction of exactly non-zero gates is <= r, else the last epoch's gates.
 2. :func:`select_structure`: a global top-k over all gates (no per-layer normalisation), with the
    number kept found by bisection so the structure's MACs hit the budget, measured against the
-   *unexpanded* default model (pitfall 9). Departures from the reference code (sec. 8): the search
+   *unexpanded* default model, as the reference's ``full_flops``. Departures from the reference code
+   (found by running it): the search
    is an exact bisection on the kept count and returns its best step rather than its last, every
    unit keeps at least one channel, and a budget no legal structure meets is an error.
 3. :func:`pruning_from_scratch`: the selected widths as an :class:`ArchSpec`, trained from scratch
@@ -34,11 +36,11 @@ from torch import nn
 
 from prunelab.data.base import DataBundle, Split
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models import ArchSpec, WidthUnit, create, resolve, width_units
+from prunelab.models import ArchSpec, WidthUnit, create, get_family, resolve, width_units
+from prunelab.models.widths import with_unit_widths
 from prunelab.protocols.build import fit_spec_to_data
 from prunelab.protocols.gates import GateBank, GateClamp, GatePenalty
 from prunelab.protocols.targets import Measurer, format_metric
-from prunelab.protocols.widths import with_unit_widths
 from prunelab.train.callbacks import Callback
 
 
@@ -144,12 +146,11 @@ class GateLearning:
         }
 
 
-#: How the reference's ``-e`` widens each family (seeds.md 2.2): CIFAR ResNets widen the residual
-#: stream with the gated widths; MobileNet-V2 and ImageNet ResNets widen only the gated (hidden /
-#: internal) widths, their backbone being ``-m``. Families not in the reference widen their gated
-#: widths only, so the pruned structure keeps the default backbone.
+#: How the reference's ``-e`` widens a family is the family's ``expansion`` hook: CIFAR ResNets
+#: widen the residual stream with the gated widths; MobileNet-V2 and ImageNet ResNets widen only the
+#: gated (hidden / internal) widths, their backbone being ``-m``. Families not in the reference widen
+#: their gated widths only (the default), so the pruned structure keeps the default backbone.
 EXPANSION_MODES = ("auto", "width", "bottleneck")
-_AUTO_EXPANSION = {"resnet_cifar": "width"}
 
 
 def expanded_spec(spec: ArchSpec, expansion: float, mode: str = "auto") -> ArchSpec:
@@ -161,7 +162,7 @@ def expanded_spec(spec: ArchSpec, expansion: float, mode: str = "auto") -> ArchS
     from prunelab.protocols.reduced import scale_bottleneck, scale_width
 
     if mode == "auto":
-        mode = _AUTO_EXPANSION.get(spec.family, "bottleneck")
+        mode = get_family(spec.family).expansion
     return scale_width(spec, expansion) if mode == "width" else scale_bottleneck(spec, expansion)
 
 
@@ -203,7 +204,8 @@ def gate_train_config(base, pfs: PFSConfig):
 
 def freeze(model: nn.Module) -> None:
     """Take every parameter out of autograd: the backward then computes no weight gradients at all,
-    only the activation gradients the gates need (seeds.md, pitfall 8)."""
+    only the activation gradients the gates need (the reference's ``learn_gates.py`` optimises the gates
+    alone; frozen weights also keep weight decay and BatchNorm affine updates out)."""
     for p in model.parameters():
         p.requires_grad_(False)
 

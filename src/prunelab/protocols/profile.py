@@ -3,8 +3,8 @@
 A pruned network's *width profile* is, per width unit, the surviving channels m_b and the unpruned
 width M_b. Scaling every m_b by one factor alpha (rounded, at least one channel) gives new
 architectures of any size with the same shape; alpha is bisected so a member hits a parameter or
-MACs target, then the member is trained from scratch. The reference code has no script for this
-(seeds.md, sec. 1.7); this follows the paper's description, scaling channel counts linearly.
+MACs target, then the member is trained from scratch. The reference code (pytorch-prunes) has no
+script for this; this follows the paper's description, scaling channel counts linearly.
 
 A profile found on one depth of a family carries over to another depth stage by stage: within each
 stage (and each unit slot of a block, for blocks with several units) the per-block ratios m_b / M_b
@@ -27,12 +27,11 @@ from torch import nn
 
 from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError
-from prunelab.models import ArchSpec, WidthUnit, create, input_shape_of, resolve
+from prunelab.models import ArchSpec, WidthUnit, create, get_family, input_shape_of, resolve
+from prunelab.models.widths import round_width, units_of, with_unit_widths
 from prunelab.protocols.build import build_and_train, fit_spec_to_data
-from prunelab.protocols.reduced import round_width
 from prunelab.protocols.search import SearchResult, SearchStep, bisect_scalar, not_within
 from prunelab.protocols.targets import Measurer, Target, measure
-from prunelab.protocols.widths import units_of, with_unit_widths
 
 #: upper end of the alpha bisection
 MAX_ALPHA = 64.0
@@ -201,8 +200,9 @@ def transfer_profile(profile: WidthProfile, target: ArchSpec, round_to: int = 1)
 
 def transfer_widths(source: ArchSpec, target_plain: ArchSpec) -> ArchSpec:
     """``source``'s explicit unit widths carried over to ``target_plain`` (another depth); the ratios
-    are taken against ``source`` with its explicit width lists removed (its defaults)."""
-    plain = source.with_kwargs(**{k: None for k in ("block_widths", "cfg") if source.kwargs.get(k) is not None})
+    are taken against ``source`` with its explicit width lists (the family's ``width_keys``) removed."""
+    keys = get_family(source.family).width_keys
+    plain = source.with_kwargs(**{k: None for k in keys if source.kwargs.get(k) is not None})
     return transfer_profile(profile_between(plain, source), target_plain).pruned
 
 

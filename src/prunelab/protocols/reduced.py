@@ -8,9 +8,9 @@ Three ways to shrink a model, each a new :class:`ArchSpec` of the same family:
 * ``bottleneck``: only the width units (block-internal channels: WRN ``bottle_mult``, DenseNet's
   bottleneck width) times a multiplier, the uniform counterpart of pruning those channels.
 
-Widths are rounded to whole channels, half up, at least one channel (the reference code truncates
-with ``int()``, which biases every width down), or to a multiple of ``round_to`` (8 or 16 for
-hardware-friendly widths, at least ``round_to``). Given a target in parameters, MACs or measured
+What "every width" means is the family's own ``scale_width`` hook
+(:mod:`prunelab.models.registry`); widths are rounded by :func:`prunelab.models.widths.round_width`
+(half up, at least one channel, or a multiple of ``round_to``). Given a target in parameters, MACs or measured
 latency, :func:`reduce_to_target` bisects the multiplier until the reduced model lands within 2%
 of it; depth is discrete, so a depth search returns the nearest legal depth.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,114 +27,26 @@ from torch import nn
 
 from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models import ArchSpec, create, get_family, resolve
+from prunelab.models import ArchSpec, create, get_family, list_families, resolve
+from prunelab.models.widths import scale_units
 from prunelab.protocols.build import build_and_train, fit_spec_to_data
+from prunelab.protocols.profile import transfer_widths
 from prunelab.protocols.search import SearchResult, bisect_scalar, nearest_choice
 from prunelab.protocols.targets import LatencyOptions, Measurer, Target, measure
-from prunelab.protocols.widths import units_of, with_unit_widths
 
 MODES = ("width", "bottleneck", "depth")
 MIN_MULTIPLIER = 1e-3
-
-
-def round_width(width: float, round_to: int = 1) -> int:
-    """A channel count: ``width`` rounded half up to a multiple of ``round_to``, at least ``round_to``."""
-    if round_to < 1:
-        raise PrunelabError(f"channel rounding multiple must be >= 1, got {round_to}")
-    return max(round_to, int(math.floor(width / round_to + 0.5)) * round_to)
-
-
-# --------------------------------------------------------------------------------------- width rules
-
-
-def _scale_list(values, mult: float, round_to: int) -> list[int]:
-    return [round_width(v * mult, round_to) for v in values]
-
-
-def _scale_units(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    """Every width unit of ``spec`` times ``mult``, written back as explicit widths."""
-    units = units_of(spec)
-    return with_unit_widths(spec, [round_width(u.width * mult, round_to) for u in units], units)
-
-
-def _explicit_units_scaled(spec: ArchSpec, new: ArchSpec, key: str, mult: float, round_to: int) -> ArchSpec:
-    # Explicit per-block widths are absolute in the zoo's constructors: scale them too.
-    if spec.kwargs.get(key) is None:
-        return new
-    return new.with_kwargs(**{key: _scale_list(spec.kwargs[key], mult, round_to)})
-
-
-def _wrn_width(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    # Stem stays 16 channels, group widths int(16k), int(32k), int(64k) scale (pytorch-prunes' k).
-    k = float(spec.kwargs.get("widen_factor", 1.0))
-    widths = spec.kwargs.get("widths") or [16, int(16 * k), int(32 * k), int(64 * k)]
-    new = spec.with_kwargs(widths=[int(widths[0])] + _scale_list(widths[1:], mult, round_to))
-    return _explicit_units_scaled(spec, new, "block_widths", mult, round_to)
-
-
-def _resnet_cifar_width(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    base = float(spec.kwargs.get("width_mult", 1.0))
-    widths = spec.kwargs.get("widths") or [16, 32, 64]
-    new = spec.with_kwargs(widths=_scale_list([int(w * base) for w in widths], mult, round_to), width_mult=1.0)
-    return _explicit_units_scaled(spec, new, "block_widths", mult, round_to)
-
-
-def _densenet_width(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    growth = int(spec.kwargs.get("growth_rate", 12))
-    new = spec.with_kwargs(growth_rate=round_width(growth * mult, round_to))
-    return _explicit_units_scaled(spec, new, "block_widths", mult, round_to)
-
-
-def _mobilenet_v2_width(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    # Block outputs (the residual stream, not width units) scale with the stem, hidden and last widths.
-    from prunelab.models.mobilenet_v2 import OUT_WIDTHS
-
-    outs = spec.kwargs.get("out_widths")
-    if outs is None:
-        wm = float(spec.kwargs.get("width_mult", 1.0))
-        outs = [max(1, int(w * wm)) for w in OUT_WIDTHS]
-    scaled = _scale_units(spec, mult, round_to)
-    return scaled.with_kwargs(out_widths=_scale_list(outs, mult, round_to))
-
-
-def _resnet_width(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    wm = float(spec.kwargs.get("width_mult", 1.0))
-    widths = spec.kwargs.get("widths") or [64, 128, 256, 512]
-    stem = int(spec.kwargs.get("stem_width", 64))
-    new = spec.with_kwargs(widths=_scale_list([max(1, int(w * wm)) for w in widths], mult, round_to),
-                           stem_width=round_width(max(1, int(stem * wm)) * mult, round_to), width_mult=1.0)
-    return _explicit_units_scaled(spec, new, "block_widths", mult, round_to)
-
-
-def _all_units_width(spec: ArchSpec, mult: float, round_to: int) -> ArchSpec:
-    """Families whose width units are all their widths (VGG ``cfg``, MobileNet-V1 ``widths``, the
-    small MLP / CNNs): scale every unit."""
-    return _scale_units(spec, mult, round_to)
-
-
-WIDTH_RULES: dict[str, Callable[[ArchSpec, float, int], ArchSpec]] = {
-    "wrn": _wrn_width,
-    "resnet_cifar": _resnet_cifar_width,
-    "densenet": _densenet_width,
-    "resnet": _resnet_width,
-    "mobilenet_v2": _mobilenet_v2_width,
-    "mobilenet_v2_cifar": _mobilenet_v2_width,
-    "vgg": _all_units_width,
-    "mobilenet_v1": _all_units_width,
-    "mlp": _all_units_width,
-    "cnn": _all_units_width,
-    "cnn1d": _all_units_width,
-}
 
 
 def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:
     """``spec`` with every width of the network times ``mult`` (the family's width multiplier)."""
     if not (math.isfinite(mult) and mult > 0):
         raise PrunelabError(f"width multiplier must be positive, got {mult}")
-    rule = WIDTH_RULES.get(spec.family)
+    rule = get_family(spec.family).scale_width
     if rule is None:
+        having = [f for f in list_families() if get_family(f).scale_width is not None]
         raise PrunelabError(f"no width-multiplier rule for model family {spec.family!r}; families with one: "
-                            f"{', '.join(sorted(WIDTH_RULES))} (the bottleneck mode works for every family)")
+                            f"{', '.join(having)} (the bottleneck mode works for every family)")
     return rule(spec, mult, round_to)
 
 
@@ -143,7 +54,7 @@ def scale_bottleneck(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec
     """``spec`` with every width unit (block-internal channels) times ``mult``."""
     if not (math.isfinite(mult) and mult > 0):
         raise PrunelabError(f"bottleneck multiplier must be positive, got {mult}")
-    return _scale_units(spec, mult, round_to)
+    return scale_units(spec, mult, round_to)
 
 
 # --------------------------------------------------------------------------------------- depth
@@ -172,17 +83,15 @@ def legal_depths(spec: ArchSpec, up_to: int | None = None) -> list[int]:
 
 
 def with_depth(spec: ArchSpec, depth: int) -> ArchSpec:
-    """``spec`` at another depth. Explicit per-block widths are carried over stage by stage
-    (:func:`prunelab.protocols.profile.transfer_widths`), or dropped when they are the defaults."""
+    """``spec`` at another depth. Explicit per-block widths (the family's ``width_keys``) are carried
+    over stage by stage (:func:`prunelab.protocols.profile.transfer_widths`)."""
     new = spec.with_kwargs(depth=int(depth))
-    explicit = [u for u in ("block_widths", "cfg") if spec.kwargs.get(u) is not None]
+    explicit = [k for k in get_family(spec.family).width_keys if spec.kwargs.get(k) is not None]
     if not explicit:
         return new
     plain = new.with_kwargs(**{k: None for k in explicit})
     if int(spec.kwargs.get("depth", -1)) == int(depth):
         return spec
-    from prunelab.protocols.profile import transfer_widths
-
     return transfer_widths(spec, plain)
 
 

@@ -2,13 +2,15 @@
 
 Only the *architecture* of a pruned network is kept; every weight is drawn afresh with the family's
 initialisation for the layer's actual (smaller) fan. Crowley et al. (2018, sec. 4.2) slice a fresh
-full-width init instead, so their He std belongs to the unpruned fan-out (seeds.md, pitfall 6);
+full-width init instead (pytorch-prunes ``train.py --deploy``), so their He std belongs to the
+unpruned fan-out;
 ``init="constructor"`` together with a plan reproduces that slicing.
 
 * Scratch-E trains for the same number of epochs as the dense model.
 * Scratch-B trains for the same compute: epochs x (dense MACs / pruned MACs), truncated to an
   integer as in the reference scripts (PFS ``train_pruned.py``: ``int(160 / (1 - p))``), with the
-  LR milestones moved along (kept as fractions of the run; seeds.md, pitfall 10).
+  LR milestones moved along (kept at the same fractions of the run, 50% and 75% in PFS's
+  ``train_pruned.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def pruned_architecture(source: Any, dense: str | ArchSpec | dict | None = None)
         from prunelab.checkpoint import load_model
 
         loaded = load_model(source)
-        if any(name.endswith("_mask") for name, _ in loaded.model.named_buffers()):
+        from prunelab.prune.unstructured.masks import carries_masks
+
+        if carries_masks(name for name, _ in loaded.model.named_buffers()):
             raise PrunelabError(f"checkpoint {source} holds unstructured weight masks; training from scratch "
                                 "here takes channel-pruned (structured) architectures")
         if loaded.plan:

@@ -48,7 +48,9 @@ def arch_spec(run: RunConfig, data=None):
 
 
 def has_masks(model: nn.Module) -> bool:
-    return any(name.endswith("_mask") for name, _ in model.named_buffers())
+    from prunelab.prune.unstructured.masks import carries_masks
+
+    return carries_masks(name for name, _ in model.named_buffers())
 
 
 def model_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig,

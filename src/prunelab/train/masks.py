@@ -32,6 +32,17 @@ def mask_name(param_name: str) -> str:
     return param_name + MASK_SUFFIX
 
 
+def masked_name(name: str) -> str | None:
+    """The parameter a mask buffer or state_dict key belongs to (``fc.weight_mask`` -> ``fc.weight``);
+    None when ``name`` is not a mask."""
+    return name[: -len(MASK_SUFFIX)] if name.endswith(MASK_SUFFIX) else None
+
+
+def carries_masks(names: Iterable[str]) -> bool:
+    """Whether any of the buffer or state_dict names ``names`` is a weight mask."""
+    return any(masked_name(n) is not None for n in names)
+
+
 def masks_generation() -> int:
     """A number that changes whenever :func:`attach_mask` or :func:`detach_mask` changes a model's masks."""
     return _generation
@@ -64,11 +75,12 @@ def masked_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.P
     ``<param>_mask`` buffer shaped like its parameter (other ``*_mask`` buffers are not masks)."""
     for path, module in model.named_modules():
         for bname, buf in module._buffers.items():
-            if buf is None or not bname.endswith(MASK_SUFFIX):
+            pname = masked_name(bname)
+            if buf is None or pname is None:
                 continue
-            param = module._parameters.get(bname[: -len(MASK_SUFFIX)])
+            param = module._parameters.get(pname)
             if isinstance(param, nn.Parameter) and buf.dtype == torch.bool and buf.shape == param.shape:
-                yield path, module, bname[: -len(MASK_SUFFIX)], param, buf
+                yield path, module, pname, param, buf
 
 
 def mul_(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> None:

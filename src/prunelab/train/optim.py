@@ -1,6 +1,7 @@
 """Optimisers, parameter groups and learning-rate schedules of the seed papers' recipes.
 
-One schedule function covers every recipe (seeds.md 1.3, 2.2, 3.4): the learning rate is
+One schedule function covers every recipe (pytorch-prunes' multi-step, PFS's ``train_pruned.py``,
+Global MP's warm-up + cosine): the learning rate is
 ``lr * warmup(t) * shape(t)`` where ``t`` is training progress in epochs.
 
 * ``lr_step="iteration"``: ``t = step / steps_per_epoch`` (fractional), updated after every step.
@@ -35,7 +36,7 @@ def no_decay_parameter_ids(model: nn.Module) -> set[int]:
 
     BatchNorm / GroupNorm / LayerNorm parameters, every bias (any parameter whose name starts with
     ``bias``, including recurrent ``bias_ih``), and depthwise convolution weights (one input channel
-    per group), as PFS's ImageNet ``train_pruned_imagenet.py`` (seeds.md 2.2).
+    per group), as PFS's ImageNet ``train_pruned_imagenet.py``.
     """
     ids: set[int] = set()
     for module in model.modules():

@@ -20,14 +20,8 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.structured.groups import (
-    BN_TYPES,
-    CONV_TYPES,
-    ChannelGroup,
-    GroupSet,
-    example_batch,
-    is_depthwise,
-)
+from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.prune.structured.groups import ChannelGroup, GroupSet, example_batch, is_depthwise
 from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.zero import emptied
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.prune.structured.groups import BN_TYPES, CONV_TYPES, PER_CHANNEL_TYPES, GroupSet
+from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.prune.structured.groups import PER_CHANNEL_TYPES, GroupSet
 
 
 @dataclass

@@ -25,6 +25,11 @@ convolutions; layers only partly covered by the group) are not prunable: they ar
 Exclusions (``exclude``): a pattern is matched (``fnmatch``) against module paths and class names;
 a group is excluded when one of the layers whose *output* channels it removes matches (Torch-Pruning's
 ``ignored_layers`` semantics: an excluded layer keeps its output width).
+
+Torch-Pruning is used through its public API only (``DependencyGraph.build_dependency``,
+``get_pruning_group``, ``get_all_groups``, ``is_out_channel_pruning_fn``, ``module2node``, the
+public attributes of groups, dependencies and nodes, and its pruning functions), for the versions
+in :data:`TORCH_PRUNING_TESTED`.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
+from prunelab.models.common import BN_TYPES, CONV_TYPES
 
 SCOPES = ("internal", "all")
+#: the Torch-Pruning releases this module is tested with (pyproject.toml bounds the dependency to them)
+TORCH_PRUNING_TESTED = ("1.5.3", "1.6.0", "1.6.1")
 
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
 POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
               nn.AdaptiveAvgPool3d)
@@ -77,7 +83,9 @@ class ChannelGroup:
     channels). ``mask_points``: modules after whose output the soft mask is applied (every BatchNorm
     of the group, plus producers whose output does not go straight into one), so that a masked channel
     reaches no consumer. ``vanishable``: the group may lose every channel (its consumers then output
-    zeros and the block reduces to its shortcut, as in pytorch-prunes). ``unit``: the zoo width unit.
+    zeros and the block reduces to its shortcut, as in pytorch-prunes). ``producers`` / ``batchnorms``:
+    the layers whose filters / scales a channel's weight-based score reads (the unit's conv and BN for
+    a zoo width unit; every producer and BatchNorm of a generic group). ``unit``: the zoo width unit.
     """
 
     name: str
@@ -86,8 +94,8 @@ class ChannelGroup:
     members: list[Member]
     mask_points: list[str]
     vanishable: bool
-    l1_modules: list[str]
-    bn_modules: list[str]
+    producers: list[str]
+    batchnorms: list[str]
     ops: list[str] = field(default_factory=list)
     unit: object | None = None
 
@@ -146,7 +154,25 @@ def _module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.DependencyGraph, dict[str, LayerShape]]:
+@dataclass
+class TracedModel:
+    """Torch-Pruning's dependency graph of a model, and what prunelab records beside it: the
+    Conv / Linear / average-pool geometry (:class:`LayerShape`), the graph node feeding each average
+    pool (None where none was found), and module / parameter names."""
+
+    graph: tp.DependencyGraph
+    layers: dict[str, LayerShape]
+    pools: dict[str, object]
+    names: dict[nn.Module, str]
+    order: dict[str, int]  # module path -> position in named_modules order
+    param_names: dict[nn.Parameter, str]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.graph.model
+
+
+def build_graph(model: nn.Module, input_shape: Sequence[int]) -> TracedModel:
     """Trace ``model`` with Torch-Pruning on one example input; also record Conv / Linear / average-
     pool geometry for the cost model (positions summed over calls of a module used several times).
 
@@ -197,8 +223,21 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.Depend
         model.train(was_training)
     # An average pool is not a Torch-Pruning layer: find the graph node that feeds it.
     by_grad_fn = {id(node.grad_fn): node for node in dg.module2node.values() if node.grad_fn is not None}
-    dg._prunelab_pools = {name: by_grad_fn.get(id(gf)) for name, gf in pool_inputs.items()}
-    return dg, layers
+    pools = {name: by_grad_fn.get(id(gf)) for name, gf in pool_inputs.items()}
+    order = {n: i for i, n in enumerate(names.values())}
+    return TracedModel(dg, layers, pools, names, order, {p: n for n, p in model.named_parameters()})
+
+
+def out_channel_fn(module: nn.Module):
+    """Torch-Pruning's function removing output channels of ``module`` (a conv, depthwise conv or linear)."""
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    return tp.prune_depthwise_conv_out_channels if is_depthwise(module) else tp.prune_conv_out_channels
+
+
+def layer_group(traced: TracedModel, module: nn.Module, width: int):
+    """Torch-Pruning's group of every layer coupled to the ``width`` output channels of ``module``."""
+    return traced.graph.get_pruning_group(module, out_channel_fn(module), list(range(width)))
 
 
 def _op_name(node) -> str:
@@ -227,12 +266,6 @@ _UNMAPPABLE = ("Permute", "Transpose", "IndexSelect", "Gather", "Index", "Roll",
                "Matmul", "Addmm", "Baddbmm", "Einsum", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Repeat")
 
 
-@dataclass
-class _RawGroup:
-    tp_group: object
-    root_module: nn.Module
-
-
 def _channel_dim_size(module: nn.Module, kind: str) -> int | None:
     if isinstance(module, CONV_TYPES):
         return module.out_channels if kind in ("out", "depthwise") else module.in_channels
@@ -256,13 +289,25 @@ def _merge_member(members: dict, name: str, kind: str, idxs: list[int], roots: l
             m.channels.append(r)
 
 
-def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], order: dict[str, int],
-             root_name: str | None = None):
-    """Turn a Torch-Pruning group into members indexed by the chosen root's output channels.
+@dataclass
+class TracedGroup:
+    """A Torch-Pruning group read as prunelab members, indexed by the root layer's output channels:
+    ``problems`` name what makes it unprunable, ``merge`` / ``output`` whether its channels reach an
+    operation merging computed tensors / the network output."""
 
-    Returns (root, width, members, ops, problems, reaches_merge, reaches_output).
-    """
-    out_fns = dg._out_channel_pruning_fn
+    root: str
+    width: int
+    members: list[Member]
+    ops: list[str]
+    problems: list[str]
+    merge: bool
+    output: bool
+
+
+def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> TracedGroup | None:
+    """Turn a Torch-Pruning group into members indexed by the chosen root's output channels (the first
+    producer in module order by default; None when the group has no producer)."""
+    dg, names, order = traced.graph, traced.names, traced.order
     members: dict[tuple[str, str], Member] = {}
     ops: list[str] = []
     problems: list[str] = []
@@ -270,7 +315,7 @@ def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], orde
     output = False
     has_mapping_op = False
     pools_of: dict[int, list[str]] = {}
-    for pool, feeder in getattr(dg, "_prunelab_pools", {}).items():
+    for pool, feeder in traced.pools.items():
         if feeder is not None:
             pools_of.setdefault(id(feeder), []).append(pool)
     for item in tp_group.items:
@@ -278,14 +323,14 @@ def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], orde
         roots = list(item.root_idxs)
         node = dep.target
         module = node.module
-        if module not in names or dep.handler in out_fns:  # the feeder's *output* channels
+        if module not in names or dg.is_out_channel_pruning_fn(dep.handler):  # the feeder's *output* channels
             for pool in pools_of.get(id(node), ()):
                 _merge_member(members, pool, "pool", idxs, roots)
         if node.type == tp.ops.OPTYPE.OUTPUT:
             output = True
             continue
         if node.type == tp.ops.OPTYPE.PARAMETER:
-            problems.append(f"a bare nn.Parameter ({dg._param_to_name.get(module, 'unnamed')}) used as a weight")
+            problems.append(f"a bare nn.Parameter ({traced.param_names.get(module, 'unnamed')}) used as a weight")
             continue
         if module not in names:  # an operation, not a layer
             op = _op_name(node)
@@ -303,7 +348,7 @@ def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], orde
                 output = True
             continue
         name = names[module]
-        out = dep.handler in out_fns
+        out = dg.is_out_channel_pruning_fn(dep.handler)
         if is_depthwise(module):
             kind = "depthwise"
         elif isinstance(module, (*CONV_TYPES, nn.Linear)):
@@ -343,11 +388,12 @@ def _convert(dg: tp.DependencyGraph, tp_group, names: dict[nn.Module, str], orde
     if len(root_member.idxs) != width:
         problems.append(f"{root_member.module} covers {len(root_member.idxs)} of its {width} output channels")
     ordered = sorted(members.values(), key=lambda m: (order.get(m.module, 0), m.kind))
-    return root_member.module, width, ordered, ops, problems, merge, output
+    return TracedGroup(root_member.module, width, ordered, ops, problems, merge, output)
 
 
-def _mask_points(dg: tp.DependencyGraph, model: nn.Module, members: list[Member]) -> list[str]:
+def mask_points(traced: TracedModel, members: list[Member]) -> list[str]:
     """BatchNorms of the group, plus producers whose output does not go straight into one of them."""
+    dg, model = traced.graph, traced.model
     bns = {m.module for m in members if m.kind == "out" and isinstance(model.get_submodule(m.module), BN_TYPES)}
     points = []
     for m in members:
@@ -356,15 +402,16 @@ def _mask_points(dg: tp.DependencyGraph, model: nn.Module, members: list[Member]
         elif m.kind in ("out", "depthwise"):
             module = model.get_submodule(m.module)
             node = dg.module2node.get(module)
-            followers = [] if node is None else [dg._module2name.get(o.module) for o in node.outputs]
+            followers = [] if node is None else [traced.names.get(o.module) for o in node.outputs]
             if not followers or any(f not in bns for f in followers):
                 points.append(m.module)
     return points
 
 
-def _vanishable(dg: tp.DependencyGraph, model: nn.Module, members: list[Member], merge: bool) -> bool:
+def vanishable(traced: TracedModel, members: list[Member], merge: bool) -> bool:
     """Every consumer takes all its input from the group, and its output reaches a residual add or a
     concat through single-input operations (so the block reduces to its shortcut, never the network)."""
+    dg, model = traced.graph, traced.model
     if merge:
         return False
     consumers = [m for m in members if m.kind == "in"]
@@ -392,16 +439,21 @@ def _vanishable(dg: tp.DependencyGraph, model: nn.Module, members: list[Member],
     return True
 
 
-def _scoring_modules(model: nn.Module, members: list[Member], unit) -> tuple[list[str], list[str]]:
+def make_group(traced: TracedModel, found: TracedGroup, name: str, unit=None) -> ChannelGroup:
+    """The :class:`ChannelGroup` of a read group: its mask points, whether it may vanish, and the
+    layers a weight-based score reads (the unit's conv and BN for a zoo width unit)."""
+    model, members = traced.model, found.members
     if unit is not None:
-        bns = [unit.bn] if unit.bn else []
-        return [unit.conv], bns
-    producers = [m.module for m in members if m.kind == "out" and isinstance(model.get_submodule(m.module),
-                                                                               PRODUCER_TYPES)]
-    if not producers:
-        producers = [m.module for m in members if m.kind == "depthwise"]
-    bns = [m.module for m in members if m.kind == "out" and isinstance(model.get_submodule(m.module), BN_TYPES)]
-    return producers, bns
+        producers, bns = [unit.conv], [unit.bn] if unit.bn else []
+    else:
+        producers = [m.module for m in members
+                     if m.kind == "out" and isinstance(model.get_submodule(m.module), PRODUCER_TYPES)]
+        if not producers:
+            producers = [m.module for m in members if m.kind == "depthwise"]
+        bns = [m.module for m in members if m.kind == "out" and isinstance(model.get_submodule(m.module), BN_TYPES)]
+    return ChannelGroup(name=name, root=found.root, width=found.width, members=members,
+                        mask_points=mask_points(traced, members), vanishable=vanishable(traced, members, found.merge),
+                        producers=producers, batchnorms=bns, ops=found.ops, unit=unit)
 
 
 def _excluded(model: nn.Module, members: list[Member], patterns: Sequence[str]) -> str | None:
@@ -441,9 +493,8 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
             units = width_units(model, spec)
         except PrunelabError:
             units = None
-    dg, layers = build_graph(model, input_shape)
-    names = {m: n for n, m in model.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
+    traced = build_graph(model, input_shape)
+    dg = traced.graph
     unit_by_conv = {u.conv: u for u in units or ()}
 
     raw: list[tuple[object, str | None, object]] = []  # (tp group, root name, unit)
@@ -454,10 +505,7 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
             conv = model.get_submodule(u.conv)
             if conv not in dg.module2node:
                 raise PrunelabError(f"width unit {u.name}: layer {u.conv} is not reached by the forward pass")
-            fn = tp.prune_depthwise_conv_out_channels if is_depthwise(conv) else tp.prune_conv_out_channels
-            if isinstance(conv, nn.Linear):
-                fn = tp.prune_linear_out_channels
-            raw.append((dg.get_pruning_group(conv, fn, list(range(u.width))), u.conv, u))
+            raw.append((layer_group(traced, conv, u.width), u.conv, u))
     else:
         for g in dg.get_all_groups(root_module_types=PRODUCER_TYPES):
             raw.append((g, None, None))
@@ -466,33 +514,28 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
     skipped: list[dict] = []
     taken: set[str] = set()
     for tp_group, root_name, unit in raw:
-        conv = _convert(dg, tp_group, names, order, root_name)
-        if conv is None:
+        found = read_group(traced, tp_group, root_name)
+        if found is None:
             continue
-        root, width, members, ops, problems, merge, output = conv
-        if unit is None and root in unit_by_conv:
-            unit = unit_by_conv[root]
-        name = unit.name if unit is not None else root
+        if unit is None and found.root in unit_by_conv:
+            unit = unit_by_conv[found.root]
+        name = unit.name if unit is not None else found.root
         if name in taken:
             continue
         taken.add(name)
-        if output:
+        if found.output:
             continue  # the network's outputs (logits) are never pruned
-        if scope == "internal" and units is None and merge:
+        if scope == "internal" and units is None and found.merge:
             continue
-        if unit is not None and unit.bn and unit.bn not in {m.module for m in members}:
-            problems.append(f"width unit BatchNorm {unit.bn} is not coupled to {unit.conv}")
-        if problems:
-            skipped.append({"group": name, "reason": "; ".join(dict.fromkeys(problems))})
+        if unit is not None and unit.bn and unit.bn not in {m.module for m in found.members}:
+            found.problems.append(f"width unit BatchNorm {unit.bn} is not coupled to {unit.conv}")
+        if found.problems:
+            skipped.append({"group": name, "reason": "; ".join(dict.fromkeys(found.problems))})
             continue
-        hit = _excluded(model, members, patterns)
+        hit = _excluded(model, found.members, patterns)
         if hit is not None:
             skipped.append({"group": name, "reason": f"excluded by {hit!r}"})
             continue
-        l1, bns = _scoring_modules(model, members, unit)
-        groups.append(ChannelGroup(
-            name=name, root=root, width=width, members=members, mask_points=_mask_points(dg, model, members),
-            vanishable=_vanishable(dg, model, members, merge),
-            l1_modules=l1, bn_modules=bns, ops=ops, unit=unit))
-    groups.sort(key=lambda g: order[g.root])
-    return GroupSet(groups, scope, input_shape, layers, skipped)
+        groups.append(make_group(traced, found, name, unit))
+    groups.sort(key=lambda g: traced.order[g.root])
+    return GroupSet(groups, scope, input_shape, traced.layers, skipped)

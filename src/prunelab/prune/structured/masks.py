@@ -1,4 +1,4 @@
-"""Soft channel masks, and the Fisher signal read from the masked activations.
+"""Soft channel masks on a model's channel groups.
 
 A mask is one 0/1 vector per channel group, applied by a forward hook that multiplies the output of
 each of the group's *mask points*: its BatchNorms (as pytorch-prunes' ``MaskBlock`` multiplies the
@@ -7,23 +7,15 @@ whose output does not go straight into one. A masked channel is therefore exactl
 consumer reads it, so the masked network computes what the compressed one will, and fine-tuning
 simply continues between prunes (gradients of a masked channel are zero too).
 
-Fisher pruning (Theis et al. 2018, eq. 6; Crowley et al. 2018, sec. 3): for a channel c with masked
-activation a (N x C x H x W) and loss gradient g = dL/da,
-
-    Delta_c = 1/(2N) * sum_n ( sum_{h,w} a[n,c,h,w] * g[n,c,h,w] )^2
-
-i.e. half the empirical Fisher information of a per-channel mask at 1 (sum_{h,w} a*g is dL/dm_c for
-sample n). Per training step it is **summed** into a running buffer; at a prune decision the buffer
-is divided by the number of steps since the last prune and reset (pytorch-prunes ``funcs.Pruner``).
-The gradient is that of the mean mini-batch loss, as in the reference code. When a group has several
-mask points (a residual stream pruned jointly), the per-sample terms sum_{h,w} a*g of all its points
-are added before squaring: the Fisher information of the one mask shared by all of them.
+Criteria that read activations (:mod:`prunelab.prune.structured.criteria`) register one observer
+with :meth:`ChannelMasks.observe`; the hooks hand it every masked training-mode output, and
+:meth:`ChannelMasks.to_groups` maps a mask point's per-channel values onto the groups' channels.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -31,73 +23,14 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.structured.groups import GroupSet
 
-
-def fisher_delta(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Delta_c of one batch (see the module docstring); ``activation`` and ``grad`` are N x C x ..."""
-    return per_sample_terms(activation, grad).pow(2).sum(0) / (2 * activation.shape[0])
-
-
-def per_sample_terms(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """sum over positions of a*g for each sample and channel: an N x C tensor (float32)."""
-    prod = activation.float() * grad.float()
-    return prod.flatten(2).sum(2) if prod.dim() > 2 else prod
-
-
-class FisherAccumulator:
-    """Running sums of Delta_c per group over training steps (pytorch-prunes' ``running_fisher``)."""
-
-    def __init__(self, widths: dict[str, int]) -> None:
-        self.widths = dict(widths)
-        self.running: dict[str, torch.Tensor] = {}
-        self.steps = 0
-        self._terms: dict[str, torch.Tensor] = {}
-
-    def add_terms(self, group: str, terms: torch.Tensor) -> None:
-        """Add one mask point's per-sample terms (N x width, already in group channel order)."""
-        prev = self._terms.get(group)
-        self._terms[group] = terms if prev is None else prev + terms
-
-    def end_step(self, grad_scale: torch.Tensor | float | None = None) -> None:
-        """Fold the step's terms into the running sums. ``grad_scale``: an AMP loss scale to undo."""
-        if not self._terms:
-            return
-        for name, terms in self._terms.items():
-            delta = terms.pow(2).sum(0) / (2 * terms.shape[0])
-            if grad_scale is not None:
-                delta = delta / (torch.as_tensor(grad_scale, device=delta.device, dtype=delta.dtype) ** 2)
-            # An AMP step that overflowed is skipped by the optimiser; skip its signal too.
-            delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
-            run = self.running.get(name)
-            self.running[name] = delta if run is None else run + delta
-        self._terms.clear()
-        self.steps += 1
-
-    def scores(self) -> dict[str, torch.Tensor]:
-        """Accumulated Delta_c divided by the number of steps (zeros before any step)."""
-        out = {}
-        for name, width in self.widths.items():
-            run = self.running.get(name)
-            out[name] = torch.zeros(width) if run is None else run.detach().float().cpu() / max(self.steps, 1)
-        return out
-
-    def reset(self) -> None:
-        self.running.clear()
-        self._terms.clear()
-        self.steps = 0
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "running": {k: v.detach().cpu() for k, v in self.running.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state.get("steps", 0))
-        self.running = {k: v.clone() for k, v in (state.get("running") or {}).items()}
+#: ``observer(mask_point, masked_output)``: called for every training-mode forward of a mask point
+Observer = Callable[[str, torch.Tensor], None]
 
 
 class ChannelMasks:
     """0/1 channel masks on a model's channel groups, applied by forward hooks.
 
     ``alive[name]`` is a bool vector over the group's channels (positions of its root's outputs).
-    ``collect_fisher(True)`` makes the hooks record the Fisher terms of every training backward pass.
     """
 
     def __init__(self, model: nn.Module, groups: GroupSet, keep: dict[str, list[int]] | None = None) -> None:
@@ -108,8 +41,7 @@ class ChannelMasks:
         if keep:
             for name, kept in keep.items():
                 self.set_kept(name, kept)
-        self.fisher = FisherAccumulator({g.name: g.width for g in groups})
-        self._collect = False
+        self._observer: Observer | None = None
         self._cache: dict[tuple[str, torch.device, torch.dtype], tuple[int, torch.Tensor]] = {}
         # mask point -> [(group, positions in the module's output, group channels)]
         # (identity: the module's outputs are exactly the group's channels, in order)
@@ -160,21 +92,30 @@ class ChannelMasks:
     def remaining(self) -> int:
         return sum(int(v.sum()) for v in self.alive.values())
 
-    def flat_alive(self) -> torch.Tensor:
-        return torch.cat([self.alive[g.name] for g in self.groups]) if len(self.groups) else torch.zeros(0, dtype=bool)
-
     def state_dict(self) -> dict:
-        return {"alive": {k: v.clone() for k, v in self.alive.items()}, "fisher": self.fisher.state_dict()}
+        return {"alive": {k: v.clone() for k, v in self.alive.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state["alive"].items():
             self.alive[k] = v.clone().bool()
-        self.fisher.load_state_dict(state.get("fisher", {}))
         self._version += 1
 
     # -- hooks -------------------------------------------------------------------------------------
-    def collect_fisher(self, on: bool = True) -> None:
-        self._collect = on
+    def observe(self, observer: Observer | None) -> None:
+        """Hand every masked training-mode output of a mask point to ``observer`` (None: stop)."""
+        self._observer = observer
+
+    def to_groups(self, point: str, values: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """``values`` (N x C, one column per output channel of mask point ``point``) as (group, N x width)
+        pairs in each group's channel order; channels of a group the point does not carry are 0."""
+        for name, idxs, channels, identity in self._points[point]:
+            if identity and values.shape[1] == idxs.numel():
+                yield name, values
+            else:
+                part = values.index_select(1, idxs.to(values.device))
+                full = values.new_zeros((values.shape[0], self.alive[name].numel()))
+                full.index_add_(1, channels.to(values.device), part)
+                yield name, full
 
     def attach(self) -> None:
         if self._handles:
@@ -217,20 +158,8 @@ class ChannelMasks:
                 raise PrunelabError(f"cannot mask {point}: its output is a {type(output).__name__}, not a tensor")
             vec = self._vector(point, output)
             y = output * vec.view(1, -1, *([1] * (output.dim() - 2)))
-            if self._collect and y.requires_grad and module.training:
-                act = y.detach()
-                y.register_hook(lambda grad: self._record(point, act, grad))
+            if self._observer is not None and module.training:
+                self._observer(point, y)
             return y
 
         return hook
-
-    def _record(self, point: str, act: torch.Tensor, grad: torch.Tensor) -> None:
-        terms = per_sample_terms(act, grad)
-        for name, idxs, channels, identity in self._points[point]:
-            if identity and terms.shape[1] == idxs.numel():
-                self.fisher.add_terms(name, terms)
-            else:
-                part = terms.index_select(1, idxs.to(terms.device))
-                full = terms.new_zeros((terms.shape[0], self.alive[name].numel()))
-                full.index_add_(1, channels.to(terms.device), part)
-                self.fisher.add_terms(name, full)

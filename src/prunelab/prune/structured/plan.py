@@ -23,13 +23,8 @@ from typing import Any
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.structured.groups import (
-    CONV_TYPES,
-    ChannelGroup,
-    GroupSet,
-    build_graph,
-    is_depthwise,
-)
+from prunelab.models.common import CONV_TYPES
+from prunelab.prune.structured.groups import GroupSet, build_graph, layer_group, make_group, read_group
 
 PLAN_FORMAT = "prunelab-channel-plan"
 PLAN_VERSION = 1
@@ -96,14 +91,8 @@ def check_plan(plan: Any) -> dict:
 
 def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
     """Rebuild the plan's groups on a fresh base model, addressed by their root layers."""
-    import torch_pruning as tp
-
-    from prunelab.prune.structured.groups import _convert, _mask_points, _vanishable
-
     input_shape = tuple(int(d) for d in plan["input_shape"])
-    dg, layers = build_graph(model, input_shape)
-    names = {m: n for n, m in model.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
+    traced = build_graph(model, input_shape)
     groups = []
     for r in plan["groups"]:
         root = r["root"]
@@ -120,22 +109,13 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
                                 f"the plan expects {r['width']}")
         if len(r["kept"]) == width:
             continue
-        if module not in dg.module2node:
+        if module not in traced.graph.module2node:
             raise PrunelabError(f"plan does not fit the base model: layer {root!r} is not used by the forward pass")
-        if is_depthwise(module):
-            fn = tp.prune_depthwise_conv_out_channels
-        elif isinstance(module, CONV_TYPES):
-            fn = tp.prune_conv_out_channels
-        else:
-            fn = tp.prune_linear_out_channels
-        conv = _convert(dg, dg.get_pruning_group(module, fn, list(range(width))), names, order, root)
-        _, width, members, ops, problems, merge, _ = conv
-        if problems:
-            raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {problems[0]}")
-        vanishable = _vanishable(dg, model, members, merge)
-        groups.append(ChannelGroup(str(r.get("name", root)), root, width, members, _mask_points(dg, model, members),
-                                   vanishable, [], [], ops))
-    return GroupSet(groups, str(plan.get("scope", "all")), input_shape, layers)
+        found = read_group(traced, layer_group(traced, module, width), root)
+        if found.problems:
+            raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {found.problems[0]}")
+        groups.append(make_group(traced, found, str(r.get("name", root))))
+    return GroupSet(groups, str(plan.get("scope", "all")), input_shape, traced.layers)
 
 
 def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:
@@ -157,11 +137,6 @@ def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:
     prune_in_place(model, groups, keep)
     verify(reference, model, groups, keep)
     return model
-
-
-def widths_of(plan: dict) -> dict[str, int]:
-    """Group name -> kept width."""
-    return {str(r.get("name", r["root"])): len(r["kept"]) for r in check_plan(plan)["groups"]}
 
 
 def spec_of_compressed(plan: dict):

@@ -22,10 +22,17 @@ from torch import nn
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.prune.structured.compress import compress
 from prunelab.prune.structured.cost import CostModel
-from prunelab.prune.structured.criteria import CRITERIA, channel_scores
+from prunelab.prune.structured.criterion import (
+    accumulate,
+    all_reduce_mean,
+    criterion_names,
+    get_criterion,
+    make_criterion,
+)
 from prunelab.prune.structured.groups import SCOPES, GroupSet, find_groups
 from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.plan import make_plan
+from prunelab.prune.structured.schedule import IterativePruning
 from prunelab.prune.structured.select import removal_order, select
 from prunelab.prune.structured.targets import Target, measure_latency_ms
 
@@ -37,8 +44,10 @@ COST_METRICS = ("macs", "params")
 class StructuredConfig:
     """Settings of a structured pruning run (defaults: the seeds' Fisher regime, Crowley et al. 2018).
 
-    ``prune_every`` (K) training steps between prunes; ``channels_per_prune`` (n) channels removed at
-    each; ``fisher_beta`` weights the cost term (0 = reference code); ``round_to`` keeps widths at
+    ``criterion``: a registered criterion (:func:`~prunelab.prune.structured.criterion_names`).
+    ``prune_every`` (K) training steps between prunes (and batches of a one-shot data pass);
+    ``channels_per_prune`` (n) channels removed at each; ``fisher_beta`` weights the cost term of
+    criteria that take one (Theis et al., eq. 7; 0 = reference code); ``round_to`` keeps widths at
     multiples of 8 or 16; ``finetune_steps`` continues fine-tuning after the target is reached
     (iterative schedule); ``checkpoint_every`` calls the checkpoint hook every N prunes.
     """
@@ -58,7 +67,7 @@ class StructuredConfig:
     seed: int = 0
 
     def validate(self) -> StructuredConfig:
-        check_choice("criterion", self.criterion, CRITERIA)
+        check_choice("criterion", self.criterion, criterion_names())
         check_choice("scope", self.scope, SCOPES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("fisher cost", self.fisher_cost, COST_METRICS)
@@ -76,8 +85,9 @@ class StructuredConfig:
             raise PrunelabError(f"finetune-steps must be >= 0, got {self.finetune_steps}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise PrunelabError(f"checkpoint-every must be >= 1 prune, got {self.checkpoint_every}")
-        if self.fisher_beta and self.criterion != "fisher":
-            raise PrunelabError("fisher-beta applies to --criterion fisher only")
+        if self.fisher_beta and not get_criterion(self.criterion).cost_term:
+            takes = " / ".join(n for n in criterion_names() if get_criterion(n).cost_term)
+            raise PrunelabError(f"fisher-beta applies to --criterion {takes} only")
         return self
 
     def to_dict(self) -> dict:
@@ -104,7 +114,7 @@ class StructuredPruner:
             why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:3])
             raise PrunelabError(f"no prunable channel groups in scope {config.scope!r}" + (f" ({why})" if why else ""))
         self.masks = ChannelMasks(model, self.groups)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
         self.history: list[dict] = []
         self.prunes = 0
         self._cost: CostModel | None = None
@@ -207,26 +217,27 @@ class StructuredPruner:
 
     # -- scores and pruning -------------------------------------------------------------------------
     def scores(self) -> dict[str, torch.Tensor]:
-        """Criterion scores (Fisher all-reduced across ranks), cost term applied, pruned channels +inf."""
-        scores = channel_scores(self.config.criterion, self.model, self.groups, self.masks, self.generator)
-        if self.config.criterion == "fisher":
-            scores = _all_reduce_mean(scores)
-            if self.config.fisher_beta:
-                freed = self.cost.freed_per_channel(self.masks.alive, self.config.fisher_cost)
-                scores = {k: v - self.config.fisher_beta * freed[k] for k, v in scores.items()}
+        """Criterion scores (accumulated ones all-reduced across ranks), cost term applied, pruned
+        channels +inf."""
+        scores = self.criterion.scores()
+        if self.criterion.all_reduce == "mean":
+            scores = all_reduce_mean(scores)
+        if self.config.fisher_beta:
+            freed = self.cost.freed_per_channel(self.masks.alive, self.config.fisher_cost)
+            scores = {k: v - self.config.fisher_beta * freed[k] for k, v in scores.items()}
         return {k: torch.where(self.masks.alive[k], v.float(), torch.full_like(v.float(), float("inf")))
                 for k, v in scores.items()}
 
     def prune_step(self, n: int | None = None, step: int | None = None) -> list[tuple[str, int]]:
         """Remove the ``n`` lowest-scoring live channels (default ``channels_per_prune``); for a channels
-        target never below it. Resets the Fisher accumulation."""
+        target never below it. Resets the criterion's accumulation."""
         n = n or self.config.channels_per_prune
         t = self.config.target
         if t is not None and t.kind == "channels":
             n = min(n, max(self.masks.remaining - int(t.value), 0))
         chosen = select(self.scores(), self.masks.alive, self.groups, n, self.config.round_to) if n else []
         self.masks.remove(chosen)
-        self.masks.fisher.reset()
+        self.criterion.reset()
         if chosen:
             self.prunes += 1
             self.history.append({"step": step, "removed": [[g, int(c)] for g, c in chosen],
@@ -237,21 +248,21 @@ class StructuredPruner:
         return next(removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
                                   self.groups, self.config.round_to), None) is None
 
-    def prune_oneshot(self, data=None, batch_size: int = 128, fisher_steps: int | None = None,
+    def prune_oneshot(self, data=None, batch_size: int = 128, data_steps: int | None = None,
                       device: str | torch.device | None = None) -> list[tuple[str, int]]:
         """Remove channels to the target in one go (ranking computed once).
 
-        Fisher needs ``data``: the signal is accumulated over ``fisher_steps`` (default K) training
-        batches without updating weights; BatchNorm running statistics are restored afterwards.
+        A criterion that needs data (Fisher, Taylor, APoZ) is shown ``data_steps`` (default K) training
+        batches first, without updating weights; BatchNorm running statistics are restored afterwards.
         """
         t = self.config.target
         if t is None:
             raise PrunelabError("one-shot pruning needs a target")
-        if self.config.criterion == "fisher":
+        if self.criterion.accumulates:
             if data is None:
-                raise PrunelabError("one-shot Fisher pruning needs training data to accumulate the signal")
-            accumulate_fisher(self.model, self.masks, data, fisher_steps or self.config.prune_every, batch_size,
-                              device)
+                raise PrunelabError(f"one-shot pruning with criterion {self.config.criterion!r} needs training "
+                                    f"data to accumulate its scores")
+            accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size, device)
         order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 
@@ -267,7 +278,7 @@ class StructuredPruner:
         if not meets(hi):  # measured noise can move a latency target out of reach after the check
             floor = self.current()
             apply(0)
-            self.masks.fisher.reset()
+            self.criterion.reset()
             unit = "ms" if t.kind == "latency_ms" else t.kind
             raise PrunelabError(f"target {t.describe()} is unreachable: removing every prunable channel in scope "
                                 f"{self.config.scope!r} gives {floor:.6g} {unit}")
@@ -283,7 +294,7 @@ class StructuredPruner:
         while t.kind in ("params", "macs") and k < len(order) and not self.reached():
             k += 1
             apply(k)
-        self.masks.fisher.reset()
+        self.criterion.reset()
         removed = [(name, c) for name, v in start.items()
                    for c in torch.nonzero(v & ~self.masks.alive[name]).flatten().tolist()]
         self.prunes = 1 if removed else 0
@@ -304,63 +315,9 @@ class StructuredPruner:
         kept = self.masks.widths()
         return [{"group": g.name, "before": g.width, "after": kept[g.name]} for g in self.groups]
 
-    def callback(self, on_checkpoint: Callable[[StructuredPruner], None] | None = None):
-        from prunelab.prune.structured.schedule import IterativePruning
-
+    def callback(self, on_checkpoint: Callable[[StructuredPruner], None] | None = None) -> IterativePruning:
         return IterativePruning(self, on_checkpoint)
 
     def detach(self) -> None:
         """Remove the mask hooks from the model."""
         self.masks.detach()
-
-
-def _all_reduce_mean(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Average accumulated scores over data-parallel ranks so every rank ranks the same channels
-    (each rank saw its own shard of every batch). A no-op outside a distributed run."""
-    from prunelab.train.distributed import all_reduce_, is_distributed
-
-    if not is_distributed():
-        return scores
-    names = list(scores)
-    flat = all_reduce_(torch.cat([scores[n].float().flatten() for n in names]), op="mean")
-    out, i = {}, 0
-    for n in names:
-        k = scores[n].numel()
-        out[n] = flat[i:i + k].view_as(scores[n])
-        i += k
-    return out
-
-
-def accumulate_fisher(model: nn.Module, masks: ChannelMasks, data, steps: int, batch_size: int,
-                      device: str | torch.device | None = None) -> None:
-    """Accumulate the Fisher signal over ``steps`` training batches without changing the weights."""
-    import torch.nn.functional as F
-
-    from prunelab.train import batches
-
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
-    was = model.training
-    model.train()
-    masks.collect_fisher(True)
-    done = 0
-    try:
-        while done < steps:
-            progressed = False
-            for x, y in batches(data, "train", batch_size):
-                x, y = x.to(device), y.to(device)
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                masks.fisher.end_step()
-                done += 1
-                progressed = True
-                if done >= steps:
-                    break
-            if not progressed:
-                raise PrunelabError("the training split is empty; cannot accumulate the Fisher signal")
-    finally:
-        masks.collect_fisher(False)
-        model.zero_grad(set_to_none=True)
-        model.load_state_dict(buffers, strict=False)
-        model.train(was)

@@ -1,45 +1,44 @@
 """The iterative schedule as a training callback (Crowley et al. 2018, sec. 3; pytorch-prunes ``prune.py``).
 
-Fine-tuning never stops: every K optimiser steps the accumulated Fisher signal (or the current
-weights, for L1 / BN; or a coin, for random) ranks all live channels globally and the n lowest are
-masked off; the Fisher buffer is then reset. When the target is reached the callback stops training,
-or lets it continue for ``finetune_steps`` more steps. Every ``checkpoint_every`` prunes it calls the
-checkpoint hook (the CLI writes the compressed model and its plan there; the seeds keep every 100).
+Fine-tuning never stops: every K optimiser steps the criterion (the Fisher signal accumulated over
+those steps, or the current weights for L1 / BN, or a coin for random) ranks all live channels
+globally and the n lowest are masked off; an accumulating criterion then starts afresh. When the
+target is reached the callback stops training, or lets it continue for ``finetune_steps`` more
+steps. Every ``checkpoint_every`` prunes it calls the checkpoint hook (the CLI writes the compressed
+model and its plan there; the reference code keeps one every 100 prunes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunelab.train.callbacks import Callback
 
-if TYPE_CHECKING:
-    from prunelab.prune.structured.pruner import StructuredPruner
-
 
 class IterativePruning(Callback):
-    """Remove ``channels_per_prune`` channels every ``prune_every`` steps until the target."""
+    """Remove ``channels_per_prune`` channels every ``prune_every`` steps until the target.
 
-    def __init__(self, pruner: StructuredPruner, on_checkpoint: Callable[[StructuredPruner], None] | None = None):
+    ``pruner`` is the :class:`~prunelab.prune.structured.pruner.StructuredPruner` it drives (not
+    imported here: the pruner builds this callback); ``on_checkpoint(pruner)`` is called every
+    ``checkpoint_every`` prunes.
+    """
+
+    def __init__(self, pruner, on_checkpoint: Callable[[Any], None] | None = None):
         self.pruner = pruner
         self.on_checkpoint = on_checkpoint
         self.reached_at: int | None = None
         self.start_step = 0
         self.exhausted = False
 
-    @property
-    def fisher(self) -> bool:
-        return self.pruner.config.criterion == "fisher"
-
     def on_fit_start(self, trainer) -> None:
         self.start_step = int(getattr(trainer, "step", 0) or 0)
         self.pruner.masks.attach()
-        self.pruner.masks.collect_fisher(self.fisher)
+        self.pruner.criterion.start()
 
     def on_after_backward(self, trainer) -> None:
-        if self.fisher:
-            self.pruner.masks.fisher.end_step(_loss_scale(trainer))
+        if self.pruner.criterion.accumulates:
+            self.pruner.criterion.end_step(_loss_scale(trainer))
 
     def on_step_end(self, trainer) -> None:
         cfg = self.pruner.config
@@ -62,14 +61,16 @@ class IterativePruning(Callback):
             trainer.stop = True
 
     def on_fit_end(self, trainer) -> None:
-        self.pruner.masks.collect_fisher(False)
+        self.pruner.criterion.stop()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": self.pruner.masks.state_dict(), "history": list(self.pruner.history),
-                "prunes": self.pruner.prunes, "reached_at": self.reached_at}
+        return {"masks": self.pruner.masks.state_dict(), "criterion": self.pruner.criterion.state_dict(),
+                "history": list(self.pruner.history), "prunes": self.pruner.prunes, "reached_at": self.reached_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pruner.masks.load_state_dict(state["masks"])
+        # Resumable checkpoints written before criteria were objects kept the Fisher sums with the masks.
+        self.pruner.criterion.load_state_dict(state.get("criterion", state["masks"].get("fisher", {})))
         self.pruner.history = list(state.get("history", []))
         self.pruner.prunes = int(state.get("prunes", 0))
         self.reached_at = state.get("reached_at")

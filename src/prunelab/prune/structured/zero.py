@@ -111,7 +111,8 @@ class ZeroLinear(nn.Module):
 def emptied(module: nn.Module, kind: str) -> nn.Module:
     """The stand-in for ``module`` once the group removes every channel it touches (``kind``: out, in,
     depthwise). Per-channel layers (BatchNorm, PReLU) become identities on the empty tensor."""
-    from prunelab.prune.structured.groups import CONV_TYPES, PER_CHANNEL_TYPES
+    from prunelab.models.common import CONV_TYPES
+    from prunelab.prune.structured.groups import PER_CHANNEL_TYPES
 
     if isinstance(module, CONV_TYPES):
         return ZeroConv(module) if kind == "in" else EmptyConv(module)

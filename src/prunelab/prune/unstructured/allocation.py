@@ -9,10 +9,10 @@ layer keeps at least sigma weights, layers of at most sigma weights stay dense, 
 stays on target. The reference code redistributes proportionally: starting from plain global MP's
 per-layer sparsities, every layer larger than sigma has its sparsity multiplied by one common
 factor, layers that would keep fewer than sigma are pinned at sigma, and the factor is chosen so the
-total is back on target. The reference iterates this to a fixed point (it can stall or loop forever;
-seed notes, sec. 8); here the factor, one unknown of a piecewise-linear increasing function, is
-solved directly, infeasible targets are reported up front with the numbers, and a layer of exactly
-sigma weights counts as small (dense).
+total is back on target. The reference (``Global MP with MT/prune_withMT.py``) iterates this to a
+fixed point, which can stall one ulp short of the target or loop forever; here the factor, one
+unknown of a piecewise-linear increasing function, is solved directly, infeasible targets are
+reported up front with the numbers, and a layer of exactly sigma weights counts as small (dense).
 """
 
 from __future__ import annotations
@@ -60,11 +60,6 @@ def check_sigma(sigma: int) -> int:
     if isinstance(sigma, bool) or int(sigma) != sigma or sigma < 0:
         raise PrunelabError(f"minimum threshold (weights per layer) must be an integer >= 0, got {sigma!r}")
     return int(sigma)
-
-
-def uniform_kept(sizes: Sequence[int], sparsity: float) -> list[int]:
-    """Per-layer kept counts at the same sparsity in every layer (``round((1 - s) * n_l)`` each)."""
-    return [kept_count(n, sparsity) for n in sizes]
 
 
 def mt_capacity(sizes: Sequence[int], sigma: int) -> int:

@@ -98,20 +98,6 @@ def find_lowrank_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[Low
     return sorted(found.values(), key=lambda p: list(names.values()).index(p.first_name))
 
 
-def pairs_by_name(model: nn.Module, names: Sequence[tuple[str, str]]) -> list[LowRankPair]:
-    """Pairs from explicit ``(first, second)`` module paths, checked for shape compatibility."""
-    modules = dict(model.named_modules())
-    out = []
-    for a, b in names:
-        first, second = modules.get(a), modules.get(b)
-        if not isinstance(first, nn.Linear) or not isinstance(second, nn.Linear):
-            raise PrunelabError(f"low-rank pair ({a!r}, {b!r}) must name two nn.Linear modules of the model")
-        if first.out_features != second.in_features:
-            raise PrunelabError(f"low-rank pair ({a!r}, {b!r}): rank {first.out_features} != {second.in_features}")
-        out.append(LowRankPair(a, first, b, second))
-    return out
-
-
 def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ranks: Mapping[str, int] | None = None,
                           pairs: Sequence[LowRankPair] | None = None, input_shape: Sequence[int] | None = None,
                           warn: bool = True) -> PruneReport:

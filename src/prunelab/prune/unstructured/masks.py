@@ -24,14 +24,18 @@ from prunelab.train.masks import (
     MaskEnforcer,
     apply_masks_,
     attach_mask,
+    carries_masks,
     detach_mask,
     get_mask,
+    mask_name,
     mask_optimizer_state_,
+    masked_name,
     masked_tensors,
 )
 
-__all__ = ["MASK_SUFFIX", "MaskCallback", "apply_masks_", "attach_masks_from_state_dict", "ensure_mask", "get_mask",
-           "is_masked", "mask_counts", "mask_optimizer_state_", "masked_tensors", "remove_mask", "set_mask", "strip"]
+__all__ = ["MASK_SUFFIX", "MaskCallback", "apply_masks_", "attach_masks_from_state_dict", "carries_masks",
+           "ensure_mask", "get_mask", "mask_counts", "mask_name", "mask_optimizer_state_", "masked_name",
+           "masked_tensors", "remove_mask", "set_mask", "strip"]
 
 
 def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *, copy: bool = True) -> torch.Tensor:
@@ -66,10 +70,6 @@ def remove_mask(module: nn.Module, name: str = "weight") -> None:
     detach_mask(module, name)
 
 
-def is_masked(model: nn.Module) -> bool:
-    return next(masked_tensors(model), None) is not None
-
-
 def attach_masks_from_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Register (all-True) mask buffers for every ``<module>.<param>_mask`` key of ``state_dict``
     so that ``load_state_dict(strict=True)`` can then fill them in. Keys for masks the model
@@ -77,11 +77,11 @@ def attach_masks_from_state_dict(model: nn.Module, state_dict: dict[str, torch.T
     are left alone. A mask whose shape does not fit its parameter raises :class:`PrunelabError`."""
     modules = dict(model.named_modules())
     for key, value in state_dict.items():
-        if not key.endswith(MASK_SUFFIX):
+        if masked_name(key) is None:
             continue
         path, _, bname = key.rpartition(".")
         module = modules.get(path)
-        pname = bname[: -len(MASK_SUFFIX)]
+        pname = masked_name(bname)
         if module is None or bname in module._buffers:
             continue
         param = module._parameters.get(pname)

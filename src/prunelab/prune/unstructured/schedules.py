@@ -3,7 +3,8 @@
 * One-shot (Gupta et al. 2022, Algorithm 1 with ``isGradual`` false): prune a trained model once to
   the target, then fine-tune; the trainer holds the masks (:mod:`prunelab.train.masks`).
 * Gradual: start from an untrained model and raise the sparsity while training. The Global MP paper
-  (v1) does not give its formula; following the seed notes (sec. 3.1) the default is the cubic
+  (v1) does not give its formula (it only spreads the budget over epochs); the default, an assumption
+  marked as such, is the cubic
   schedule of Zhu & Gupta (2017, eq. 1)::
 
       s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t_end - t0)) ** 3,   t in {t0, t0 + dt, ..., t_end}
@@ -29,7 +30,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.prune.unstructured.allocation import check_sparsity
-from prunelab.prune.unstructured.masks import MASK_SUFFIX, MaskCallback, apply_masks_, ensure_mask
+from prunelab.prune.unstructured.masks import MaskCallback, apply_masks_, ensure_mask, masked_name
 from prunelab.prune.unstructured.pruner import PruneConfig, check_feasible, prune
 from prunelab.prune.unstructured.report import PruneReport
 from prunelab.train.callbacks import Callback
@@ -203,13 +204,13 @@ class WeightSnapshot(Callback):
 
 def weights_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the state_dict without mask buffers."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.endswith(MASK_SUFFIX)}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if masked_name(k) is None}
 
 
 def rewind_(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load ``state`` (weights and buffers, no masks) into ``model`` and re-apply its masks."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(MASK_SUFFIX)]
+    missing = [k for k in missing if masked_name(k) is None]
     if missing or unexpected:
         raise PrunelabError(f"rewind state does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return apply_masks_(model)

@@ -8,7 +8,7 @@ only decides how much work the exact step does, and a missed bracket falls back 
 
 Ties are broken deterministically: among scores equal to the threshold, the earliest positions
 (module order, then flat index) are kept. The kept count is therefore exactly ``k``, unlike the
-reference code of Gupta et al., which keeps every weight ``>= t`` (seed notes, sec. 6 item 3).
+reference code of Gupta et al. (``Global MP/prune.py``, ``kthvalue``), which keeps every weight ``>= t``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Kinds, by channel criterion: ``fisher`` (the Fisher signal of the channel mask), ``l1`` (L1 norm of the
 producing filter; ``signed: true`` is the reference code's signed sum), ``bn-scale`` (|gamma|, network
-slimming) and ``random-channel``. Targets are sizes of the compressed model: ``params`` / ``macs``
+slimming) and ``random-channel``; and ``structured``, whose ``criterion`` parameter names any
+registered criterion (:func:`prunelab.prune.structured.criterion_names`: ``taylor``, ``apoz``,
+``l1-normalized``, a plugin's own...). Targets are sizes of the compressed model: ``params`` / ``macs``
 counts, or ``params_ratio`` / ``macs_ratio`` of the dense model.
 
 The prune is shared: for one (model, data, training recipe, seed, criterion, target, pruning
@@ -60,7 +62,7 @@ from prunelab.study.tasks import RunOutput, register
 
 CRITERION_OF = {"fisher": "fisher", "l1": "l1", "bn-scale": "bn", "random-channel": "random"}
 PROTOCOLS = ("finetune", "scratch-e", "scratch-b", "copy-profile")
-FINETUNE_DEFAULTS = {"lr": 8e-4, "schedule": "constant"}  # pytorch-prunes prune.py (seeds.md, sec. 1.4)
+FINETUNE_DEFAULTS = {"lr": 8e-4, "schedule": "constant"}  # pytorch-prunes prune.py: SGD at a constant 8e-4
 
 
 def _is_size_target(v: Any) -> bool:
@@ -89,17 +91,27 @@ _COMMON = {
     "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
     "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
 }
+_COST_TERM = {"fisher_beta": Param(0.0, is_number(0.0), "a cost weight >= 0 (0 = reference code)"),
+              "fisher_cost": Param("macs", one_of("macs", "params"), "one of macs, params")}
 _KIND_PARAMS = {
-    "fisher": {**_COMMON, "fisher_beta": Param(0.0, is_number(0.0), "a cost weight >= 0 (0 = reference code)"),
-               "fisher_cost": Param("macs", one_of("macs", "params"), "one of macs, params")},
+    "fisher": {**_COMMON, **_COST_TERM},
     "l1": {**_COMMON, "signed": Param(False, is_bool, "true or false (the reference code's signed filter sum)")},
     "bn-scale": dict(_COMMON),
     "random-channel": dict(_COMMON),
 }
 
 
+def _params(kind: str) -> dict[str, Param]:
+    if kind != "structured":
+        return _KIND_PARAMS[kind]
+    from prunelab.prune.structured import criterion_names
+
+    names = criterion_names()
+    return {"criterion": Param("fisher", one_of(*names), f"one of {', '.join(names)}"), **_COMMON, **_COST_TERM}
+
+
 def _resolve(run: RunConfig) -> RunConfig:
-    run = resolve_params(run, _KIND_PARAMS[run.kind])
+    run = resolve_params(run, _params(run.kind))
     p = run.params
     p["finetune"] = check_finetune(run, FINETUNE_DEFAULTS)
     if p["finetune_epochs"] is None:
@@ -113,6 +125,8 @@ def _resolve(run: RunConfig) -> RunConfig:
 
 
 def _criterion(run: RunConfig) -> str:
+    if run.kind == "structured":
+        return run.params["criterion"]
     crit = CRITERION_OF[run.kind]
     return "l1-signed" if crit == "l1" and run.params.get("signed") else crit
 
@@ -326,6 +340,7 @@ def _copied(ctx: RunContext, run: RunConfig, data, folder: Path, base, extra: di
 for _kind, _doc in (("fisher", "Fisher channel pruning (Theis et al. 2018; Crowley et al. 2018)"),
                     ("l1", "L1-norm filter pruning (Li et al. 2017)"),
                     ("bn-scale", "BatchNorm-scale channel pruning (network slimming, Liu et al. 2017)"),
-                    ("random-channel", "random channel pruning baseline")):
+                    ("random-channel", "random channel pruning baseline"),
+                    ("structured", "channel pruning with any registered criterion (parameter 'criterion')")):
     register(_kind, protocols=PROTOCOLS, targets=SIZE_TARGETS, resolve=_resolve,
              doc=f"{_doc}: fine-tuned, retrained from scratch (Scratch-E/B) or copied to the target")(structured)

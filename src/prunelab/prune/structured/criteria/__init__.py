@@ -1,0 +1,16 @@
+"""The built-in channel criteria, one module each (see :mod:`prunelab.prune.structured.criterion`).
+
+Every module in this package is imported here and registers its criteria, so a new criterion is
+one new file holding a :class:`~prunelab.prune.structured.criterion.Criterion` subclass decorated
+with :func:`~prunelab.prune.structured.criterion.register_criterion`. Modules load in name order;
+``criterion_names()`` lists the criteria in that order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
