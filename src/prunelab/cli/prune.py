@@ -198,7 +198,10 @@ def _check_args(args, train_config) -> None:
 
 def _check_fits(model, data, name: str) -> None:
     """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
-    x = data.test.x[:2] if len(data.test) else data.train.x[:2]
+    from prunelab.data import Feed
+
+    split = "test" if len(data.test) else "train"
+    x, _ = Feed(data).take(split, range(min(2, len(data.split(split)))))
     was_training = model.training
     model.eval()
     try:
@@ -216,9 +219,11 @@ def _check_fits(model, data, name: str) -> None:
 
 
 def _snip_batch(data, size: int, seed: int):
+    from prunelab.data import Feed
+
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:size]
-    return data.train.x[idx], data.train.y[idx]
+    return Feed(data).take("train", idx)
 
 
 def _acc(metrics: dict | None) -> float | None:

@@ -51,7 +51,9 @@ def check_model_fits(model: torch.nn.Module, expected_shape: tuple[int, ...], da
         return
     problem = f"model {name} expects input {_shape(expected_shape)} but dataset {data.name} gives " \
               f"{_shape(data.input_shape)}"
-    sample = data.train.x[:1] if len(data.train) else torch.zeros(1, *data.input_shape)
+    from prunelab.data import Feed
+
+    sample = Feed(data).take("train", [0])[0] if len(data.train) else torch.zeros(1, *data.input_shape)
     was_training = model.training
     model.eval()
     try:

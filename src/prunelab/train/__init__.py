@@ -5,7 +5,7 @@
 loss and accuracy; ``batches(data, split, batch_size)`` iterates a split in order.
 """
 
-from prunelab.data.pipeline import batches
+from prunelab.data.feed import batches
 from prunelab.train.callbacks import Callback
 from prunelab.train.config import TrainConfig
 from prunelab.train.trainer import Trainer, TrainResult, evaluate, resolve_device, train
