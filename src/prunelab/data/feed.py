@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -205,6 +206,9 @@ class Feed:
 
     def _epoch_loader(self, split: StreamSplit):
         if self._train_loader is None:
+            if not self.random_ops and callable(getattr(split.dataset, "select", None)):
+                # no augmentation: a dataset with an evaluation view (image crops) is read through it
+                split = split.select(range(len(split)), evaluation=True)
             batches = EpochBatches(self.sampler(), self.batch_size, self.steps_per_epoch, split.seeded)
             self._train_loader = self._loader(split, batches, persistent=True)
         return self._train_loader
@@ -301,7 +305,7 @@ class Feed:
                                 f"{int(y.min())}..{int(y.max())}")
         return x, y.to(torch.int64), kept
 
-    def _stream(self, loader, split: StreamSplit, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def _stream(self, loader, split: StreamSplit, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
         """The loader's batches, checked and copied to the device one batch ahead of the consumer."""
         pending = None
         it = iter(loader)
