@@ -57,6 +57,9 @@ def add_data_arguments(parser, required: bool = True) -> None:
                         help="dataset option, repeatable (e.g. val_size=5000, binary=true, size=64, shape=3x32x32)")
     parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
                         help="share of the training data held out for validation (default: the dataset's)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): it may register datasets (prunelab.data."
+                             "register_dataset), models or trackers")
 
 
 def data_options_from_args(args) -> dict[str, Any]:
@@ -80,8 +83,16 @@ def data_from_args(args, seed: int = 0):
     """Load the dataset named by ``--data`` with ``--data-root``, ``--val-fraction`` and ``--data-option``."""
     from prunelab.data import load
 
+    import_plugins_from_args(args)
     return load(args.data, root=getattr(args, "data_root", None), val_fraction=getattr(args, "val_fraction", None),
                 seed=seed, **data_options_from_args(args))
+
+
+def import_plugins_from_args(args) -> None:
+    """Import the ``--plugin`` modules (each once), so the names they register can be used."""
+    from prunelab.study.tasks import import_plugins
+
+    import_plugins(getattr(args, "plugin", None) or [])
 
 
 def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
