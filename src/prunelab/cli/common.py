@@ -153,6 +153,36 @@ def train_config_from_args(args) -> Any:
     return TrainConfig(**values).validate()
 
 
+def data_meta(data) -> dict[str, Any]:
+    """What a checkpoint records about its data so a later command can check it: the input shape and,
+    where the dataset names them (image folders, tar shards), the class names."""
+    meta: dict[str, Any] = {"input_shape": list(data.input_shape)}
+    names = (data.info or {}).get("class_names")
+    if names:
+        meta["class_names"] = list(names)
+    return meta
+
+
+def check_recorded_classes(loaded, data, name: str) -> None:
+    """A checkpoint's classes must be the data's: the class count of its architecture and, where both
+    record them, the class names (an image folder with other or re-ordered classes)."""
+    num_classes = loaded.spec.kwargs.get("num_classes")
+    if num_classes is not None and int(num_classes) != data.num_classes:
+        raise PrunelabError(f"checkpoint {name} has {num_classes} classes but dataset {data.name} has "
+                            f"{data.num_classes}")
+    recorded = (loaded.meta or {}).get("class_names")
+    names = (data.info or {}).get("class_names")
+    if recorded and names and list(recorded) != list(names):
+        diff = next(i for i, (a, b) in enumerate(zip(recorded, names)) if a != b) if len(recorded) == len(names) \
+            else min(len(recorded), len(names))
+        raise PrunelabError(f"checkpoint {name} was trained on classes {_few(recorded)} but dataset {data.name} has "
+                            f"{_few(names)} (they differ from class {diff} on)")
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
+
+
 def fit_overrides(name: str, data) -> dict[str, Any]:
     """Constructor keywords that fit zoo model ``name`` to ``data`` (classes, input channels / size)."""
     from prunelab.models import fit_spec, get_family, resolve

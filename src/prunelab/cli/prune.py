@@ -20,7 +20,9 @@ import torch
 from prunelab.cli.common import (
     add_data_arguments,
     add_train_arguments,
+    check_recorded_classes,
     data_from_args,
+    data_meta,
     emit_json,
     fit_overrides,
     train_config_from_args,
@@ -268,6 +270,7 @@ def run(args) -> int:
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
     _check_fits(model, data, args.model)
+    check_recorded_classes(loaded, data, args.model)
     input_shape = tuple(data.input_shape)
     if prune_config is not None:
         check_feasible(model, prune_config)
@@ -350,6 +353,6 @@ def run(args) -> int:
         out = Path(args.out)
         save_checkpoint(out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan,
                         meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")},
-                              "input_shape": list(data.input_shape)})
+                              **data_meta(data)})
         atomic_write_json(out.with_suffix(".json"), summary)
     return 0

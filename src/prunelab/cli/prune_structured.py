@@ -147,7 +147,14 @@ def _sizes(model, input_shape) -> dict[str, int]:
 
 def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
-    from prunelab.cli.common import data_from_args, emit_json, fit_overrides, train_config_from_args
+    from prunelab.cli.common import (
+        check_recorded_classes,
+        data_from_args,
+        data_meta,
+        emit_json,
+        fit_overrides,
+        train_config_from_args,
+    )
     from prunelab.io import atomic_write_json
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
     from prunelab.train import Trainer, evaluate, resolve_device
@@ -169,6 +176,7 @@ def run(args) -> int:
     is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
+    check_recorded_classes(loaded, data, args.model)
     if any(k.endswith("_mask") for k in model.state_dict()):
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
@@ -197,7 +205,7 @@ def run(args) -> int:
         path = out.with_name(f"{out.stem}.prune{p.prunes}{out.suffix}")
         small = p.compress()
         save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
-                                                 "input_shape": list(input_shape)})
+                                                 **data_meta(data)})
         written.append(str(path))
 
     steps = 0
@@ -254,7 +262,7 @@ def run(args) -> int:
                          f"layers with small filters can go first (--exclude them, or use fisher)\n")
     if out is not None:
         save_pruned(out, small, plan, meta={"structured": cfg.to_dict(), "accuracy": summary["accuracy"],
-                                             "input_shape": list(input_shape),
+                                             **data_meta(data),
                                              "target": summary["target"]})
         summary["checkpoints"] = written
         atomic_write_json(out.with_suffix(".json"), summary)

@@ -19,7 +19,9 @@ from prunelab.cli.common import (
     add_data_arguments,
     add_model_argument,
     add_train_arguments,
+    check_recorded_classes,
     data_from_args,
+    data_meta,
     data_options_from_args,
     emit_json,
     fit_overrides,
@@ -90,10 +92,7 @@ def run(args) -> int:
     is_zoo_name = not is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **(fit_overrides(args.model, data) if is_zoo_name else {}))
     model, spec = loaded.model, loaded.spec
-    num_classes = spec.kwargs.get("num_classes")
-    if num_classes is not None and int(num_classes) != data.num_classes:
-        raise PrunelabError(f"checkpoint {args.model} has {num_classes} classes but dataset {data.name} has "
-                            f"{data.num_classes}")
+    check_recorded_classes(loaded, data, args.model)
     # the shape a checkpoint was trained on, where it says; else the architecture's declared one
     trained_on = (loaded.meta or {}).get("input_shape") if not is_zoo_name else None
     check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
@@ -105,7 +104,7 @@ def run(args) -> int:
         "arch": spec.to_dict(),
         "data": data.name,
         "data_options": data_options_from_args(args),
-        "input_shape": list(data.input_shape),
+        **data_meta(data),
         "num_classes": data.num_classes,
         **_counts(model, tuple(data.input_shape)),
         "val_acc": final.get("val_acc"),

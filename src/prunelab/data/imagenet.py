@@ -74,7 +74,8 @@ class TrainCrop:
         from PIL import Image
 
         left, top, w, h = random_resized_box(img.width, img.height, self.scale, self.ratio, rng)
-        out = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
+        # crop, then resize (torchvision's resized_crop): Pillow's ``box=`` would filter across the crop edge
+        out = img.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.BILINEAR)
         if self.flip and rng.random() < 0.5:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return out
