@@ -88,6 +88,37 @@ def data_from_args(args, seed: int = 0):
                 seed=seed, **data_options_from_args(args))
 
 
+def add_tracker_arguments(parser) -> None:
+    """``--tracker NAME`` and ``--tracker-dir DIR``: log the run to TensorBoard or MLflow (local folders)."""
+    parser.add_argument("--tracker", default=None, metavar="NAME",
+                        help="log the training curve, pruning trajectory and final metrics: tensorboard or mlflow")
+    parser.add_argument("--tracker-dir", default=None, metavar="DIR",
+                        help="the tracker's folder (default: runs/ for tensorboard, mlruns/ for mlflow)")
+
+
+def check_tracker_args(args) -> None:
+    """Fail before any work when ``--tracker`` names an unknown tracker or one whose extra is missing."""
+    if getattr(args, "tracker", None) is not None:
+        from prunelab.track import check_tracker
+
+        check_tracker(args.tracker)
+
+
+def track_command(args, run_name: str, config: dict[str, Any], curves, metrics: dict[str, Any], steps=()) -> None:
+    """Log one command's run to ``--tracker`` (nothing without it; only rank 0 under torchrun)."""
+    import os
+
+    if getattr(args, "tracker", None) is None or os.environ.get("RANK", "0") != "0":
+        return
+    from prunelab.track import log_run, open_tracker
+
+    tracker = open_tracker(args.tracker, args.tracker_dir)
+    try:
+        log_run(tracker, run_name, config, curves, metrics, steps)
+    finally:
+        tracker.close()
+
+
 def import_plugins_from_args(args) -> None:
     """Import the ``--plugin`` modules (each once), so the names they register can be used."""
     from prunelab.study.tasks import import_plugins

@@ -149,10 +149,12 @@ def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.cli.common import (
         check_recorded_classes,
+        check_tracker_args,
         data_from_args,
         data_meta,
         emit_json,
         fit_overrides,
+        track_command,
         train_config_from_args,
     )
     from prunelab.io import atomic_write_json
@@ -171,6 +173,7 @@ def run(args) -> int:
     if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
         raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
 
+    check_tracker_args(args)
     data = data_from_args(args, seed=args.seed)
     torch.manual_seed(train_config.seed)
     is_checkpoint = is_checkpoint_path(args.model)
@@ -209,6 +212,7 @@ def run(args) -> int:
         written.append(str(path))
 
     steps = 0
+    curves: list[dict] = []
     if cfg.schedule == "oneshot":
         model.to(device)
         pruner.prune_oneshot(data, batch_size=train_config.batch_size, device=device)
@@ -217,12 +221,12 @@ def run(args) -> int:
         pruner.detach()
         if train_config.epochs > 0:
             trainer = Trainer(small, data, train_config)
-            trainer.fit()
+            curves += trainer.fit().history
             steps = trainer.step
     else:
         callback = pruner.callback(checkpoint if cfg.checkpoint_every else None)
         trainer = Trainer(model, data, train_config, callbacks=[callback])
-        trainer.fit()
+        curves += trainer.fit().history
         steps = trainer.step
         small = pruner.compress()
         pruner.detach()
@@ -266,6 +270,11 @@ def run(args) -> int:
                                              "target": summary["target"]})
         summary["checkpoints"] = written
         atomic_write_json(out.with_suffix(".json"), summary)
+    acc = summary["accuracy"]
+    track_command(args, out.stem if out is not None else f"{args.model}-{cfg.criterion}", summary, curves,
+                  {"acc": acc.get("after"), "acc_pruned": acc.get("pruned"), "acc_dense": acc.get("before"),
+                   "params": after["params"], "base_params": before["params"], "macs": after["macs"],
+                   "base_macs": before["macs"], "channels": after["channels"]})
     if args.json:
         emit_json(summary)
     else:

@@ -36,7 +36,7 @@ from prunelab.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, EvalCrop, ImageN
 from prunelab.data.registry import register_dataset
 from prunelab.data.splits import check_fraction, stratified_split
 from prunelab.data.stream import Skipped, StreamSplit
-from prunelab.errors import PrunelabError, check_choice
+from prunelab.errors import PrunelabError, check_choice, require
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 CORRUPT_CHOICES = ("stop", "skip")
@@ -136,6 +136,7 @@ def image_bundle(name: str, train: tuple[Any, np.ndarray], test: tuple[Any, np.n
         raise PrunelabError(f"{name}: give val_per_class (last N images per class) or val_fraction, not both")
     if val_per_class < 0:
         raise PrunelabError(f"{name}: val_per_class must be >= 0, got {val_per_class}")
+    require("PIL.Image", name, "images", "Pillow")
     store, labels = train
     if val_per_class:
         counts = np.bincount(labels, minlength=len(classes))
