@@ -136,7 +136,6 @@ def image_bundle(name: str, train: tuple[Any, np.ndarray], test: tuple[Any, np.n
         raise PrunelabError(f"{name}: give val_per_class (last N images per class) or val_fraction, not both")
     if val_per_class < 0:
         raise PrunelabError(f"{name}: val_per_class must be >= 0, got {val_per_class}")
-    require("PIL.Image", name, "images", "Pillow")
     store, labels = train
     if val_per_class:
         counts = np.bincount(labels, minlength=len(classes))
@@ -219,6 +218,7 @@ def load_imagefolder_stream(root, *, val_fraction: float = 0.0, seed: int = 0, s
     brightness, contrast and saturation; ``lighting``: PCA lighting standard deviation; ``workers`` /
     ``prefetch``: DataLoader worker processes and batches loaded ahead per worker.
     """
+    require("PIL.Image", "imagefolder-stream", "images", "Pillow")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _layout_error(root, "folder not found")

@@ -39,7 +39,7 @@ import numpy as np
 from prunelab.data.base import DataBundle
 from prunelab.data.imagestream import IMAGE_EXTENSIONS, class_folders, image_bundle, scan_folder
 from prunelab.data.registry import register_dataset
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, require
 
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_LABEL_BYTES = 64
@@ -161,6 +161,7 @@ def load_tar_shards(root, *, val_fraction: float = 0.0, seed: int = 0, size: int
     The options are those of ``imagefolder-stream``. Class names come from ``classes.txt`` when
     present, else the classes are ``0 .. max label``.
     """
+    require("PIL.Image", "tar-shards", "images", "Pillow")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise PrunelabError(f"tar shards under {root}: folder not found")
