@@ -251,8 +251,11 @@ class Feed:
         if isinstance(s, Split):
             return s.x[idx].to(self.device), s.y[idx].to(self.device)
         collate = s.collate or collate_samples
+        dataset = s.dataset
+        if callable(getattr(dataset, "select", None)):  # read with the evaluation preprocessing
+            dataset, idx = s.select(idx, evaluation=True).dataset, list(range(len(idx)))
         try:
-            raw = collate([s.dataset[i] for i in idx])
+            raw = collate([dataset[i] for i in idx])
         except (RuntimeError, TypeError, ValueError, IndexError, KeyError, OSError) as exc:
             raise _loader_error(exc, self._where(split)) from None
         x, y, _ = self._checked(raw, s, split)
