@@ -1,10 +1,10 @@
 """Batched augmentation on the device: pad-and-crop and flip of whole batches.
 
-Augmentation is done on whole batches with tensor ops on the training device (the airbench data
-path, anchors.md 7): one pad of the batch and one ``gather`` that cuts a differently shifted (and,
-for a random half, mirrored) H x W window out of every padded image. There is no per-sample Python,
-no DataLoader and no worker process. The random draws come from a caller-owned ``torch.Generator``
-so the trainer can make them repeatable and resumable.
+Augmentation is done on whole batches with tensor ops on the training device (the data path of
+Keller Jordan's airbench): one pad of the batch and one ``gather`` that cuts a differently shifted
+(and, for a random half, mirrored) H x W window out of every padded image, with no per-sample Python.
+In-memory and streamed splits alike get it (:mod:`prunelab.data.feed`). The random draws come from a
+caller-owned ``torch.Generator`` so the trainer can make them repeatable and resumable.
 """
 
 from __future__ import annotations
