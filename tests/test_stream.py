@@ -3,6 +3,7 @@ samples and seeds, trains, prunes and fine-tunes through the API and through a d
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -197,8 +198,14 @@ def _cli(capsys, *args):
 
 def test_a_data_plugin_trains_prunes_and_fine_tunes_from_the_cli_and_validates_in_a_study(tmp_path, monkeypatch,
                                                                                           capsys):
+    from prunelab.data import registry
+
     (tmp_path / "blobplug.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
+    # the plugin's registration is undone after the test, as the module's import
+    monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
+    monkeypatch.setitem(sys.modules, "blobplug", None)
+    del sys.modules["blobplug"]
     out = tmp_path / "m.pt"
     code, stdout, err = _cli(capsys, "train", "cnn", "--plugin", "blobplug", "--data", "blobs", "--epochs", "2",
                              "--lr", "0.05", "--device", "cpu", "--out", str(out))
