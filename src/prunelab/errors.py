@@ -8,7 +8,9 @@ set of valid answers, list them.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
+from types import ModuleType
 
 
 class PrunelabError(ValueError):
@@ -16,6 +18,21 @@ class PrunelabError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class MissingExtra(PrunelabError):
+    """An optional dependency is not installed: the message names the extra that installs it."""
+
+
+def require(module: str, what: str, extra: str, package: str | None = None) -> ModuleType:
+    """Import ``module`` for ``what``, or raise :class:`MissingExtra`, one line naming the extra:
+    ``digits needs scikit-learn: pip install 'prunelab[data]'``. The core install (torch, NumPy,
+    PyYAML, tqdm, torch-pruning) prunes, trains and counts; everything else is an extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = package or module.split(".")[0]
+        raise MissingExtra(f"{what} needs {name}: pip install 'prunelab[{extra}]'") from None
 
 
 def unknown_choice(kind: str, name: object, valid: Iterable[object]) -> PrunelabError:

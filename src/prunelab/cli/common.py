@@ -57,6 +57,9 @@ def add_data_arguments(parser, required: bool = True) -> None:
                         help="dataset option, repeatable (e.g. val_size=5000, binary=true, size=64, shape=3x32x32)")
     parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
                         help="share of the training data held out for validation (default: the dataset's)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): it may register datasets (prunelab.data."
+                             "register_dataset), models or trackers")
 
 
 def data_options_from_args(args) -> dict[str, Any]:
@@ -80,8 +83,47 @@ def data_from_args(args, seed: int = 0):
     """Load the dataset named by ``--data`` with ``--data-root``, ``--val-fraction`` and ``--data-option``."""
     from prunelab.data import load
 
+    import_plugins_from_args(args)
     return load(args.data, root=getattr(args, "data_root", None), val_fraction=getattr(args, "val_fraction", None),
                 seed=seed, **data_options_from_args(args))
+
+
+def add_tracker_arguments(parser) -> None:
+    """``--tracker NAME`` and ``--tracker-dir DIR``: log the run to TensorBoard or MLflow (local folders)."""
+    parser.add_argument("--tracker", default=None, metavar="NAME",
+                        help="log the training curve, pruning trajectory and final metrics: tensorboard or mlflow")
+    parser.add_argument("--tracker-dir", default=None, metavar="DIR",
+                        help="the tracker's folder (default: runs/ for tensorboard, mlruns/ for mlflow)")
+
+
+def check_tracker_args(args) -> None:
+    """Fail before any work when ``--tracker`` names an unknown tracker or one whose extra is missing."""
+    if getattr(args, "tracker", None) is not None:
+        from prunelab.track import check_tracker
+
+        check_tracker(args.tracker)
+
+
+def track_command(args, run_name: str, config: dict[str, Any], curves, metrics: dict[str, Any], steps=()) -> None:
+    """Log one command's run to ``--tracker`` (nothing without it; only rank 0 under torchrun)."""
+    import os
+
+    if getattr(args, "tracker", None) is None or os.environ.get("RANK", "0") != "0":
+        return
+    from prunelab.track import log_run, open_tracker
+
+    tracker = open_tracker(args.tracker, args.tracker_dir)
+    try:
+        log_run(tracker, run_name, config, curves, metrics, steps)
+    finally:
+        tracker.close()
+
+
+def import_plugins_from_args(args) -> None:
+    """Import the ``--plugin`` modules (each once), so the names they register can be used."""
+    from prunelab.study.tasks import import_plugins
+
+    import_plugins(getattr(args, "plugin", None) or [])
 
 
 def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
@@ -143,6 +185,36 @@ def train_config_from_args(args) -> Any:
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig(**values).validate()
+
+
+def data_meta(data) -> dict[str, Any]:
+    """What a checkpoint records about its data so a later command can check it: the input shape and,
+    where the dataset names them (image folders, tar shards), the class names."""
+    meta: dict[str, Any] = {"input_shape": list(data.input_shape)}
+    names = (data.info or {}).get("class_names")
+    if names:
+        meta["class_names"] = list(names)
+    return meta
+
+
+def check_recorded_classes(loaded, data, name: str) -> None:
+    """A checkpoint's classes must be the data's: the class count of its architecture and, where both
+    record them, the class names (an image folder with other or re-ordered classes)."""
+    num_classes = loaded.spec.kwargs.get("num_classes")
+    if num_classes is not None and int(num_classes) != data.num_classes:
+        raise PrunelabError(f"checkpoint {name} has {num_classes} classes but dataset {data.name} has "
+                            f"{data.num_classes}")
+    recorded = (loaded.meta or {}).get("class_names")
+    names = (data.info or {}).get("class_names")
+    if recorded and names and list(recorded) != list(names):
+        diff = next(i for i, (a, b) in enumerate(zip(recorded, names)) if a != b) if len(recorded) == len(names) \
+            else min(len(recorded), len(names))
+        raise PrunelabError(f"checkpoint {name} was trained on classes {_few(recorded)} but dataset {data.name} has "
+                            f"{_few(names)} (they differ from class {diff} on)")
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
 
 
 def fit_overrides(name: str, data) -> dict[str, Any]:

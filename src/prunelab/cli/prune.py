@@ -19,10 +19,15 @@ import torch
 
 from prunelab.cli.common import (
     add_data_arguments,
+    add_tracker_arguments,
     add_train_arguments,
+    check_recorded_classes,
+    check_tracker_args,
     data_from_args,
+    data_meta,
     emit_json,
     fit_overrides,
+    track_command,
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
@@ -57,6 +62,7 @@ def add_arguments(parser) -> None:
                              "and iterative magnitude pruning, 0 for gradual, random and SNIP, which start from "
                              "scratch; checkpoints are never pretrained)")
     parser.add_argument("--structured", action="store_true", help="structured (channel) pruning instead")
+    add_tracker_arguments(parser)
 
     g = parser.add_argument_group("unstructured pruning")
     g.add_argument("--method", choices=[*METHODS, "lowrank"], default="global",
@@ -207,7 +213,10 @@ def _check_args(args, train_config) -> None:
 
 def _check_fits(model, data, name: str) -> None:
     """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
-    x = data.test.x[:2] if len(data.test) else data.train.x[:2]
+    from prunelab.data import Feed
+
+    split = "test" if len(data.test) else "train"
+    x, _ = Feed(data).take(split, range(min(2, len(data.split(split)))))
     was_training = model.training
     model.eval()
     try:
@@ -225,9 +234,11 @@ def _check_fits(model, data, name: str) -> None:
 
 
 def _snip_batch(data, size: int, seed: int):
+    from prunelab.data import Feed
+
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:size]
-    return data.train.x[idx], data.train.y[idx]
+    return Feed(data).take("train", idx)
 
 
 def _acc(metrics: dict | None) -> float | None:
@@ -265,12 +276,14 @@ def run(args) -> int:
                                    args.initial_sparsity, args.prune_unit).validate()
     ranks = _pairs(args.ranks, "--ranks", int) if args.ranks else None
 
+    check_tracker_args(args)
     data = data_from_args(args, seed=train_config.seed)
     torch.manual_seed(train_config.seed)
     is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
     _check_fits(model, data, args.model)
+    check_recorded_classes(loaded, data, args.model)
     input_shape = tuple(data.input_shape)
     if prune_config is not None:
         check_feasible(model, prune_config)
@@ -304,6 +317,7 @@ def run(args) -> int:
                 callbacks=[snapshot] if snapshot else []).fit()
         rewind_state = snapshot.state if snapshot else None
     summary["accuracy"]["before"] = _acc(evaluate(model, data))
+    curves: list[dict] = []
 
     batch = _snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
     if args.method == "lowrank":
@@ -311,15 +325,15 @@ def run(args) -> int:
                                        warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            Trainer(model, data, train_config).fit()  # the trainer holds the masks
+            curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
     elif args.prune_schedule == "oneshot":
         report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            Trainer(model, data, train_config).fit()  # the trainer holds the masks
+            curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
     elif args.prune_schedule == "gradual":
         gradual = GradualPruning(prune_config, schedule)
-        Trainer(model, data, train_config, callbacks=[gradual]).fit()
+        curves += Trainer(model, data, train_config, callbacks=[gradual]).fit().history
         summary["gradual"] = {"schedule": gradual.schedule.to_dict(), "updates": gradual.history}
         report = build_report(model, select_layers(model, selection), method=prune_config.method,
                               target_sparsity=args.sparsity, input_shape=input_shape,
@@ -329,6 +343,7 @@ def run(args) -> int:
         rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
                                  rewind_state=rewind_state, rewind_epoch=args.rewind_epoch if pretrain == 0 else None,
                                  batch=batch, input_shape=input_shape)
+        curves += [{**row, "round": r.round} for r in rounds for row in r.history]
         summary["rounds"] = [{"round": r.round, "target": r.target, "sparsity": r.report.sparsity,
                               "acc_pruned": _acc(r.pruned_metrics), "acc_finetuned": _acc(r.finetuned_metrics)}
                              for r in rounds]
@@ -353,6 +368,14 @@ def run(args) -> int:
         out = Path(args.out)
         save_checkpoint(out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan,
                         meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")},
-                              "input_shape": list(data.input_shape)})
+                              **data_meta(data)})
         atomic_write_json(out.with_suffix(".json"), summary)
+    from prunelab.measure import count_params
+
+    counts = count_params(model)
+    acc = summary["accuracy"]
+    track_command(args, Path(args.out).stem if args.out else f"{args.model}-{args.method}", summary, curves,
+                  {"acc": acc.get("after"), "acc_pruned": acc.get("pruned"), "acc_dense": acc.get("before"),
+                   "params": counts.nonzero, "base_params": counts.params, "macs": report.macs_sparse,
+                   "base_macs": report.macs_dense, "sparsity": report.sparsity})
     return 0

@@ -149,7 +149,16 @@ def _sizes(model, input_shape) -> dict[str, int]:
 
 def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
-    from prunelab.cli.common import data_from_args, emit_json, fit_overrides, train_config_from_args
+    from prunelab.cli.common import (
+        check_recorded_classes,
+        check_tracker_args,
+        data_from_args,
+        data_meta,
+        emit_json,
+        fit_overrides,
+        track_command,
+        train_config_from_args,
+    )
     from prunelab.io import atomic_write_json, check_writable
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
     from prunelab.train import Trainer, evaluate, resolve_device
@@ -168,11 +177,13 @@ def run(args) -> int:
     if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
         raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
 
+    check_tracker_args(args)
     data = data_from_args(args, seed=args.seed)
     torch.manual_seed(train_config.seed)
     is_checkpoint = is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
     model, spec = loaded.model, loaded.spec
+    check_recorded_classes(loaded, data, args.model)
     from prunelab.prune.unstructured.masks import carries_masks
 
     if carries_masks(model.state_dict()):
@@ -203,10 +214,11 @@ def run(args) -> int:
         path = out.with_name(f"{out.stem}.prune{p.prunes}{out.suffix}")
         small = p.compress()
         save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
-                                                 "input_shape": list(input_shape)})
+                                                 **data_meta(data)})
         written.append(str(path))
 
     steps = 0
+    curves: list[dict] = []
     if cfg.schedule == "oneshot":
         model.to(device)
         pruner.prune_oneshot(data, batch_size=train_config.batch_size, device=device)
@@ -215,12 +227,12 @@ def run(args) -> int:
         pruner.detach()
         if train_config.epochs > 0:
             trainer = Trainer(small, data, train_config)
-            trainer.fit()
+            curves += trainer.fit().history
             steps = trainer.step
     else:
         callback = pruner.callback(checkpoint if cfg.checkpoint_every else None)
         trainer = Trainer(model, data, train_config, callbacks=[callback])
-        trainer.fit()
+        curves += trainer.fit().history
         steps = trainer.step
         small = pruner.compress()
         pruner.detach()
@@ -261,10 +273,15 @@ def run(args) -> int:
                          f"l1-normalized)\n")
     if out is not None:
         save_pruned(out, small, plan, meta={"structured": cfg.to_dict(), "accuracy": summary["accuracy"],
-                                             "input_shape": list(input_shape),
+                                             **data_meta(data),
                                              "target": summary["target"]})
         summary["checkpoints"] = written
         atomic_write_json(out.with_suffix(".json"), summary)
+    acc = summary["accuracy"]
+    track_command(args, out.stem if out is not None else f"{args.model}-{cfg.criterion}", summary, curves,
+                  {"acc": acc.get("after"), "acc_pruned": acc.get("pruned"), "acc_dense": acc.get("before"),
+                   "params": after["params"], "base_params": before["params"], "macs": after["macs"],
+                   "base_macs": before["macs"], "channels": after["channels"]})
     if args.json:
         emit_json(summary)
     else:

@@ -14,12 +14,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--all", dest="all_runs", action="store_true",
                         help="include runs no longer in the spec (after --update)")
     parser.add_argument("--status", choices=("pending", "running", "done", "failed"), default=None)
+    parser.add_argument("--to", metavar="TRACKER", default=None,
+                        help="export the finished runs to a tracker instead: tensorboard or mlflow")
+    parser.add_argument("--tracker-dir", metavar="DIR", default=None,
+                        help="the tracker's folder (default: <study>/tracking/<tracker>)")
 
 
 def run(args) -> int:
-    import pandas as pd
+    if args.to is not None:
+        from prunelab.study.tracking import export_study
 
+        n, folder = export_study(args.study, args.to, args.tracker_dir)
+        sys.stdout.write(f"{n} runs exported to {args.to} in {folder}\n")
+        return 0
+    from prunelab.errors import require
     from prunelab.io import atomic_write_text
+
+    pd = require("pandas", "prunelab results", "report")
     from prunelab.study import load_results
 
     df = load_results(args.study, all_runs=args.all_runs, status=args.status)

@@ -29,6 +29,10 @@ def add_arguments(parser) -> None:
     run.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
                      help="leave runs that failed before as failed")
     run.add_argument("--report", action="store_true", help="write the report when the runs are done")
+    run.add_argument("--tracker", default=None, metavar="NAME",
+                     help="log every finished run to a tracker: tensorboard or mlflow (overrides the spec's)")
+    run.add_argument("--tracker-dir", default=None, metavar="DIR",
+                     help="the tracker's folder (default: <study>/tracking/<tracker>)")
     run.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="show the live display even when stderr is not a terminal")
     run.add_argument("--quiet", dest="progress", action="store_false", help="no live display")
@@ -58,15 +62,25 @@ def _run(args) -> int:
 
     if args.workers < 1:
         raise PrunelabError(f"--workers must be >= 1, got {args.workers}")
+    if args.report:
+        from prunelab.cli.report import check_report_extras
+
+        check_report_extras()
+    if args.tracker is not None:
+        from prunelab.track import check_tracker
+
+        check_tracker(args.tracker)
     result = run_study(args.spec, out=args.out, executor=args.executor, workers=args.workers,
                        update=args.update, retry_failed=args.retry_failed, progress=args.progress,
                        threads=args.threads, ray_address=args.ray_address, report=args.report,
-                       nproc_per_node=args.nproc_per_node)
+                       nproc_per_node=args.nproc_per_node, tracker=args.tracker, tracker_dir=args.tracker_dir)
     c = result.counts
     print(f"study {result.name}: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} unfinished "
           f"({result.executed} executed now); results in {result.store_path}")
     for label, error in result.failures:
         print(f"  failed: {label}: {error}", file=sys.stderr)
+    if result.tracking_dir is not None:
+        print(f"tracker: {result.tracked} runs in {result.tracking_dir}")
     if result.report is not None:
         print(f"report: {result.report}")
     return 0 if result.ok else 1

@@ -13,6 +13,7 @@ one line and writes nothing (``--on-nonfinite warn`` trains on instead).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,12 +21,17 @@ import torch
 from prunelab.cli.common import (
     add_data_arguments,
     add_model_argument,
+    add_tracker_arguments,
     add_train_arguments,
+    check_recorded_classes,
+    check_tracker_args,
     data_from_args,
+    data_meta,
     data_options_from_args,
     emit_json,
     fit_overrides,
     model_from_args,
+    track_command,
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
@@ -36,6 +42,7 @@ def add_arguments(parser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, metavar="PATH", help="where to write the trained checkpoint")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_tracker_arguments(parser)
     add_train_arguments(parser)
 
 
@@ -53,7 +60,9 @@ def check_model_fits(model: torch.nn.Module, expected_shape: tuple[int, ...], da
         return
     problem = f"model {name} expects input {_shape(expected_shape)} but dataset {data.name} gives " \
               f"{_shape(data.input_shape)}"
-    sample = data.train.x[:1] if len(data.train) else torch.zeros(1, *data.input_shape)
+    from prunelab.data import Feed
+
+    sample = Feed(data).take("train", [0])[0] if len(data.train) else torch.zeros(1, *data.input_shape)
     was_training = model.training
     model.eval()
     try:
@@ -85,19 +94,23 @@ def run(args) -> int:
 
     model_from_args(args)
     config = train_config_from_args(args)
+    check_tracker_args(args)
     data = data_from_args(args, seed=0)
     torch.manual_seed(config.seed)
     is_zoo_name = not is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **(fit_overrides(args.model, data) if is_zoo_name else {}))
     model, spec = loaded.model, loaded.spec
-    num_classes = spec.kwargs.get("num_classes")
-    if num_classes is not None and int(num_classes) != data.num_classes:
-        raise PrunelabError(f"checkpoint {args.model} has {num_classes} classes but dataset {data.name} has "
-                            f"{data.num_classes}")
+    check_recorded_classes(loaded, data, args.model)
     # the shape a checkpoint was trained on, where it says; else the architecture's declared one
     trained_on = (loaded.meta or {}).get("input_shape") if not is_zoo_name else None
     check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
-    result = Trainer(model, data, config).fit()
+    trainer = Trainer(model, data, config)
+    if trainer.world_size > 1:
+        sys.stdout.write(f"data-parallel on {trainer.world_size} processes: global batch {trainer.global_batch_size} "
+                         f"({config.batch_size} per process), {trainer.feed.n_per_rank} samples per process per "
+                         f"epoch\n")
+        sys.stdout.flush()
+    result = trainer.fit()
     model = model.cpu().eval()
     final = result.final
     summary: dict[str, Any] = {
@@ -105,7 +118,7 @@ def run(args) -> int:
         "arch": spec.to_dict(),
         "data": data.name,
         "data_options": data_options_from_args(args),
-        "input_shape": list(data.input_shape),
+        **data_meta(data),
         "num_classes": data.num_classes,
         **_counts(model, tuple(data.input_shape)),
         "val_acc": final.get("val_acc"),
@@ -121,6 +134,11 @@ def run(args) -> int:
     }
     meta = {k: v for k, v in summary.items() if k not in ("arch", "out")}
     save_checkpoint(args.out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan, meta=meta)
+    metrics = {"acc": final.get("test_acc"), "loss": final.get("test_loss"), "val_acc": final.get("val_acc"),
+               "val_loss": final.get("val_loss"), "params": summary.get("params"), "macs": summary.get("macs"),
+               "steps": final.get("step"), "time_s": final.get("time")}
+    track_command(args, Path(args.out).stem, {k: v for k, v in summary.items() if k != "history"}, result.history,
+                  metrics)
     if args.json:
         emit_json(summary)
     else:

@@ -1,20 +1,29 @@
-"""Datasets as in-memory tensors with fixed splits, and the batched augmentation pipeline.
+"""Datasets with fixed splits, in memory where they fit and streamed where they do not, and the
+one batch feed every consumer reads them through.
 
 ``load(name, root=None, **options)`` is the entry point; ``list_datasets()`` names what it accepts:
 embedded sets (``digits``, ``mnist1d``), real formats read from a user path (``cifar10``,
-``cifar100``, ``imagefolder``, ``har``) and a ``synthetic`` generator. Nothing is downloaded.
+``cifar100``, ``imagefolder``, ``har``), streamed ImageNet-style folders and tar shards
+(``imagefolder-stream``, ``tar-shards``) and a ``synthetic`` generator. Nothing is downloaded.
+``from_dataset(train, val, test)`` wraps a user's own ``Dataset`` or ``DataLoader``; a plugin module
+registers more names with ``register_dataset``.
 """
 
 from prunelab.data.base import Augment, DataBundle, Split
-from prunelab.data.pipeline import augment_batch, batches
+from prunelab.data.feed import Feed, batches
+from prunelab.data.pipeline import augment_batch
 from prunelab.data.registry import get_dataset_entry, list_datasets, load, register_dataset
+from prunelab.data.stream import StreamSplit, from_dataset
 
 __all__ = [
     "Augment",
     "DataBundle",
+    "Feed",
     "Split",
+    "StreamSplit",
     "augment_batch",
     "batches",
+    "from_dataset",
     "get_dataset_entry",
     "list_datasets",
     "load",

@@ -1,17 +1,25 @@
-"""The in-memory dataset bundle every trainer, criterion and study consumes.
+"""The dataset bundle every trainer, criterion and study consumes.
 
 Datasets that fit in memory are held as tensors (images as uint8 or float, sequences as float) with
 fixed train / validation / test splits, so the trainer can move them to the device once and augment
-whole batches with tensor ops (the airbench data path).
+whole batches with tensor ops (the airbench data path); this stays the default wherever the data fits.
+A split may instead be a :class:`~prunelab.data.stream.StreamSplit` (a Dataset read by DataLoader
+workers) for data that does not fit. Consumers never index a split's tensors: they go through
+:class:`prunelab.data.feed.Feed` (and :func:`prunelab.data.batches`), which serves both kinds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from prunelab.errors import PrunelabError, check_choice
+
+if TYPE_CHECKING:
+    from prunelab.data.stream import StreamSplit
 
 
 @dataclass(frozen=True)
@@ -55,19 +63,28 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    def select(self, indices: Sequence[int] | torch.Tensor, evaluation: bool = False) -> Split:
+        """The samples at ``indices`` (copies); ``evaluation`` matters only for streamed splits."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        return Split(self.x[idx], self.y[idx])
+
 
 @dataclass
 class DataBundle:
-    """A dataset with fixed splits, already normalised (float32 inputs, int64 labels).
+    """A dataset with fixed splits, already normalised (float32 inputs, int64 labels; a streamed split
+    yields such batches after its device transform).
 
     ``input_shape`` excludes the batch dimension: (C, H, W) for images, (T, F) for sequences,
     (F,) for vectors. ``val`` may be empty (zero rows) when a dataset has no held-out split.
     """
 
     name: str
-    train: Split
-    val: Split
-    test: Split
+    train: Split | StreamSplit
+    val: Split | StreamSplit
+    test: Split | StreamSplit
     num_classes: int
     input_shape: tuple[int, ...]
     task: str = "image"  # image | sequence | vector
@@ -80,7 +97,12 @@ class DataBundle:
             raise PrunelabError(f"augmentation pad {aug.pad} with reflect padding must be smaller than the "
                                 f"{self.input_shape[1]}x{self.input_shape[2]} images")
 
-    def split(self, name: str) -> Split:
+    @property
+    def streamed(self) -> bool:
+        """True when any split is read through a DataLoader rather than held in memory."""
+        return any(not isinstance(s, Split) for s in (self.train, self.val, self.test))
+
+    def split(self, name: str) -> Split | StreamSplit:
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; valid choices: train, val, test")
         return getattr(self, name)

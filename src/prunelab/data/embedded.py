@@ -17,7 +17,7 @@ import numpy as np
 from prunelab.data.base import Augment, DataBundle
 from prunelab.data.registry import register_dataset
 from prunelab.data.splits import channel_stats, normalize, stratified_split, to_split
-from prunelab.errors import PrunelabError, check_choice
+from prunelab.errors import PrunelabError, check_choice, require
 
 # The test split of the embedded sets never moves with the user's seed: it is drawn once with this seed.
 _TEST_SPLIT_SEED = 20180101
@@ -47,9 +47,8 @@ def load_digits(root=None, *, val_fraction: float = 0.1, seed: int = 0, test_fra
     rest, drawn with ``seed``. Pixels are scaled by the training split's mean and standard deviation.
     No augmentation: flips and shifts change what an 8x8 digit means.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    raw = sk_load_digits()
+    datasets = require("sklearn.datasets", "digits", "data", "scikit-learn")
+    raw = datasets.load_digits()
     x = raw.data.reshape(-1, 1, 8, 8).astype(np.float32)
     y = raw.target.astype(np.int64)
     trainval, test = stratified_split(y, test_fraction, _TEST_SPLIT_SEED)
@@ -65,8 +64,8 @@ def load_digits(root=None, *, val_fraction: float = 0.1, seed: int = 0, test_fra
 
 @lru_cache(maxsize=4)
 def _mnist1d_arrays(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
+    mnist1d = require("mnist1d.data", "mnist1d", "data", "mnist1d")
+    get_dataset_args, make_dataset = mnist1d.get_dataset_args, mnist1d.make_dataset
     args = get_dataset_args()
     args.num_samples = int(num_samples)
     # make_dataset reseeds Python's and NumPy's global generators; leave the caller's state untouched.

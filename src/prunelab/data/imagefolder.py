@@ -23,7 +23,7 @@ import numpy as np
 from prunelab.data.base import Augment, DataBundle
 from prunelab.data.registry import register_dataset
 from prunelab.data.splits import channel_stats, check_fraction, normalize, stratified_split, to_split
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, require
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 
@@ -88,6 +88,7 @@ def _read_split(root: Path, split_dir: Path, classes: list[str], size: int, mode
 def load_imagefolder(root, *, val_fraction: float = 0.0, seed: int = 0, size: int = 32, channels: int = 3,
                      keep_aspect: bool = True, pad: int | None = None, flip: bool = True) -> DataBundle:
     """Class-folder images (train/ and val/), decoded with PIL into memory at ``size`` x ``size``."""
+    require("PIL.Image", "imagefolder", "images", "Pillow")
     root = Path(root).expanduser()
     size = int(size)
     if size < 4:

@@ -1,20 +1,18 @@
-"""The in-memory batch pipeline: ordered batches for evaluation, batched augmentation for training.
+"""Batched augmentation on the device: pad-and-crop and flip of whole batches.
 
-Augmentation is done on whole batches with tensor ops on the training device (the airbench data
-path, anchors.md 7): one pad of the batch and one ``gather`` that cuts a differently shifted (and,
-for a random half, mirrored) H x W window out of every padded image. There is no per-sample Python,
-no DataLoader and no worker process. The random draws come from a caller-owned ``torch.Generator``
-so the trainer can make them repeatable and resumable.
+Augmentation is done on whole batches with tensor ops on the training device (the data path of
+Keller Jordan's airbench): one pad of the batch and one ``gather`` that cuts a differently shifted
+(and, for a random half, mirrored) H x W window out of every padded image, with no per-sample Python.
+In-memory and streamed splits alike get it (:mod:`prunelab.data.feed`). The random draws come from a
+caller-owned ``torch.Generator`` so the trainer can make them repeatable and resumable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 
-from prunelab.data.base import Augment, DataBundle
+from prunelab.data.base import Augment
 
 
 def pad_batch(x: torch.Tensor, pad: int, mode: str = "reflect", fill: tuple[float, ...] | None = None) -> torch.Tensor:
@@ -73,16 +71,3 @@ def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator 
     dy, dx, flip = params if params is not None else draw_augment_params(n, augment, generator, x.device)
     padded = pad_batch(x, augment.pad, augment.pad_mode, augment.fill) if augment.pad > 0 else x
     return crop_flip(padded, h, w, dy, dx, flip if augment.flip else None)
-
-
-def batches(data: DataBundle, split: str = "test", batch_size: int = 512,
-            device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Iterate ``(x, y)`` batches of a split in order, without augmentation (views of the stored tensors,
-    moved to ``device`` when given)."""
-    s = data.split(split)
-    n = len(s)
-    for start in range(0, n, int(batch_size)):
-        x, y = s.x[start:start + batch_size], s.y[start:start + batch_size]
-        if device is not None:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        yield x, y

@@ -106,4 +106,6 @@ def _ensure_loaded() -> None:
     import prunelab.data.embedded  # noqa: F401
     import prunelab.data.har  # noqa: F401
     import prunelab.data.imagefolder  # noqa: F401
+    import prunelab.data.imagestream  # noqa: F401
+    import prunelab.data.shards  # noqa: F401
     import prunelab.data.synthetic  # noqa: F401

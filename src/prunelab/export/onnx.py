@@ -52,7 +52,7 @@ def _require_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise PrunelabError("onnxruntime is not installed; install prunelab[onnx]") from None
+        raise PrunelabError("ONNX Runtime needs onnxruntime: pip install 'prunelab[onnx]'") from None
     return onnxruntime
 
 

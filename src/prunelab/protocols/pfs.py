@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.data.base import DataBundle, Split
+from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models import ArchSpec, WidthUnit, create, get_family, resolve, width_units
 from prunelab.models.widths import with_unit_widths
@@ -177,13 +177,12 @@ def holdout_split(data: DataBundle, fraction: float, seed: int = 0) -> DataBundl
         return data
     from prunelab.data.splits import stratified_split
 
-    keep, held = stratified_split(data.train.y.cpu().numpy(), fraction, seed)
+    keep, held = stratified_split(data.train.labels().cpu().numpy(), fraction, seed)
     if len(held) == 0 or len(keep) == 0:
         raise PrunelabError(f"held-out fraction {fraction} of {len(data.train)} training samples leaves an empty split")
-    keep_t = torch.as_tensor(keep, dtype=torch.long)
-    held_t = torch.as_tensor(held, dtype=torch.long)
-    train = Split(data.train.x[keep_t], data.train.y[keep_t])
-    val = Split(data.train.x[held_t], data.train.y[held_t])
+    # A streamed split carves both parts without reading any sample; the held-out part is read as
+    # evaluation data (no random augmentation), as the reference evaluates its held-out images.
+    train, val = data.train.select(keep), data.train.select(held, evaluation=True)
     return dataclasses.replace(data, train=train, val=val,
                                info={**data.info, "pfs_holdout": {"fraction": fraction, "held_out": len(held)}})
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from prunelab.errors import require
 from prunelab.study.store import ResultsStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _pandas():
+    return require("pandas", "study results as tables", "report")
 
 RUN_COLUMNS = ["run_id", "model", "method", "kind", "protocol", "target", "target_key", "target_value", "seed",
                "status", "acc", "loss", "params", "macs", "sparsity", "latency_ms", "duration", "attempt",
@@ -43,7 +50,7 @@ def load_results(study: str | os.PathLike, *, all_runs: bool = False, status: st
                         extra.append(key)
         rec["config"] = json.loads(row[-1])
         records.append(rec)
-    return pd.DataFrame.from_records(records, columns=RUN_COLUMNS + extra + ["config"])
+    return _pandas().DataFrame.from_records(records, columns=RUN_COLUMNS + extra + ["config"])
 
 
 def load_curves(study: str | os.PathLike) -> pd.DataFrame:
@@ -70,4 +77,5 @@ def _long(study: str | os.PathLike, table: str) -> pd.DataFrame:
         for k, v in json.loads(row[-1]).items():
             rec.setdefault(k, v)
         records.append(rec)
+    pd = _pandas()
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=keys + ["idx"])

@@ -44,6 +44,8 @@ class StudyResult:
     executed: int
     failures: list[tuple[str, str]] = field(default_factory=list)
     report: Path | None = None
+    tracked: int = 0  # finished runs logged to the tracker
+    tracking_dir: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -123,7 +125,8 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
               executor: str = "local", workers: int = 1, update: bool = False, retry_failed: bool = True,
               progress: bool | None = None, lease: float = DEFAULT_LEASE_S, heartbeat: float | None = None,
               threads: int | None = None, ray_address: str | None = None, report: bool = False,
-              nproc_per_node: int = 2) -> StudyResult:
+              nproc_per_node: int = 2, tracker: str | None = None, tracker_dir: str | os.PathLike | None = None
+              ) -> StudyResult:
     """Run every unfinished run of a study and record the outcomes in ``<out>/results.db``.
 
     ``executor``: ``local`` (sequential, or a process pool when ``workers > 1``), ``process``, ``ray``,
@@ -131,6 +134,8 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     ``progress``: show the live display (default: when stderr is a terminal). ``threads``: torch
     threads per run (default 1, so a run's numbers do not depend on ``workers``: CPU kernels split
     their sums by thread count, which can move the last digits). ``report``: write the report afterwards.
+    ``tracker`` / ``tracker_dir`` (default: the spec's ``tracker``): log every finished run to TensorBoard or
+    MLflow afterwards (:func:`prunelab.study.tracking.export_study`).
     """
     if threads is not None:  # checked before the store is opened; Ray workers may have more CPUs than this machine
         if executor != "ray":
@@ -144,6 +149,12 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
         raise PrunelabError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
+    if tracker is None and spec.tracker:
+        tracker, tracker_dir = spec.tracker["name"], tracker_dir or spec.tracker.get("dir")
+    if tracker is not None:
+        from prunelab.track import check_tracker
+
+        check_tracker(tracker)  # a missing extra is one line before any run
     if executor != "ray":  # a Ray cluster's data may live only on its workers
         _check_data(spec)
     spec, out_dir, store = prepare_study(spec, out, update=update)
@@ -161,6 +172,10 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
         result = StudyResult(spec.name, out_dir, store.path, store.counts(), executed, failures)
     finally:
         store.close()
+    if tracker is not None:
+        from prunelab.study.tracking import export_study
+
+        result.tracked, result.tracking_dir = export_study(result.store_path, tracker, tracker_dir)
     if report:
         from prunelab.report import write_report
 

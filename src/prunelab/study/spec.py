@@ -48,7 +48,7 @@ from prunelab.study.run import RunConfig, canonical_json, config_hash
 from prunelab.study.targets import check_target
 
 TOP_KEYS = ("name", "description", "data", "train", "models", "methods", "targets", "protocols", "seeds",
-            "measure", "plugins", "cache", "exclude", "include", "runs")
+            "measure", "plugins", "cache", "exclude", "include", "runs", "tracker")
 METHOD_RESERVED = ("name", "kind", "protocols", "targets", "train")
 PATTERN_KEYS = ("model", "method", "kind", "protocol", "target", "seed")
 ENTRY_KEYS = {"model": "models", "method": "methods", "target": "targets", "protocol": "protocols",
@@ -206,6 +206,9 @@ class StudySpec:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    #: where finished runs are logged: ``{"name": tensorboard | mlflow, "dir": folder or None}``; not part
+    #: of the normalised spec (it changes where results are copied to, not what is computed)
+    tracker: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str | None = None
     text: str | None = None
@@ -320,6 +323,7 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
         measure=_parse_measure(doc, where),
         plugins=plugins,
         cache=_optional_str(doc, "cache", where),
+        tracker=_parse_tracker(doc, where),
         _where=where,
     )
     spec._nodes = {"doc": doc}
@@ -383,6 +387,30 @@ def _optional_str(node: _Map, key: str, where: _Where) -> str | None:
     if value is not None and not isinstance(value, str):
         raise where.error(node, key, f"{key!r} must be a string, got {value!r}")
     return value
+
+
+def _parse_tracker(doc: _Map, where: _Where) -> dict[str, Any]:
+    """``tracker: tensorboard`` or ``tracker: {name: mlflow, dir: path}`` (default dir:
+    ``<study>/tracking/<name>``). Whether its extra is installed is asked when the study runs."""
+    value = doc.get("tracker")
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise where.error(doc, "tracker", "'tracker' must be a tracker name or a mapping with 'name' and 'dir'")
+    extra = [k for k in value if k not in ("name", "dir")]
+    if extra:
+        raise where.error(doc["tracker"], extra[0], f"unknown tracker key {extra[0]!r}; valid keys: name, dir")
+    if value.get("dir") is not None and not isinstance(value["dir"], str):
+        raise where.error(doc["tracker"], "dir", f"tracker dir must be a path, got {value['dir']!r}")
+    from prunelab.track import check_tracker_name
+
+    try:
+        check_tracker_name(value["name"])
+    except PrunelabError as exc:
+        raise where.error(doc, "tracker", str(exc)) from None
+    return {"name": value["name"], "dir": value.get("dir")}
 
 
 def _string_list(node: _Map, key: str, where: _Where) -> list[str]:

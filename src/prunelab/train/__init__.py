@@ -7,7 +7,7 @@ every weight mask on the model (:mod:`prunelab.train.masks`) and stops a run who
 NaN or infinite with :class:`TrainingDiverged` (:mod:`prunelab.train.divergence`).
 """
 
-from prunelab.data.pipeline import batches
+from prunelab.data.feed import batches
 from prunelab.train.callbacks import Callback
 from prunelab.train.config import TrainConfig
 from prunelab.train.divergence import DivergenceWarning, TrainingDiverged

@@ -1,10 +1,13 @@
 """The one training loop every protocol uses (dense training, fine-tuning, Scratch-E/B, PFS gates).
 
-Data path (airbench, anchors.md 7): the splits are moved to the training device once; every epoch
-draws a permutation from a generator seeded by ``(seed, epoch)``, slices batches out of the resident
-tensors and augments them as whole batches (:func:`prunelab.data.pipeline.augment_batch`). Numerics:
-autocast (bfloat16, or float16 with a GradScaler) and channels_last on CUDA. Under ``torchrun`` the
-permutation is sharded by rank and the model wrapped in DistributedDataParallel.
+Data path: batches come from a :class:`prunelab.data.feed.Feed`. In-memory splits are moved to the
+training device once; every epoch draws a permutation from a generator seeded by ``(seed, epoch)``,
+slices batches out of the resident tensors and augments them as whole batches (the airbench data
+path). Streamed splits (a user's Dataset, image folders, tar shards) are read by DataLoader workers
+in the same order and finished on the device, so both give the same numbers on the same samples.
+Numerics: autocast (bfloat16, or float16 with a GradScaler) and channels_last on CUDA. Under
+``torchrun`` the permutation is sharded by rank (a ``DistributedSampler`` with ``set_epoch``) and the
+model wrapped in DistributedDataParallel.
 
 Repeatability: the same seed gives the same numbers on CPU. ``torch.manual_seed(seed)`` is set at the
 start of a fresh run (dropout); the permutation depends only on ``(seed, epoch)`` and the crop / flip
@@ -46,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.data.base import DataBundle
-from prunelab.data.pipeline import augment_batch, draw_augment_params
+from prunelab.data.feed import Feed
 from prunelab.errors import PrunelabError
 from prunelab.io import atomic_torch_save, torch_load
 from prunelab.train import distributed as ddp
@@ -104,13 +107,6 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     return dev
 
 
-def _mix_seed(*parts: int) -> int:
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & 0x7FFF_FFFF_FFFF_FFFF
-    return h
-
-
 def _overrides(cb: Callback, hook: str) -> bool:
     """True when ``cb`` has its own ``hook`` (the base class's no-ops are skipped in the hot loop)."""
     fn = getattr(cb, hook, None)
@@ -145,14 +141,15 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self._restricted = params is not None
         self.optimizer = build_optimizer(self.model, self.config, params)
-        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         n_train = len(data.train)
         if n_train == 0:
             raise PrunelabError(f"dataset {data.name!r} has an empty training split")
-        self._n_per_rank = n_train // self.world_size
-        if self._n_per_rank == 0:
+        self.feed = Feed(data, self.device, batch_size=self.config.batch_size, seed=self.config.seed, rank=self.rank,
+                         world_size=self.world_size, augment=self.config.augment and self._image_input,
+                         drop_last=self.config.drop_last, resident=True)
+        if self.feed.n_per_rank == 0:
             raise PrunelabError(f"{n_train} training samples cannot be shared by {self.world_size} processes")
-        self.steps_per_epoch = self._count_steps(self._n_per_rank)
+        self.steps_per_epoch = self.feed.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, self.config, self.steps_per_epoch)
         self._amp = bool(self.config.amp and self.device.type == "cuda")
         amp_dtype = torch.float16 if self.config.amp_dtype == "float16" else torch.bfloat16
@@ -160,8 +157,6 @@ class Trainer:
             amp_dtype = torch.float16
         self._amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler("cuda") if self._amp and amp_dtype == torch.float16 else None
-        self._augment = data.augment if (self.config.augment and data.augment.active and self._image_input) else None
-        self._generator = torch.Generator(device=self.device)
         self.step = 0
         self.epoch = 0
         self.stop = False
@@ -180,33 +175,14 @@ class Trainer:
         self._warned_nonfinite = False
 
     # ----------------------------------------------------------------------------------------- data
-    def _count_steps(self, n: int) -> int:
-        b = self.config.batch_size
-        if self.config.drop_last or n % b == 1 and n > b:
-            # A trailing batch of one sample is dropped too: BatchNorm cannot train on it.
-            return max(1, n // b)
-        return math.ceil(n / b)
-
-    def _split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self._tensors:
-            s = self.data.split(split)
-            self._tensors[split] = (s.x.to(self.device, non_blocking=True), s.y.to(self.device, non_blocking=True))
-        return self._tensors[split]
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimiser step over all data-parallel processes (batch_size x world_size)."""
+        return self.feed.global_batch_size
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample order for ``epoch``: a permutation seeded by ``(seed, epoch)``, sharded by rank."""
-        g = torch.Generator().manual_seed(_mix_seed(self.config.seed, epoch, 2))
-        perm = torch.randperm(len(self.data.train), generator=g)
-        if self.world_size > 1:
-            perm = perm[self.rank::self.world_size][: self._n_per_rank]
-        return perm.to(self.device, non_blocking=True)
-
-    def epoch_augment_params(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Crop offsets and flips for every position of this rank's ``epoch``, drawn at once on the
-        device from a generator seeded by ``(seed, rank, epoch)`` (so a run resumed inside an epoch
-        draws the same ones)."""
-        self._generator.manual_seed(_mix_seed(self.config.seed, self.rank, epoch, 3))
-        return draw_augment_params(self._n_per_rank, self._augment, self._generator, self.device)
+        return self.feed.order(epoch).to(self.device, non_blocking=True)
 
     def _autocast(self):
         if self._amp:
@@ -236,13 +212,12 @@ class Trainer:
         masks = self.masks
         masks.refresh(self.model)
         masks.enforce(self.optimizer)
-        x_train, y_train = self._split_tensors("train")
-        spe, bsz = self.steps_per_epoch, cfg.batch_size
+        spe = self.steps_per_epoch
         max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
         total = int(min(max_steps, cfg.epochs * spe))
         bar = self._progress_bar(total)
         start = time.perf_counter() - self._elapsed
-        net, opt, sched, scaler, aug = self._net, self.optimizer, self.scheduler, self.scaler, self._augment
+        net, opt, sched, scaler = self._net, self.optimizer, self.scheduler, self.scaler
         smoothing = cfg.label_smoothing
         stopped = self.stop or self.step >= max_steps
         epoch = self.epoch
@@ -254,14 +229,7 @@ class Trainer:
                     fn(self)
                 masks.sync(opt)
             self.model.train()
-            order = self.epoch_indices(epoch)
-            dy, dx, flip = self.epoch_augment_params(epoch) if aug is not None else (None, None, None)
-            for b in range(self._batch_in_epoch, spe):
-                sl = slice(b * bsz, (b + 1) * bsz)
-                idx = order[sl]
-                x, y = x_train.index_select(0, idx), y_train.index_select(0, idx)
-                if aug is not None:
-                    x = augment_batch(x, aug, params=(dy[sl], dx[sl], flip[sl]))
+            for b, (x, y) in enumerate(self.feed.epoch(epoch, start=self._batch_in_epoch), start=self._batch_in_epoch):
                 if self._channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for fn in hooks["on_batch_start"]:
@@ -325,6 +293,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         final = self._final_row(start)
+        self.feed.close()
         for fn in hooks["on_fit_end"]:
             fn(self)
         return TrainResult(history=list(self.history), final=final)
@@ -415,26 +384,24 @@ class Trainer:
 
         Under DDP every rank evaluates its share and the sums are all-reduced (call it on all ranks).
         """
-        x_all, y_all = self._split_tensors(split)
-        n_total = y_all.shape[0]
-        if n_total == 0:
+        if len(self.data.split(split)) == 0:
             return {"loss": None, "acc": None}
         self._sync_buffers()
         was_training = self.model.training
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        bs = self.config.eval_batch_size
-        for start in range(self.rank * bs, n_total, bs * self.world_size):
-            x, y = x_all[start:start + bs], y_all[start:start + bs]
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in self.feed.evaluation(split, self.config.eval_batch_size):
             if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 out = self.model(x)
             sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
             sums[1] += (out.argmax(1) == y).sum()
+            sums[2] += y.shape[0]
         self.model.train(was_training)
         sums = ddp.all_reduce_(sums.cpu(), "sum")
-        return {"loss": float(sums[0]) / n_total, "acc": float(sums[1]) / n_total}
+        n = max(float(sums[2]), 1.0)  # samples evaluated (a stream may skip unreadable ones)
+        return {"loss": float(sums[0]) / n, "acc": float(sums[1]) / n}
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BatchNorm statistics drift apart after local forwards)."""
@@ -536,20 +503,18 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
         if first is None:
             first = next(model.buffers(), None)
         device = first.device if first is not None else torch.device("cpu")
-    s = data.split(split)
-    n = len(s)
-    if n == 0:
+    if len(data.split(split)) == 0:
         return {"loss": None, "acc": None}
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct, n = 0.0, 0, 0
     try:
-        for start in range(0, n, int(batch_size)):
-            x = s.x[start:start + batch_size].to(device, non_blocking=True)
-            y = s.y[start:start + batch_size].to(device, non_blocking=True)
+        for x, y in Feed(data, device, batch_size=batch_size).evaluation(split, batch_size, 0, 1):
             out = model(x)
             loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
+            n += int(y.shape[0])
     finally:
         model.train(was_training)
+    n = max(n, 1)
     return {"loss": loss_sum / n, "acc": correct / n}

@@ -141,9 +141,11 @@ def _resolve(run: RunConfig) -> RunConfig:
 
 def _snip_batch(run: RunConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
     size = run.params.get("batch_size") or int(run.train.get("batch_size", 128))
+    from prunelab.data import Feed
+
     g = torch.Generator().manual_seed(int(run.seed))
     idx = torch.randperm(len(data.train), generator=g)[:size]
-    return data.train.x[idx], data.train.y[idx]
+    return Feed(data).take("train", idx)
 
 
 def _report_metrics(report) -> dict[str, Any]:
