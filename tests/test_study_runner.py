@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -223,3 +224,16 @@ def test_numbers_do_not_depend_on_the_number_of_workers(tmp_path, capsys):
     capsys.readouterr()
     run_study(spec, tmp_path / "one", update=True, threads=2, progress=False)
     assert "finished runs used other thread counts (4 with 1); this runner uses 2" in capsys.readouterr().err
+
+
+def test_a_sigterm_swallowed_by_an_import_still_stops_the_runner():
+    """numpy.random's Cython modules, imported lazily by the first run, can swallow the exception
+    the SIGTERM handler raises; the flag it sets stops the runner at the next check."""
+    from prunelab.study import runner
+
+    runner._terminating.clear()
+    with contextlib.suppress(BaseException):
+        runner._on_sigterm(signal.SIGTERM, None)  # the exception is lost, as inside an extension's init
+    with pytest.raises(runner._Terminated):
+        runner._check_terminated()
+    runner._terminating.clear()

@@ -97,8 +97,20 @@ class _Terminated(BaseException):
     """SIGTERM, turned into an exception so claims are given back on the way out."""
 
 
+_terminating = threading.Event()
+
+
 def _on_sigterm(signum, frame) -> None:
+    # The flag outlives the exception: one raised while an extension module initialises (numpy.random's
+    # Cython modules, imported lazily by the first run) can be swallowed there, so the runner checks the
+    # flag again at the run's next progress report and after each poll.
+    _terminating.set()
     raise _Terminated()
+
+
+def _check_terminated() -> None:
+    if _terminating.is_set():
+        raise _Terminated()
 
 
 def prepare_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -220,9 +232,11 @@ def _drive(spec: StudySpec, store: ResultsStore, executor, progress: bool | None
     executed, failures = 0, []
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if previous is not None:
+        _terminating.clear()
         signal.signal(signal.SIGTERM, _on_sigterm)
 
     def on_progress(run_id: str, info: dict[str, Any]) -> None:
+        _check_terminated()
         if run_id in claims:
             live[run_id] = (live[run_id][0], info)
             beat.set(run_id, claims[run_id].token, info)
@@ -260,6 +274,7 @@ def _drive(spec: StudySpec, store: ResultsStore, executor, progress: bool | None
                     display.write(f"failed: {claim.run.label}: {outcome.get('error')}")
                 counts = store.counts()
                 display.update(counts, live, force=True)
+            _check_terminated()  # finished outcomes are recorded first
     except BaseException as exc:
         with contextlib.suppress(Exception):
             store.release({r: c.token for r, c in claims.items()})
