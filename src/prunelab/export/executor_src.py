@@ -1,0 +1,381 @@
+"""C++ source of the deploy executor (:mod:`prunelab.export.executor`), kept apart from the Python.
+
+The executor runs a folded graph (:mod:`prunelab.export.graph`) as one native call: a list of
+operations over numbered value slots, interpreted in C++, so no Python runs between layers. Sparse
+convolutions and sparse linear layers use the kernels below; dense ones go through ATen (oneDNN
+convolutions, BLAS matmuls); pooling, concatenation and flattening are ATen calls too.
+
+Sparse convolution (Park et al., "Faster CNNs with Direct Sparse Convolutions and Guided Pruning",
+ICLR 2017): each image is first copied into a zero-padded scratch; a stride ``s`` is turned into
+stride 1 by splitting the padded image into ``s x s`` phase planes (space-to-depth), so every
+non-zero weight ``w[o, c, i, j]`` reads one phase plane at a constant flat offset. Output positions
+are tiled into ``T`` floats held in registers while all the non-zeros of an output channel are
+accumulated into them (one broadcast, ``T / 16`` loads and FMAs per non-zero on AVX-512), then the
+bias, an optional residual input and ReLU / ReLU6 are applied while the valid columns are written
+out. Work is ``nnz x output positions`` with no im2col matrix.
+
+Sparse linear layers (CSR over output features): the batch is transposed to ``(in, N)`` so that
+each non-zero multiplies a contiguous row of ``N`` inputs, tiled by 16 into registers; batch 1 is a
+plain sparse matrix-vector product.
+"""
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+enum Kind : int64_t {
+  CONV_SPARSE = 0, CONV_DENSE = 1, LINEAR_SPARSE = 2, LINEAR_DENSE = 3, AFFINE = 4, ADD = 5, ACT = 6,
+  MAXPOOL = 7, AVGPOOL = 8, GLOBAL_AVGPOOL = 9, FLATTEN = 10, CAT = 11
+};
+enum Act : int64_t { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
+
+inline float activate(float v, int64_t act) {
+  if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+  if (act == ACT_RELU6) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+  return v;
+}
+
+void activate_(torch::Tensor& t, int64_t act) {
+  if (act == ACT_RELU) t.relu_();
+  else if (act == ACT_RELU6) t.clamp_(0.0, 6.0);
+}
+
+// GCC / Clang vector extensions: 16 floats, lowered to AVX-512, AVX2 or SSE as the build allows.
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4)));  // unaligned loads and stores
+
+// One output channel's tile of 16 * NV padded-grid positions starting at p0, held in registers:
+// acc = init + sum_k v[k] * plane_k[p0 + off_k].
+template <int NV>
+inline void conv_tile(const float* __restrict__ scratch, int64_t plane, const int64_t* __restrict__ src,
+                      const int64_t* __restrict__ off, const float* __restrict__ val, int64_t k0, int64_t k1,
+                      int64_t p0, float init, float* __restrict__ out) {
+  vf acc[NV];
+  for (int i = 0; i < NV; ++i) acc[i] = vf{} + init;
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* s = scratch + src[k] * plane + off[k] + p0;
+    const vf w = vf{} + val[k];
+    for (int i = 0; i < NV; ++i) acc[i] += w * *(const vfu*)(s + 16 * i);
+  }
+  for (int i = 0; i < NV; ++i) *(vfu*)(out + 16 * i) = acc[i];
+}
+
+template <int NV>
+void conv_channel(const float* scratch, int64_t plane, const int64_t* src, const int64_t* off, const float* val,
+                  int64_t k0, int64_t k1, int64_t L, float init, float* tmp) {
+  for (int64_t p0 = 0; p0 < L; p0 += 16 * NV) conv_tile<NV>(scratch, plane, src, off, val, k0, k1, p0, init, tmp + p0);
+}
+
+// Write the valid columns of a padded-grid result, adding the residual and applying the activation
+// (a template per case, so the loops vectorise).
+template <int64_t ACT, bool RES>
+inline void epilogue(const float* __restrict__ t, const float* __restrict__ res, float* __restrict__ dst,
+                     int64_t Ho, int64_t Wo, int64_t Wq) {
+  for (int64_t y = 0; y < Ho; ++y) {
+    const float* __restrict__ row = t + y * Wq;
+    float* __restrict__ d = dst + y * Wo;
+    const float* __restrict__ r = RES ? res + y * Wo : nullptr;
+    for (int64_t xx = 0; xx < Wo; ++xx) {
+      float v = RES ? row[xx] + r[xx] : row[xx];
+      if (ACT == ACT_RELU) v = v > 0.f ? v : 0.f;
+      if (ACT == ACT_RELU6) v = v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+      d[xx] = v;
+    }
+  }
+}
+
+struct SparseConv {
+  // attrs: C, H, W, pad_h, pad_w, stride_h, stride_w, Hq, Wq, Ho, Wo, Cout, act, tile
+  int64_t C, H, W, ph, pw, sh, sw, Hq, Wq, Ho, Wo, Cout, act, tile;
+  torch::Tensor rowptr, src, off, val, bias;
+};
+
+// Copy image b of x (C, H, W) into sh*sw phase planes per channel of the zero-padded image.
+void fill_scratch(const SparseConv& c, const float* x, float* scratch) {
+  const int64_t plane = c.Hq * c.Wq;
+  for (int64_t ch = 0; ch < c.C; ++ch) {
+    const float* xc = x + ch * c.H * c.W;
+    for (int64_t a = 0; a < c.sh; ++a) {
+      for (int64_t b = 0; b < c.sw; ++b) {
+        float* dst = scratch + ((a * c.sw + b) * c.C + ch) * plane;
+        for (int64_t qy = 0; qy < c.Hq; ++qy) {
+          const int64_t y = qy * c.sh + a - c.ph;
+          float* row = dst + qy * c.Wq;
+          if (y < 0 || y >= c.H) { std::memset(row, 0, c.Wq * sizeof(float)); continue; }
+          const float* xr = xc + y * c.W;
+          if (c.sw == 1) {
+            // columns -pw .. Wq - pw - 1 of row y
+            const int64_t lo = std::max<int64_t>(0, c.pw), hi = std::min<int64_t>(c.Wq, c.W + c.pw);
+            if (lo > 0) std::memset(row, 0, lo * sizeof(float));
+            if (hi > lo) std::memcpy(row + lo, xr + (lo - c.pw), (hi - lo) * sizeof(float));
+            if (hi < c.Wq) std::memset(row + std::max(hi, lo), 0, (c.Wq - std::max(hi, lo)) * sizeof(float));
+          } else {
+            for (int64_t qx = 0; qx < c.Wq; ++qx) {
+              const int64_t xx = qx * c.sw + b - c.pw;
+              row[qx] = (xx < 0 || xx >= c.W) ? 0.f : xr[xx];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+torch::Tensor run_sparse_conv(const SparseConv& c, const torch::Tensor& input, const torch::Tensor* residual) {
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == c.C && input.size(2) == c.H && input.size(3) == c.W,
+              "deploy executor: convolution input has shape ", input.sizes(), ", expected (N, ", c.C, ", ", c.H,
+              ", ", c.W, ")");
+  auto x = input.contiguous();
+  const int64_t B = x.size(0);
+  auto out = torch::empty({B, c.Cout, c.Ho, c.Wo}, x.options());
+  const int64_t plane = c.Hq * c.Wq;
+  const int64_t L = (c.Ho - 1) * c.Wq + c.Wo;
+  const int64_t Lt = (L + c.tile - 1) / c.tile * c.tile;
+  // slack: a tile may read up to `tile` floats past the last valid position of the last plane
+  const int64_t scratch_size = c.sh * c.sw * c.C * plane + Lt + plane;
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float* rp = residual ? residual->data_ptr<float>() : nullptr;
+  const int64_t* rowptr = c.rowptr.data_ptr<int64_t>();
+  const int64_t* src = c.src.data_ptr<int64_t>();
+  const int64_t* off = c.off.data_ptr<int64_t>();
+  const float* val = c.val.data_ptr<float>();
+  const float* bias = c.bias.defined() ? c.bias.data_ptr<float>() : nullptr;
+  const int64_t tile = c.tile;
+  // Parallel over images, then over output channels within an image (each thread fills its scratch).
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(c.Cout, at::get_num_threads()));
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(scratch_size, 0.f);
+    std::vector<float> tmp(Lt);
+    int64_t filled = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks, part = item % chunks;
+      if (filled != b) { fill_scratch(c, xp + b * c.C * c.H * c.W, scratch.data()); filled = b; }
+      const int64_t oc0 = part * c.Cout / chunks, oc1 = (part + 1) * c.Cout / chunks;
+      for (int64_t oc = oc0; oc < oc1; ++oc) {
+        const float init = bias ? bias[oc] : 0.f;
+        const int64_t k0 = rowptr[oc], k1 = rowptr[oc + 1];
+        float* t = tmp.data();
+        switch (tile) {
+          case 16: conv_channel<1>(scratch.data(), plane, src, off, val, k0, k1, L, init, t); break;
+          case 32: conv_channel<2>(scratch.data(), plane, src, off, val, k0, k1, L, init, t); break;
+          case 64: conv_channel<4>(scratch.data(), plane, src, off, val, k0, k1, L, init, t); break;
+          default: conv_channel<8>(scratch.data(), plane, src, off, val, k0, k1, L, init, t); break;
+        }
+        float* dst = op + (b * c.Cout + oc) * c.Ho * c.Wo;
+        const float* res = rp ? rp + (b * c.Cout + oc) * c.Ho * c.Wo : nullptr;
+        switch (c.act * 2 + (res != nullptr)) {
+          case 0: epilogue<ACT_NONE, false>(t, res, dst, c.Ho, c.Wo, c.Wq); break;
+          case 1: epilogue<ACT_NONE, true>(t, res, dst, c.Ho, c.Wo, c.Wq); break;
+          case 2: epilogue<ACT_RELU, false>(t, res, dst, c.Ho, c.Wo, c.Wq); break;
+          case 3: epilogue<ACT_RELU, true>(t, res, dst, c.Ho, c.Wo, c.Wq); break;
+          case 4: epilogue<ACT_RELU6, false>(t, res, dst, c.Ho, c.Wo, c.Wq); break;
+          default: epilogue<ACT_RELU6, true>(t, res, dst, c.Ho, c.Wo, c.Wq); break;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+struct SparseLinear {
+  int64_t in, out, act;
+  torch::Tensor rowptr, col, val, bias;
+};
+
+torch::Tensor run_sparse_linear(const SparseLinear& l, const torch::Tensor& input) {
+  TORCH_CHECK(input.dim() == 2 && input.size(1) == l.in, "deploy executor: linear input has shape ",
+              input.sizes(), ", expected (N, ", l.in, ")");
+  const int64_t N = input.size(0);
+  const int64_t* rowptr = l.rowptr.data_ptr<int64_t>();
+  const int64_t* col = l.col.data_ptr<int64_t>();
+  const float* val = l.val.data_ptr<float>();
+  const float* bias = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
+  if (N == 1) {
+    auto x = input.contiguous();
+    auto y = torch::empty({1, l.out}, x.options());
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, l.out, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        float s = 0.f;
+        for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) s += val[k] * xp[col[k]];
+        yp[r] = activate(s + (bias ? bias[r] : 0.f), l.act);
+      }
+    });
+    return y;
+  }
+  constexpr int64_t T = 32;  // two vectors of 16 batch columns per pass
+  const int64_t Np = (N + T - 1) / T * T;
+  auto xt = torch::zeros({l.in, Np}, input.options());
+  xt.narrow(1, 0, N).copy_(input.t());
+  auto yt = torch::empty({l.out, Np}, input.options());
+  const float* xp = xt.data_ptr<float>();
+  float* yp = yt.data_ptr<float>();
+  at::parallel_for(0, l.out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float init = bias ? bias[r] : 0.f;
+      for (int64_t n0 = 0; n0 < Np; n0 += T) {
+        vf a0 = vf{} + init, a1 = vf{} + init;
+        for (int64_t k = rowptr[r]; k < rowptr[r + 1]; ++k) {
+          const vf w = vf{} + val[k];
+          const float* s = xp + col[k] * Np + n0;
+          a0 += w * *(const vfu*)s;
+          a1 += w * *(const vfu*)(s + 16);
+        }
+        float* d = yp + r * Np + n0;
+        *(vfu*)d = a0;
+        *(vfu*)(d + 16) = a1;
+        for (int t = 0; t < T; ++t) d[t] = activate(d[t], l.act);
+      }
+    }
+  });
+  return yt.narrow(1, 0, N).t().contiguous();
+}
+
+struct Op {
+  int64_t kind;
+  std::vector<int64_t> ins;
+  int64_t out;
+  std::vector<int64_t> attrs;
+  std::vector<double> fattrs;
+  std::vector<torch::Tensor> tensors;
+  SparseConv conv;
+  SparseLinear linear;
+};
+
+class Program {
+ public:
+  explicit Program(int64_t slots) : slots_(slots) {}
+
+  void add(int64_t kind, std::vector<int64_t> ins, int64_t out, std::vector<int64_t> attrs,
+           std::vector<double> fattrs, std::vector<torch::Tensor> tensors) {
+    TORCH_CHECK(out >= 0 && out < slots_, "deploy executor: output slot out of range");
+    for (auto i : ins) TORCH_CHECK(i >= 0 && i < slots_, "deploy executor: input slot out of range");
+    Op op{kind, std::move(ins), out, std::move(attrs), std::move(fattrs), std::move(tensors), {}, {}};
+    if (kind == CONV_SPARSE) {
+      TORCH_CHECK(op.attrs.size() == 14 && op.tensors.size() == 5, "deploy executor: bad sparse convolution");
+      auto& a = op.attrs;
+      op.conv = SparseConv{a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
+                           op.tensors[0].contiguous(), op.tensors[1].contiguous(), op.tensors[2].contiguous(),
+                           op.tensors[3].contiguous(), op.tensors[4]};
+      TORCH_CHECK(op.conv.rowptr.numel() == op.conv.Cout + 1, "deploy executor: bad row pointers");
+    } else if (kind == LINEAR_SPARSE) {
+      TORCH_CHECK(op.attrs.size() == 3 && op.tensors.size() == 4, "deploy executor: bad sparse linear layer");
+      op.linear = SparseLinear{op.attrs[0], op.attrs[1], op.attrs[2], op.tensors[0].contiguous(),
+                               op.tensors[1].contiguous(), op.tensors[2].contiguous(), op.tensors[3]};
+    }
+    ops_.push_back(std::move(op));
+  }
+
+  torch::Tensor run(const torch::Tensor& x) const {
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu(),
+                "deploy executor: input must be a float32 CPU tensor");
+    c10::InferenceMode guard;
+    std::vector<torch::Tensor> v(slots_);
+    v[0] = x.contiguous();
+    for (const auto& op : ops_) v[op.out] = step(op, v);
+    return v[ops_.empty() ? 0 : ops_.back().out];
+  }
+
+  // Run the program up to (not including) op `index` and return the inputs of that op.
+  std::vector<torch::Tensor> inputs_of(const torch::Tensor& x, int64_t index) const {
+    c10::InferenceMode guard;
+    std::vector<torch::Tensor> v(slots_);
+    v[0] = x.contiguous();
+    for (int64_t i = 0; i < index; ++i) v[ops_[i].out] = step(ops_[i], v);
+    std::vector<torch::Tensor> out;
+    for (auto i : ops_[index].ins) out.push_back(v[i]);
+    return out;
+  }
+
+  // Run op `index` alone on the given inputs (for timing one layer).
+  torch::Tensor run_op(int64_t index, const std::vector<torch::Tensor>& inputs) const {
+    c10::InferenceMode guard;
+    const auto& op = ops_[index];
+    std::vector<torch::Tensor> v(slots_);
+    for (size_t i = 0; i < op.ins.size(); ++i) v[op.ins[i]] = inputs[i];
+    return step(op, v);
+  }
+
+  int64_t size() const { return static_cast<int64_t>(ops_.size()); }
+
+ private:
+  static torch::Tensor step(const Op& op, const std::vector<torch::Tensor>& v) {
+    const auto& a = op.attrs;
+    switch (op.kind) {
+      case CONV_SPARSE:
+        return run_sparse_conv(op.conv, v[op.ins[0]], op.ins.size() > 1 ? &v[op.ins[1]] : nullptr);
+      case CONV_DENSE: {
+        // attrs: stride h, w, pad h, w, dilation h, w, groups, act; tensors: weight, bias
+        auto y = at::conv2d(v[op.ins[0]], op.tensors[0], op.tensors[1], {a[0], a[1]}, {a[2], a[3]}, {a[4], a[5]},
+                            a[6]);
+        if (op.ins.size() > 1) y.add_(v[op.ins[1]]);
+        activate_(y, a[7]);
+        return y;
+      }
+      case LINEAR_SPARSE:
+        return run_sparse_linear(op.linear, v[op.ins[0]]);
+      case LINEAR_DENSE: {
+        auto y = at::linear(v[op.ins[0]], op.tensors[0], op.tensors[1]);
+        activate_(y, a[0]);
+        return y;
+      }
+      case AFFINE: {  // per-channel scale and shift (a BatchNorm not folded into a convolution), then act
+        const auto& x = v[op.ins[0]];
+        std::vector<int64_t> shape(x.dim(), 1);
+        shape[1] = x.size(1);
+        auto y = at::addcmul(op.tensors[1].view(shape), x, op.tensors[0].view(shape));
+        activate_(y, a[0]);
+        return y;
+      }
+      case ADD: {
+        auto y = at::add(v[op.ins[0]], v[op.ins[1]]);
+        activate_(y, a[0]);
+        return y;
+      }
+      case ACT: {
+        auto y = v[op.ins[0]].clone();
+        activate_(y, a[0]);
+        return y;
+      }
+      case MAXPOOL:  // kernel h, w, stride h, w, pad h, w, dilation h, w, ceil
+        return at::max_pool2d(v[op.ins[0]], {a[0], a[1]}, {a[2], a[3]}, {a[4], a[5]}, {a[6], a[7]}, a[8] != 0);
+      case AVGPOOL:  // kernel h, w, stride h, w, pad h, w, ceil, count_include_pad
+        return at::avg_pool2d(v[op.ins[0]], {a[0], a[1]}, {a[2], a[3]}, {a[4], a[5]}, a[6] != 0, a[7] != 0);
+      case GLOBAL_AVGPOOL:
+        return at::mean(v[op.ins[0]], {2, 3}, /*keepdim=*/true);
+      case FLATTEN:
+        return v[op.ins[0]].flatten(a[0]);
+      case CAT: {
+        std::vector<torch::Tensor> parts;
+        for (auto i : op.ins) parts.push_back(v[i]);
+        return at::cat(parts, a[0]);
+      }
+      default:
+        TORCH_CHECK(false, "deploy executor: unknown operation ", op.kind);
+    }
+    return {};
+  }
+
+  int64_t slots_;
+  std::vector<Op> ops_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<Program>(m, "Program")
+      .def(py::init<int64_t>())
+      .def("add", &Program::add)
+      .def("run", &Program::run, py::call_guard<py::gil_scoped_release>())
+      .def("inputs_of", &Program::inputs_of)
+      .def("run_op", &Program::run_op)
+      .def("__len__", &Program::size);
+}
+"""
