@@ -16,6 +16,7 @@ and channel padding are the same in every runtime).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -144,7 +145,9 @@ def _sparse_conv_args(op: FoldedOp, in_shape: Sequence[int]) -> tuple[list[int],
 
 def _sparse_linear_args(op: FoldedOp) -> tuple[list[int], list[torch.Tensor]]:
     weight, bias = op.tensors["weight"], op.tensors["bias"]
-    csr = weight.to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = weight.to_sparse_csr()
     act = ACTIVATIONS.index(op.attrs["act"])
     return [int(weight.shape[1]), int(weight.shape[0]), act], [
         csr.crow_indices().long(), csr.col_indices().long(), csr.values().contiguous(), bias.contiguous()]
