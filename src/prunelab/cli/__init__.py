@@ -90,11 +90,11 @@ def _output_actions(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fail fast, before loading data or training, on an output path that cannot be written
     (missing or read-only folder, a file where a folder is expected, or the reverse)."""
-    from prunelab.io import check_writable
-
     for action in _output_actions(parser, args):
         value = getattr(args, action.dest, None)
         if isinstance(value, str) and value:
+            from prunelab.io import check_writable  # imported only when needed: it imports torch
+
             check_writable(value, folder=action.metavar == "DIR")
 
 
