@@ -122,6 +122,8 @@ def run(args) -> int:
                                 f"{'x'.join(map(str, item_shape))}, the first takes {'x'.join(map(str, shape))}")
         shape = tuple(item_shape)
 
+    _check_inputs(models, shape, min(args.batch_sizes))
+
     def progress(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
@@ -151,6 +153,27 @@ def run(args) -> int:
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _check_inputs(models, shape, batch: int) -> None:
+    """One eager call per model before any progress line, so a wrong input shape is one line on stderr."""
+    import torch
+
+    from prunelab.measure.timing import example_input, input_dtype, trial_call
+
+    for model in models.values():
+        if isinstance(model, torch.nn.Module):
+            was_training = model.training
+            model.eval()
+            x = example_input(shape, batch, dtype=input_dtype(model))
+
+            def call(model=model, x=x) -> object:
+                with torch.inference_mode():
+                    return model(x)
+            try:
+                trial_call(call, shape, batch)
+            finally:
+                model.train(was_training)
 
 
 def _sparse(model, loaded, shape, args, device):
