@@ -351,3 +351,24 @@ def test_cli_export_deploy_bad_flags(checkpoints, tmp_path, extra, message, caps
     assert main(["export", str(checkpoints / "cnn-90.pt"), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_deploy_benchmark_quick_mode_writes_the_rows(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("deploy_benchmark", script)
+    bench_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_module)
+    out = tmp_path / "rows.json"
+    assert bench_module.main(["--quick", "--repeats", "3", "--warmup", "1", "--layer-repeats", "3",
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["kind"], r["batch"]) for r in rows] == [("sparse", 1), ("structured", 1)]
+    for r in rows:
+        assert list(r) == ["model", "kind", "level", "batch", "ort_dense_ms", "prunelab_ms", "speedup_vs_ort_dense",
+                           "macs_ratio"]
+        assert r["speedup_vs_ort_dense"] == pytest.approx(r["ort_dense_ms"] / r["prunelab_ms"])
+        assert r["macs_ratio"] > 1
+    assert "speed-up" in capsys.readouterr().out

@@ -391,10 +391,12 @@ class DeployModel:
         self.input_shape = input_shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
+        if x.shape[1:] != self.input_shape or x.dim() != len(self.input_shape) + 1:
             raise PrunelabError(f"the deploy artefact takes input (N, {', '.join(map(str, self.input_shape))}), "
                                 f"got {tuple(x.shape)}")
-        return self._call(x.float().contiguous())
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        return self._call(x)
 
     @classmethod
     def from_artefact(cls, artefact: DeployArtefact, *, threads: int | None = None) -> DeployModel:
@@ -410,10 +412,10 @@ class DeployModel:
             from prunelab.export.onnx import ort_session
 
             session = ort_session(onnx_model, threads=threads)
-            name = session.get_inputs()[0].name
+            name, outputs = session.get_inputs()[0].name, [session.get_outputs()[0].name]
 
             def run_ort(x: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+                return torch.from_numpy(session.run(outputs, {name: x.numpy()})[0])
             return cls(runtime, run_ort, report, input_shape)
         if runtime == "native" and executor_library() is None:
             warnings.warn(f"the native deploy executor cannot run here ({executor_unavailable_reason()}); "
