@@ -294,6 +294,17 @@ def test_bad_files_are_one_line(tmp_path):
         load_deploy(plain)
     with pytest.raises(PrunelabError, match="not found"):
         load_deploy(tmp_path / "missing.pt")
+    model, shape = _case("block", 0.5)
+    payload = build_deploy(model, shape, kind="sparse", repeats=2, warmup=0).payload()
+    payload["runtime"] = "native" if executor_library() is not None else "torch"
+    payload["tensors"]["1.weight"] = torch.zeros(8, 3, 3, 3)  # the second conv no longer fits its input
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(PrunelabError, match="malformed"):
+        load_deploy(tmp_path / "tampered.pt")
+    del payload["graph"]
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(PrunelabError, match="malformed"):
+        load_deploy(tmp_path / "broken.pt")
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -53,6 +53,7 @@ from prunelab.export.executor import (
     executor_library,
     executor_unavailable_reason,
     float32_graph,
+    input_shapes,
 )
 from prunelab.export.graph import FoldedGraph, FoldedOp, fold_graph
 from prunelab.export.numerics import relative_error
@@ -424,6 +425,7 @@ class DeployModel:
         if runtime == "native":
             program = NativeProgram(graph, input_shape, kernels)
             return cls(runtime, program, report, input_shape)
+        input_shapes(graph, input_shape)  # shapes that do not fit together fail here, not at the first call
         module = FoldedModule(graph).eval()
 
         def run_torch(x: torch.Tensor) -> torch.Tensor:
@@ -455,7 +457,11 @@ def load_deploy(path: str | os.PathLike, *, threads: int | None = None) -> Deplo
         if isinstance(exc, PrunelabError):
             raise
         raise PrunelabError(f"deploy artefact {path} is malformed ({type(exc).__name__}: {exc})") from exc
-    return DeployModel._make(runtime, graph, kernels, onnx_model, report, shape, threads)
+    try:
+        return DeployModel._make(runtime, graph, kernels, onnx_model, report, shape, threads)
+    except RuntimeError as exc:  # shapes that do not fit together (checked on the meta device or natively)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunelabError(f"deploy artefact {path} is malformed: {first}") from exc
 
 
 def _deploy_backend(model, input_shape, x, threads, device):

@@ -133,6 +133,12 @@ torch::Tensor run_sparse_conv(const SparseConv& c, const torch::Tensor& input, c
   auto x = input.contiguous();
   const int64_t B = x.size(0);
   auto out = torch::empty({B, c.Cout, c.Ho, c.Wo}, x.options());
+  torch::Tensor res_c;
+  if (residual) {
+    TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == torch::kFloat32,
+                "deploy executor: residual input has shape ", residual->sizes(), ", expected ", out.sizes());
+    res_c = residual->contiguous();
+  }
   const int64_t plane = c.Hq * c.Wq;
   const int64_t L = (c.Ho - 1) * c.Wq + c.Wo;
   const int64_t Lt = (L + c.tile - 1) / c.tile * c.tile;
@@ -140,7 +146,7 @@ torch::Tensor run_sparse_conv(const SparseConv& c, const torch::Tensor& input, c
   const int64_t scratch_size = c.sh * c.sw * c.C * plane + Lt + plane;
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const float* rp = residual ? residual->data_ptr<float>() : nullptr;
+  const float* rp = residual ? res_c.data_ptr<float>() : nullptr;
   const int64_t* rowptr = c.rowptr.data_ptr<int64_t>();
   const int64_t* src = c.src.data_ptr<int64_t>();
   const int64_t* off = c.off.data_ptr<int64_t>();
