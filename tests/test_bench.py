@@ -95,7 +95,7 @@ def test_models_and_backends_are_interleaved_call_by_call():
     (["--max-time", "1e9"], "maximum time per configuration"),
     (["--max-time", "1", "--min-time", "2"], "exceeds the maximum time"),
     (["--repeats", "1000000000"], "repeat count"),
-    (["--backend", "deploy", "--sparse"], "--backend eager only"),
+    (["--backend", "deploy", "--sparse"], "cannot be combined with --backend deploy"),
 ])
 def test_cli_bench_limits(extra, message, capsys):
     assert main(["bench", "mlp", "--batch-sizes", "1", *extra]) == 2

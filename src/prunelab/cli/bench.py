@@ -94,8 +94,9 @@ def run(args) -> int:
     check_timing(args.warmup, args.repeats, args.min_time)
     check_max_time(args.max_time, args.min_time)
     if args.sparse and set(args.backend) != {"eager"}:
-        raise PrunelabError("--sparse runs PyTorch sparse kernels from eager; use it with --backend eager only "
-                            "(--backend deploy runs the native sparse executor)")
+        other = next(b for b in args.backend if b != "eager")
+        raise PrunelabError(f"--sparse runs PyTorch sparse kernels from eager; it cannot be combined with --backend "
+                            f"{other} (--backend deploy runs the native sparse executor)")
     if len(set(args.model)) != len(args.model):
         raise PrunelabError("each model may be given once")
     models: dict = {}

@@ -97,6 +97,11 @@ def _compile(model, input_shape, x, threads, device):
     def call() -> object:
         with torch.inference_mode():
             return compiled(x)
+    try:
+        call()  # compiles; a model inductor cannot compile is a one-line error naming torch.compile
+    except Exception as exc:  # dynamo and inductor raise many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunelabError(f"torch.compile cannot compile this model: {type(exc).__name__}: {first}") from exc
     return call
 
 
