@@ -172,6 +172,19 @@ def test_sparse_convolution_kernel_against_torch(stride, padding, dilation, grou
 
 
 @native
+def test_pre_activation_batchnorm_is_fused_into_the_sparse_convolutions_reading_it():
+    model, shape = _case("wrn-16-1", 0.7)
+    graph = fold_graph(model)
+    sparse = NativeProgram(graph, shape, {i: "sparse" for i in graph.layers()})
+    fused = sparse._fused_affines()
+    assert len(fused) == sum(op.kind == "affine" for op in graph.ops) - 1  # all but the last one (read by the pool)
+    assert not NativeProgram(graph, shape, {})._fused_affines()  # dense convolutions read a materialised tensor
+    x = torch.randn(3, *shape)
+    with torch.inference_mode():
+        assert relative_error(sparse(x), model(x)) <= RTOL
+
+
+@native
 def test_fused_residual_kernel_against_torch():
     """The residual is fused into the convolution that runs last (the shortcut of a ResNet block)."""
     model, shape = _case("resnet20", 0.5)

@@ -30,7 +30,7 @@ from prunelab.export.native import NativeLibrary
 
 KERNELS = ("sparse", "dense")
 _KIND = {"conv_sparse": 0, "conv_dense": 1, "linear_sparse": 2, "linear_dense": 3, "affine": 4, "add": 5, "act": 6,
-         "maxpool": 7, "avgpool": 8, "global_avgpool": 9, "flatten": 10, "cat": 11}
+         "maxpool": 7, "avgpool": 8, "global_avgpool": 9, "flatten": 10, "cat": 11, "alias": 12}
 #: output tiles (floats) the sparse convolution is compiled for, with their measured relative cost per
 #: position (a pass over a channel's non-zeros is amortised over more registers in a longer tile)
 TILE_COST = {16: 2.4, 32: 1.35, 64: 1.05, 128: 1.0}
@@ -138,9 +138,10 @@ def _sparse_conv_args(op: FoldedOp, in_shape: Sequence[int]) -> tuple[list[int],
     rowptr[1:] = torch.bincount(o, minlength=cout).cumsum(0)
     act = ACTIVATIONS.index(op.attrs["act"])
     tile = choose_tile((ho - 1) * wq + wo)
-    attrs = [c, h, w, ph, pw, sh, sw, hq, wq, ho, wo, cout, act, tile]
+    attrs = [c, h, w, ph, pw, sh, sw, hq, wq, ho, wo, cout, act, tile, -1]  # -1: no input affine
+    none = torch.zeros(0)
     return attrs, [rowptr, src.long().contiguous(), off.long().contiguous(), weight[o, ci, i, j].contiguous(),
-                   bias.contiguous()]
+                   bias.contiguous(), none, none]
 
 
 def _sparse_linear_args(op: FoldedOp) -> tuple[list[int], list[torch.Tensor]]:
@@ -151,15 +152,6 @@ def _sparse_linear_args(op: FoldedOp) -> tuple[list[int], list[torch.Tensor]]:
     act = ACTIVATIONS.index(op.attrs["act"])
     return [int(weight.shape[1]), int(weight.shape[0]), act], [
         csr.crow_indices().long(), csr.col_indices().long(), csr.values().contiguous(), bias.contiguous()]
-
-
-def sparse_support(op: FoldedOp) -> str | None:
-    """None if the native sparse kernel can run this weighted op, else why not (one phrase)."""
-    if op.kind == "linear":
-        return None
-    if op.kind != "conv":
-        return f"{op.kind} has no weights"
-    return None
 
 
 class NativeProgram:
@@ -185,10 +177,39 @@ class NativeProgram:
         self._lib = lib
         self.program = self._build()
 
+    def _fused_affines(self) -> dict[int, int]:
+        """Affine ops (pre-activation BatchNorms) read only as the input of sparse convolutions:
+        op index -> itself. Those convolutions apply the affine while copying their input, and the
+        affine op becomes an alias of its input (op indices stay those of the graph)."""
+        readers: dict[int, list[tuple[int, int]]] = {}
+        for i, op in enumerate(self.graph.ops):
+            for position, slot in enumerate(op.inputs):
+                readers.setdefault(slot, []).append((i, position))
+        fused = {}
+        for i, op in enumerate(self.graph.ops):
+            if op.kind != "affine" or op.output == self.graph.output:
+                continue
+            users = readers.get(op.output, [])
+            if users and all(self.graph.ops[j].kind == "conv" and self.kernels.get(j) == "sparse" and position == 0
+                             for j, position in users):
+                fused[i] = i
+        return fused
+
     def _build(self):
         program = self._lib.Program(self.graph.slots)
+        fused = self._fused_affines()
+        producer = {op.output: i for i, op in enumerate(self.graph.ops)}
         for i, op in enumerate(self.graph.ops):
+            if i in fused:
+                program.add(_KIND["alias"], list(op.inputs), op.output, [], [], [])
+                continue
             kind, attrs, tensors, fattrs = self._lowered(i, op)
+            if kind == "conv_sparse":
+                source = producer.get(op.inputs[0], -1)
+                if source in fused:
+                    affine = self.graph.ops[source]
+                    attrs[-1] = ACTIVATIONS.index(affine.attrs["act"])
+                    tensors[-2:] = [affine.tensors["scale"].contiguous(), affine.tensors["shift"].contiguous()]
             program.add(_KIND[kind], list(op.inputs), op.output, [int(a) for a in attrs], fattrs, tensors)
         return program
 

@@ -30,7 +30,7 @@ namespace {
 
 enum Kind : int64_t {
   CONV_SPARSE = 0, CONV_DENSE = 1, LINEAR_SPARSE = 2, LINEAR_DENSE = 3, AFFINE = 4, ADD = 5, ACT = 6,
-  MAXPOOL = 7, AVGPOOL = 8, GLOBAL_AVGPOOL = 9, FLATTEN = 10, CAT = 11
+  MAXPOOL = 7, AVGPOOL = 8, GLOBAL_AVGPOOL = 9, FLATTEN = 10, CAT = 11, ALIAS = 12
 };
 enum Act : int64_t { ACT_NONE = 0, ACT_RELU = 1, ACT_RELU6 = 2 };
 
@@ -90,10 +90,28 @@ inline void epilogue(const float* __restrict__ t, const float* __restrict__ res,
 }
 
 struct SparseConv {
-  // attrs: C, H, W, pad_h, pad_w, stride_h, stride_w, Hq, Wq, Ho, Wo, Cout, act, tile
-  int64_t C, H, W, ph, pw, sh, sw, Hq, Wq, Ho, Wo, Cout, act, tile;
-  torch::Tensor rowptr, src, off, val, bias;
+  // attrs: C, H, W, pad_h, pad_w, stride_h, stride_w, Hq, Wq, Ho, Wo, Cout, act, tile, input act (-1: none)
+  int64_t C, H, W, ph, pw, sh, sw, Hq, Wq, Ho, Wo, Cout, act, tile, in_act;
+  // in_scale / in_shift: a per-channel affine (a pre-activation BatchNorm) and in_act applied to the input
+  // while it is copied into the scratch; the zero padding stays zero, as it pads the affine's output
+  torch::Tensor rowptr, src, off, val, bias, in_scale, in_shift;
 };
+
+// n values of input channel ch into dst, through the input affine and activation when there is one.
+inline void copy_in(const SparseConv& c, const float* __restrict__ from, float* __restrict__ dst, int64_t n,
+                    int64_t step, int64_t ch) {
+  if (c.in_act < 0) {
+    if (step == 1) { std::memcpy(dst, from, n * sizeof(float)); return; }
+    for (int64_t i = 0; i < n; ++i) dst[i] = from[i * step];
+    return;
+  }
+  const float sc = c.in_scale.data_ptr<float>()[ch], sh = c.in_shift.data_ptr<float>()[ch];
+  if (step == 1 && c.in_act == ACT_RELU) {  // the common case (pre-activation BN + ReLU), vectorised
+    for (int64_t i = 0; i < n; ++i) { const float v = from[i] * sc + sh; dst[i] = v > 0.f ? v : 0.f; }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = activate(from[i * step] * sc + sh, c.in_act);
+}
 
 // Copy image b of x (C, H, W) into sh*sw phase planes per channel of the zero-padded image.
 void fill_scratch(const SparseConv& c, const float* x, float* scratch) {
@@ -108,18 +126,12 @@ void fill_scratch(const SparseConv& c, const float* x, float* scratch) {
           float* row = dst + qy * c.Wq;
           if (y < 0 || y >= c.H) { std::memset(row, 0, c.Wq * sizeof(float)); continue; }
           const float* xr = xc + y * c.W;
-          if (c.sw == 1) {
-            // columns -pw .. Wq - pw - 1 of row y
-            const int64_t lo = std::max<int64_t>(0, c.pw), hi = std::min<int64_t>(c.Wq, c.W + c.pw);
-            if (lo > 0) std::memset(row, 0, lo * sizeof(float));
-            if (hi > lo) std::memcpy(row + lo, xr + (lo - c.pw), (hi - lo) * sizeof(float));
-            if (hi < c.Wq) std::memset(row + std::max(hi, lo), 0, (c.Wq - std::max(hi, lo)) * sizeof(float));
-          } else {
-            for (int64_t qx = 0; qx < c.Wq; ++qx) {
-              const int64_t xx = qx * c.sw + b - c.pw;
-              row[qx] = (xx < 0 || xx >= c.W) ? 0.f : xr[xx];
-            }
-          }
+          // columns qx with 0 <= qx * sw + b - pw < W are the image; the rest is zero padding
+          const int64_t lo = std::min<int64_t>(c.Wq, std::max<int64_t>(0, (c.pw - b + c.sw - 1) / c.sw));
+          const int64_t hi = std::max<int64_t>(lo, std::min<int64_t>(c.Wq, (c.W + c.pw - b + c.sw - 1) / c.sw));
+          if (lo > 0) std::memset(row, 0, lo * sizeof(float));
+          if (hi > lo) copy_in(c, xr + (lo * c.sw + b - c.pw), row + lo, hi - lo, c.sw, ch);
+          if (hi < c.Wq) std::memset(row + hi, 0, (c.Wq - hi) * sizeof(float));
         }
       }
     }
@@ -265,12 +277,16 @@ class Program {
     for (auto i : ins) TORCH_CHECK(i >= 0 && i < slots_, "deploy executor: input slot out of range");
     Op op{kind, std::move(ins), out, std::move(attrs), std::move(fattrs), std::move(tensors), {}, {}};
     if (kind == CONV_SPARSE) {
-      TORCH_CHECK(op.attrs.size() == 14 && op.tensors.size() == 5, "deploy executor: bad sparse convolution");
+      TORCH_CHECK(op.attrs.size() == 15 && op.tensors.size() == 7, "deploy executor: bad sparse convolution");
       auto& a = op.attrs;
+      auto& t = op.tensors;
       op.conv = SparseConv{a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
-                           op.tensors[0].contiguous(), op.tensors[1].contiguous(), op.tensors[2].contiguous(),
-                           op.tensors[3].contiguous(), op.tensors[4]};
+                           a[14], t[0].contiguous(), t[1].contiguous(), t[2].contiguous(), t[3].contiguous(), t[4],
+                           t[5].contiguous(), t[6].contiguous()};
       TORCH_CHECK(op.conv.rowptr.numel() == op.conv.Cout + 1, "deploy executor: bad row pointers");
+      const auto& cv = op.conv;
+      TORCH_CHECK(cv.in_act < 0 || (cv.in_scale.numel() == cv.C && cv.in_shift.numel() == cv.C),
+                  "deploy executor: bad input affine");
     } else if (kind == LINEAR_SPARSE) {
       TORCH_CHECK(op.attrs.size() == 3 && op.tensors.size() == 4, "deploy executor: bad sparse linear layer");
       op.linear = SparseLinear{op.attrs[0], op.attrs[1], op.attrs[2], op.tensors[0].contiguous(),
@@ -358,6 +374,8 @@ class Program {
         return at::mean(v[op.ins[0]], {2, 3}, /*keepdim=*/true);
       case FLATTEN:
         return v[op.ins[0]].flatten(a[0]);
+      case ALIAS:  // an affine fused into the input copy of every (sparse) convolution that reads it
+        return v[op.ins[0]];
       case CAT: {
         std::vector<torch::Tensor> parts;
         for (auto i : op.ins) parts.push_back(v[i]);
