@@ -12,7 +12,9 @@ non-zero weight ``w[o, c, i, j]`` reads one phase plane at a constant flat offse
 are tiled into ``T`` floats held in registers while all the non-zeros of an output channel are
 accumulated into them (one broadcast, ``T / 16`` loads and FMAs per non-zero on AVX-512), then the
 bias, an optional residual input and ReLU / ReLU6 are applied while the valid columns are written
-out. Work is ``nnz x output positions`` with no im2col matrix.
+out. Work is ``nnz x output positions`` with no im2col matrix. A pre-activation BatchNorm (+ ReLU) that
+only sparse convolutions read is applied while they copy their input into the scratch (the zero
+padding stays zero: it pads the BatchNorm's output), so it costs no pass of its own.
 
 Sparse linear layers (CSR over output features): the batch is transposed to ``(in, N)`` so that
 each non-zero multiplies a contiguous row of ``N`` inputs, tiled by 16 into registers; batch 1 is a

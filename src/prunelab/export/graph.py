@@ -13,7 +13,8 @@ over numbered value slots (slot 0 is the input):
   the convolution runs (so ``relu(bn(conv(x)) + shortcut)`` is one convolution with a fused
   epilogue). A fusion happens only where the intermediate value has no other user.
 * a BatchNorm that follows no convolution (pre-activation networks: WRN, DenseNet) is a
-  per-channel affine op, with its ReLU fused.
+  per-channel affine op, with its ReLU fused (the native executor applies it inside the input copy
+  of the sparse convolutions that read it).
 * Dropout and Identity vanish (inference); pooling, flatten and channel concatenation are kept.
 
 Anything else (recurrent layers, slicing, padding by ``F.pad``, custom functions) raises
