@@ -112,6 +112,8 @@ def run_case(args, label: str, kind: str, level: float, batch: int, dense: nn.Mo
     print(f"  {label:<22} {kind:<10} {level:>6.2f} {batch:>5} {ort_ms:>11.3f} {ours_ms:>11.3f} "
           f"{row['speedup_vs_ort_dense']:>8.2f}x {row['macs_ratio']:>7.2f}  {artefact.runtime:<11} "
           f"{goal(row)}", flush=True)
+    for note in artefact.report.notes:
+        print(f"      note: {note}", flush=True)
     return row
 
 

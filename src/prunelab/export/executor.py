@@ -146,12 +146,14 @@ def _sparse_conv_args(op: FoldedOp, in_shape: Sequence[int]) -> tuple[list[int],
 
 def _sparse_linear_args(op: FoldedOp) -> tuple[list[int], list[torch.Tensor]]:
     weight, bias = op.tensors["weight"], op.tensors["bias"]
+    if weight.shape[1] >= 2**31:
+        raise PrunelabError(f"{op.name}: {weight.shape[1]} input features do not fit 32-bit column indices")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         csr = weight.to_sparse_csr()
     act = ACTIVATIONS.index(op.attrs["act"])
     return [int(weight.shape[1]), int(weight.shape[0]), act], [
-        csr.crow_indices().long(), csr.col_indices().long(), csr.values().contiguous(), bias.contiguous()]
+        csr.crow_indices().long(), csr.col_indices().int(), csr.values().contiguous(), bias.contiguous()]
 
 
 class NativeProgram:
