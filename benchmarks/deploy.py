@@ -3,7 +3,8 @@
 For each case the deploy artefact (``prunelab export --format deploy``, :mod:`prunelab.export.deploy`)
 is built at the case's batch size and timed against the dense model in ONNX Runtime (the masked model
 exported with its zeros, or the unpruned model for structured cases), interleaved call by call, with
-medians. CPU, 1 thread by default, FP32 throughout: no quantisation is mixed into these figures.
+medians; both are called with a torch tensor and return one, as a PyTorch user calls them. CPU,
+1 thread by default, FP32 throughout: no quantisation is mixed into these figures.
 Weights are random; masks come from global magnitude pruning of the initial weights (the
 classifier's random weights are left unpruned where global MP would empty it, so the logits are
 not a constant), structured models from the structured pruner (random criterion, half the MACs,
@@ -39,9 +40,8 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.export.backends import ort_runner
 from prunelab.export.deploy import DeployModel, build_deploy
-from prunelab.export.onnx import onnx_bytes_of
+from prunelab.export.onnx import onnx_bytes_of, ort_session
 from prunelab.io import atomic_write_json
 from prunelab.measure import count_macs
 from prunelab.measure.timing import example_input, fixed_threads, time_interleaved
@@ -102,7 +102,12 @@ def run_case(args, label: str, kind: str, level: float, batch: int, dense: nn.Mo
                             warmup=2)
     deployed = DeployModel.from_artefact(artefact, threads=args.threads)
     x = example_input(shape, batch)
-    ort = ort_runner(onnx_bytes_of(dense, shape, dynamic_batch=True), x, args.threads, "cpu")
+    session = ort_session(onnx_bytes_of(dense, shape, dynamic_batch=True), threads=args.threads)
+    name = session.get_inputs()[0].name
+
+    def ort() -> torch.Tensor:  # torch in, torch out, as the artefact is called
+        return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
     ort_ms, ours_ms = compare(ort, lambda: deployed(x), args)
     dense_macs = count_macs(dense, shape)
     pruned_macs = count_macs(pruned, shape, sparse=True)

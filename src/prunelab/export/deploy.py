@@ -394,12 +394,10 @@ class DeployModel:
         self.input_shape = input_shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1:] != self.input_shape or x.dim() != len(self.input_shape) + 1:
+        if x.shape[1:] != self.input_shape:  # also refuses a missing batch dimension
             raise PrunelabError(f"the deploy artefact takes input (N, {', '.join(map(str, self.input_shape))}), "
                                 f"got {tuple(x.shape)}")
-        if x.dtype != torch.float32 or not x.is_contiguous():
-            x = x.float().contiguous()
-        return self._call(x)
+        return self._call(x if x.dtype is torch.float32 and x.is_contiguous() else x.float().contiguous())
 
     @classmethod
     def from_artefact(cls, artefact: DeployArtefact, *, threads: int | None = None) -> DeployModel:
