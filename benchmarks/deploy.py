@@ -89,9 +89,15 @@ def structured_model(name: str, keep: float) -> tuple[nn.Module, nn.Module, tupl
 
 
 def compare(baseline: Callable[[], object], candidate: Callable[[], object], args) -> tuple[float, float]:
-    samples = time_interleaved({"ort": baseline, "prunelab": candidate}, warmup=args.warmup, repeats=args.repeats,
-                               max_time_s=args.max_time)
-    return statistics.median(samples["ort"]), statistics.median(samples["prunelab"])
+    """Medians over ``--blocks`` separate interleaved runs pooled together: on a shared machine one
+    run of identical sessions was seen to differ 2x for a whole run, which pooled blocks outvote."""
+    pooled: dict[str, list[float]] = {"ort": [], "prunelab": []}
+    for _ in range(args.blocks):
+        samples = time_interleaved({"ort": baseline, "prunelab": candidate}, warmup=args.warmup,
+                                   repeats=args.repeats, max_time_s=args.max_time / args.blocks)
+        for key, values in samples.items():
+            pooled[key].extend(values)
+    return statistics.median(pooled["ort"]), statistics.median(pooled["prunelab"])
 
 
 def run_case(args, label: str, kind: str, level: float, batch: int, dense: nn.Module, pruned: nn.Module,
@@ -168,9 +174,12 @@ def _same(pair: tuple[nn.Module, tuple[int, ...]]) -> tuple[nn.Module, nn.Module
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for every measurement (default 1)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed rounds per comparison (default 30)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds per block (default 30)")
+    parser.add_argument("--blocks", type=int, default=3,
+                        help="separate interleaved runs per comparison, pooled (default 3)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--max-time", type=float, default=60.0, help="seconds at most per comparison (default 60)")
+    parser.add_argument("--max-time", type=float, default=60.0,
+                        help="seconds at most per comparison, all blocks together (default 60)")
     parser.add_argument("--layer-repeats", type=int, default=15,
                         help="timed rounds per layer when the artefact chooses its kernels (default 15)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
