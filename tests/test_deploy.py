@@ -172,6 +172,22 @@ def test_sparse_convolution_kernel_against_torch(stride, padding, dilation, grou
 
 
 @native
+def test_reused_buffers_never_overwrite_a_result_the_caller_kept():
+    model, shape = _case("block", 0.7)
+    graph = fold_graph(model)
+    program = NativeProgram(graph, shape, {i: "sparse" for i in graph.layers()})
+    x1, x2 = torch.randn(2, *shape), torch.randn(2, *shape)
+    first = program(x1)
+    kept = first.clone()
+    second = program(x2)  # buffers of the first run are reused where nothing holds them
+    assert torch.equal(first, kept)
+    with torch.inference_mode():
+        assert relative_error(second, model(x2)) <= RTOL
+        del first
+        assert relative_error(program(x1), model(x1)) <= RTOL
+
+
+@native
 def test_pre_activation_batchnorm_is_fused_into_the_sparse_convolutions_reading_it():
     model, shape = _case("wrn-16-1", 0.7)
     graph = fold_graph(model)
