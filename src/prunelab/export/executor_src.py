@@ -61,7 +61,9 @@ struct Pool {
     auto& list = (*bufs)[op];
     if (list.size() <= k) list.resize(k + 1);
     auto& t = list[k];
-    if (!t.defined() || t.sizes() != sizes || t.storage().use_count() != 1 || t.options().dtype() != options.dtype()) {
+    // held elsewhere: another handle on this tensor (use_count) or a view of its storage
+    const bool held = t.defined() && (t.use_count() != 1 || t.storage().use_count() != 1);
+    if (!t.defined() || held || t.sizes() != sizes || t.options().dtype() != options.dtype()) {
       t = zero ? torch::zeros(sizes, options) : torch::empty(sizes, options);
     }
     return t;
