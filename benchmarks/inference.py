@@ -40,7 +40,7 @@ from prunelab.errors import PrunelabError
 from prunelab.export.sparse import convert_to_sparse
 from prunelab.io import atomic_write_json
 from prunelab.measure import count_macs
-from prunelab.measure.latency import example_input, fixed_threads, time_interleaved
+from prunelab.measure.timing import example_input, fixed_threads, time_interleaved
 from prunelab.models import create, resolve
 from prunelab.protocols.reduced import scale_bottleneck
 from prunelab.prune.structured import StructuredConfig, StructuredPruner, Target

@@ -32,7 +32,7 @@ from torch import nn
 
 from prunelab.io import atomic_write_json
 from prunelab.measure import count_macs, count_params
-from prunelab.measure.latency import example_input, fixed_threads, time_interleaved
+from prunelab.measure.timing import example_input, fixed_threads, time_interleaved
 from prunelab.models import create, resolve
 from prunelab.prune.structured import (
     ChannelMasks,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from prunelab.measure.latency import time_interleaved
+from prunelab.measure.timing import time_interleaved
 from prunelab.models import create
 from prunelab.prune.unstructured import PruneConfig, get_mask, prune
 from prunelab.train.masks import MaskEnforcer

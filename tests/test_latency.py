@@ -16,19 +16,20 @@ from torch import nn
 
 from prunelab.cli import main
 from prunelab.errors import PrunelabError
+from prunelab.export.backends import measure_backend
+from prunelab.export.bench import bench
 from prunelab.io import save_checkpoint
 from prunelab.measure.latency import (
     LatencyResult,
-    bench,
     compare_latency,
     format_table,
     latency_of,
     measure_latency,
-    plot_latency,
     round_channels,
-    time_interleaved,
 )
+from prunelab.measure.timing import time_interleaved
 from prunelab.models import create, resolve
+from prunelab.report.latency import plot_latency
 
 torch.set_num_threads(1)
 FAST = {"warmup": 1, "repeats": 3, "min_time_s": 0.0}
@@ -91,7 +92,7 @@ def test_min_time_extends_the_repeats():
 
 
 def test_onnxruntime_backend_fields():
-    r = measure_latency(tiny(), (3, 8, 8), batch_size=3, threads=1, backend="onnxruntime", **FAST)
+    r = measure_backend(tiny(), (3, 8, 8), batch_size=3, threads=1, backend="onnxruntime", **FAST)
     assert r.backend == "onnxruntime" and r.threads == 1 and r.batch_size == 3 and r.median_ms > 0
 
 

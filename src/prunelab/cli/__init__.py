@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "copy-profile": ("copy_profile", "scale a pruned width profile into a family of networks"),
     "pfs": ("pfs", "Pruning from Scratch: learn gates on a random network, pick a structure, train it"),
     "bench": ("bench", "measure inference latency of a model or checkpoint"),
-    "export": ("export", "export a checkpoint to ONNX or to sparse inference form"),
+    "export": ("export", "export a checkpoint to its deploy form, to ONNX or to sparse inference form"),
     "study": ("study", "run a study (models x methods x targets x protocols x seeds)"),
     "results": ("results", "print a study's results table"),
     "report": ("report", "write a study's Markdown/HTML report with plots"),
@@ -90,11 +90,11 @@ def _output_actions(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fail fast, before loading data or training, on an output path that cannot be written
     (missing or read-only folder, a file where a folder is expected, or the reverse)."""
-    from prunelab.io import check_writable
-
     for action in _output_actions(parser, args):
         value = getattr(args, action.dest, None)
         if isinstance(value, str) and value:
+            from prunelab.io import check_writable  # imported only when needed: it imports torch
+
             check_writable(value, folder=action.metavar == "DIR")
 
 

@@ -22,10 +22,17 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout."""
-    from prunelab.io import to_json
+    """Print ``obj`` as JSON on stdout (plain data without importing torch; tensors and NaN through
+    :func:`prunelab.io.to_json`)."""
+    import json
 
-    sys.stdout.write(to_json(obj) + "\n")
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except (TypeError, ValueError):
+        from prunelab.io import to_json
+
+        text = to_json(obj)
+    sys.stdout.write(text + "\n")
 
 
 def add_model_argument(parser, help: str) -> None:

@@ -1,16 +1,22 @@
-"""``prunelab export CHECKPOINT --format onnx|sparse --out PATH``.
+"""``prunelab export CHECKPOINT --format deploy|onnx|sparse --out PATH``.
 
+* ``deploy``: the fastest form prunelab can make for this CPU (:mod:`prunelab.export.deploy`): the
+  folded graph in the native sparse executor where it beats dense ONNX Runtime, else the dense
+  ONNX Runtime graph; ``prunelab bench PATH --backend deploy`` and
+  :func:`prunelab.export.load_deploy` run it.
 * ``onnx``: an ONNX file (dynamic batch), checked against ONNX Runtime.
 * ``sparse``: a prunelab checkpoint of the masked model plus per-layer kernel choices measured on
-  this device (sparse CSR kernels where faster); ``prunelab bench PATH --sparse`` and
-  :func:`prunelab.export.load_sparse` run it.
+  this device (sparse CSR kernels where faster), run from eager PyTorch; ``prunelab bench PATH
+  --sparse`` and :func:`prunelab.export.load_sparse` run it.
 """
 
 from __future__ import annotations
 
-FORMATS = ("onnx", "sparse")
-#: options that only one format reads; giving one with the other format is an error, not a no-op
-FORMAT_ONLY = {"onnx": ("static_batch", "opset"), "sparse": ("batch_size", "threads", "device", "policy")}
+FORMATS = ("deploy", "onnx", "sparse")
+#: the formats that read each format-specific option; giving one with another format is an error, not a no-op
+OPTION_FORMATS = {"static_batch": ("onnx",), "opset": ("onnx",), "batch_size": ("sparse", "deploy"),
+                  "threads": ("sparse", "deploy"), "device": ("sparse",), "policy": ("sparse",),
+                  "fallback": ("deploy",), "pad_to": ("deploy",)}
 
 
 def add_arguments(parser) -> None:
@@ -21,10 +27,20 @@ def add_arguments(parser) -> None:
                         help="input shape without the batch (default: the model's)")
     parser.add_argument("--static-batch", action="store_true", help="onnx: fix the batch dimension")
     parser.add_argument("--opset", type=int, default=None, help="onnx: opset version")
-    parser.add_argument("--batch-size", type=int, default=1, help="sparse: batch size the kernels are chosen at")
-    parser.add_argument("--threads", type=int, default=None, help="sparse: CPU threads the kernels are timed with")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="sparse, deploy: batch size the kernels are chosen at (default: 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="sparse, deploy: CPU threads the kernels are timed with (default: torch's count; "
+                             "deploy: 1)")
     parser.add_argument("--device", default="cpu", help="sparse: device the kernels are timed on")
     parser.add_argument("--policy", default="measure", help="sparse: measure (default), sparse, dense")
+    parser.add_argument("--fallback", default="error", choices=("error", "dense"),
+                        help="deploy: when the model is not pruned, ONNX Runtime is not installed or the native "
+                             "sparse executor cannot be built: error (exit 2, nothing written; the default) or "
+                             "dense (fall back to the dense kernels and say so)")
+    parser.add_argument("--pad-to", type=int, default=None, metavar="N",
+                        help="deploy, structured models: pad channel counts with zero channels to a multiple of N "
+                             "where measured faster (outputs unchanged)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -34,13 +50,14 @@ def run(args) -> int:
     from prunelab.cli.common import emit_json
     from prunelab.errors import PrunelabError
 
-    for fmt, dests in FORMAT_ONLY.items():
-        wrong = [d for d in dests if fmt != args.format and d in (getattr(args, "given", None) or ())]
-        if wrong:
-            raise PrunelabError(f"--{wrong[0].replace('_', '-')} applies to --format {fmt} only")
+    for dest, formats in OPTION_FORMATS.items():
+        if args.format not in formats and dest in (getattr(args, "given", None) or ()):
+            raise PrunelabError(f"--{dest.replace('_', '-')} applies to --format {' / '.join(formats)} only")
     loaded = model_or_checkpoint(args.checkpoint)
     shape = input_shape_for(loaded, args.input_size)
-    if args.format == "onnx":
+    if args.format == "deploy":
+        summary, text = _deploy(args, loaded, shape)
+    elif args.format == "onnx":
         from prunelab.export.onnx import DEFAULT_OPSET, to_onnx
 
         result = to_onnx(loaded.model, shape, args.out, dynamic_batch=not args.static_batch,
@@ -70,3 +87,25 @@ def run(args) -> int:
     else:
         print(text)
     return 0
+
+
+def _deploy(args, loaded, shape) -> tuple[dict, str]:
+    from prunelab.errors import PrunelabError
+    from prunelab.export.deploy import build_deploy, save_deploy
+
+    if args.pad_to is not None and args.pad_to < 1:
+        raise PrunelabError(f"--pad-to must be >= 1, got {args.pad_to}")
+    masked = any(hasattr(m, "weight_mask") for m in loaded.model.modules())
+    kind = "sparse" if masked else "structured" if loaded.plan is not None else "dense"
+    threads = 1 if args.threads is None else args.threads
+    artefact = build_deploy(loaded.model, shape, kind=kind, batch_size=args.batch_size, threads=threads,
+                            on_problem=args.fallback, pad_to=args.pad_to)
+    meta = {"source": str(args.checkpoint), "arch": loaded.spec.to_dict(), "kind": kind}
+    save_deploy(args.out, artefact, meta)
+    report = artefact.report
+    lines = [report.table()] if report.layers else []
+    lines += [f"note: {n}" for n in report.notes]
+    lines.append(f"wrote {args.out}: runtime {report.runtime} ({report.reason}); "
+                 f"sparse kernels in {len(report.sparse_layers)} of {len(report.layers)} layers; "
+                 f"relative error vs the model {report.relative_error:.1e}")
+    return {"path": args.out, **report.to_dict()}, "\n".join(lines)

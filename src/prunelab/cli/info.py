@@ -37,8 +37,19 @@ def _fit_input(spec, shape: tuple[int, ...]):
     return spec.with_kwargs(**overrides) if overrides else spec
 
 
-def describe(model_arg: str, num_classes: int | None = None, input_size: str | None = None) -> dict:
-    """The report ``prunelab info`` prints, as a dict."""
+def describe(model_arg: str, num_classes: int | None = None, input_size: str | None = None, *,
+             use_cache: bool = True) -> dict:
+    """The report ``prunelab info`` prints, as a dict (a zoo name with its defaults from the counts
+    cache of :mod:`prunelab.cli.models` when that is current)."""
+    import os
+
+    path_like = os.path.sep in model_arg or model_arg.endswith((".pt", ".pth")) or os.path.isfile(model_arg)
+    if use_cache and num_classes is None and input_size is None and not path_like:
+        from prunelab.cli.models import cached_counts
+
+        data = cached_counts()
+        if data is not None and model_arg in data["info"]:
+            return data["info"][model_arg]
     from prunelab.checkpoint import LoadedModel, is_checkpoint_path, model_or_checkpoint
     from prunelab.measure import count_params, layer_table
     from prunelab.models import create, input_shape_of, resolve

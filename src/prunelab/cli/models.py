@@ -1,11 +1,70 @@
-"""``prunelab models``: list the model zoo with family, parameters, MACs and input shape."""
+"""``prunelab models``: list the model zoo with family, parameters, MACs and input shape.
+
+Counting every zoo model takes seconds (each is built and run once, on PyTorch's ``meta`` device
+where possible), and importing torch alone takes about a second, so the listing and ``prunelab
+info NAME`` (for a zoo name with its defaults) read the counts from ``zoo_counts.json`` beside this
+file when it was computed from the current sources: a SHA-1 of the model families, the counting
+code and ``info``'s report. Anything else, or a file from older sources, is computed live (same
+numbers, slower). Regenerate the file after changing a model family with::
+
+    python -m prunelab.cli.models --write-cache
+"""
 
 from __future__ import annotations
 
-import torch
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
 
 from prunelab.cli.common import emit_json
-from prunelab.errors import check_choice
+from prunelab.errors import unknown_choice
+
+CACHE = Path(__file__).with_name("zoo_counts.json")
+#: the sources (relative to the package) whose contents decide every cached number
+CACHE_SOURCES = ("models", "measure/counting.py", "cli/info.py")
+
+
+def sources_digest() -> str:
+    """SHA-1 over the paths and contents of :data:`CACHE_SOURCES` (Python files only)."""
+    root = Path(__file__).resolve().parents[1]
+    files: list[Path] = []
+    for name in CACHE_SOURCES:
+        path = root / name
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cached_counts() -> dict[str, Any] | None:
+    """The cache (``{"sources", "rows", "info"}``) if it matches the current sources, else None."""
+    try:
+        data = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("sources") != sources_digest():
+        return None
+    return data
+
+
+def write_cache(path: Path = CACHE) -> Path:
+    """Compute every zoo model's listing row and ``info`` report and write them (atomically)."""
+    from prunelab.cli.info import describe
+    from prunelab.io import atomic_write_text
+
+    rows = live_zoo_rows()
+    info = {r["name"]: describe(r["name"], use_cache=False) for r in rows}
+    lines = ['{"sources": ' + json.dumps(sources_digest()) + ",", ' "rows": [']
+    lines += ["  " + json.dumps(r) + ("," if i < len(rows) - 1 else "") for i, r in enumerate(rows)]
+    lines += [" ],", ' "info": {']
+    names = list(info)
+    lines += [f"  {json.dumps(n)}: " + json.dumps(info[n]) + ("," if i < len(names) - 1 else "")
+              for i, n in enumerate(names)]
+    lines += [" }", "}"]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def add_arguments(parser) -> None:
@@ -14,12 +73,26 @@ def add_arguments(parser) -> None:
 
 
 def zoo_rows(family: str | None = None) -> list[dict]:
+    """One row per registered model (see :func:`live_zoo_rows`), from the cache when it is current."""
+    data = cached_counts()
+    if data is None:
+        return live_zoo_rows(family)
+    rows = data["rows"]
+    if family is not None and family not in {r["family"] for r in rows}:
+        raise unknown_choice("model family", family, sorted({r["family"] for r in rows}))
+    return [r for r in rows if family is None or r["family"] == family]
+
+
+def live_zoo_rows(family: str | None = None) -> list[dict]:
     """One row per registered model: name, family, params, conv+linear weights, MACs at its default
     input shape (batch 1, the :mod:`prunelab.measure` convention), input shape and description.
 
     Models are built on PyTorch's ``meta`` device (shapes only, no memory or initialisation cost)
     where that works, else on the CPU.
     """
+    import torch
+
+    from prunelab.errors import check_choice
     from prunelab.measure import count_macs
     from prunelab.measure.counting import WEIGHT_TYPES
     from prunelab.models import create, get_entry, input_shape_of, list_families, list_models
@@ -67,3 +140,11 @@ def run(args) -> int:
         cells = [c.rjust(w) if i in (2, 3) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         print("  ".join(cells + [row[-1]]).rstrip())
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write-cache"]:
+        raise SystemExit("usage: python -m prunelab.cli.models --write-cache")
+    print(f"wrote {write_cache()}")

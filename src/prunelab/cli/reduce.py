@@ -54,7 +54,7 @@ def targets_from_args(args) -> list:
 
 
 def latency_options_from_args(args):
-    from prunelab.measure.latency import check_batch_size, check_device, check_threads
+    from prunelab.measure.timing import check_batch_size, check_device, check_threads
     from prunelab.protocols.targets import LatencyOptions
 
     return LatencyOptions(batch_size=check_batch_size(args.latency_batch_size),

@@ -11,7 +11,7 @@ so each non-zero is one long contiguous multiply-add (vectorised by the compiler
 output grid, which stays in cache; the valid columns are then copied out. Work is exactly
 ``nnz * output positions``; output channels and images run in parallel on torch's intra-op threads.
 
-The kernel is C++ compiled on first use with ``torch.utils.cpp_extension`` (cached under torch's
+The kernel is C++ compiled on first use (:mod:`prunelab.export.native`: cached under torch's
 extensions folder, ``TORCH_EXTENSIONS_DIR``). Where no compiler is available, or with
 ``PRUNELAB_NATIVE=0``, :func:`native_kernel` returns ``None`` and the matmul lowerings are used:
 the kernel is an accelerator, never a requirement. Stride 1 only (any padding, dilation, groups).
@@ -19,13 +19,13 @@ the kernel is an accelerator, never a requirement. Stride 1 only (any padding, d
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import threading
 from types import ModuleType
 
 import torch
+
+from prunelab.export.native import NativeLibrary, native_disabled
+
+__all__ = ["direct_conv2d", "native_disabled", "native_kernel", "native_unavailable_reason"]
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -90,67 +90,18 @@ torch::Tensor direct_conv2d(const torch::Tensor& xpad, const torch::Tensor& rowp
 }
 """
 
-_lock = threading.Lock()
-_state: dict[str, object] = {}
-
-
-def native_disabled() -> bool:
-    """``PRUNELAB_NATIVE=0`` (or ``false`` / ``no`` / ``off``) turns the native kernel off."""
-    return os.environ.get("PRUNELAB_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
-
-
-def _machine_tag() -> str:
-    """A short tag of this CPU, so a build with ``-march=native`` is never loaded on another kind of
-    CPU that shares the extensions folder (a home directory on a cluster)."""
-    text = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            text += "".join(line for line in fh if line.startswith(("model name", "flags")))
-    except OSError:
-        text += platform.processor()
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _build() -> dict[str, object]:
-    """Compile the kernel tuned for this CPU, or portably where the compiler refuses ``-march=native``
-    (and without OpenMP where it has none)."""
-    try:
-        from torch.utils.cpp_extension import load_inline
-    except ImportError as exc:
-        return {"error": f"ImportError: {exc}"}
-    error = ""
-    # -fopenmp: at::parallel_for is inlined into this module; without OpenMP it runs on one thread.
-    attempts = ((_machine_tag(), ["-O3", "-march=native", "-fopenmp"], ["-fopenmp"]),
-                ("portable", ["-O3", "-fopenmp"], ["-fopenmp"]), ("serial", ["-O3"], []))
-    for suffix, cflags, ldflags in attempts:
-        try:
-            module = load_inline(f"prunelab_direct_conv_{suffix}", cpp_sources=[_SOURCE], functions=["direct_conv2d"],
-                                 extra_cflags=cflags, extra_ldflags=ldflags, verbose=False)
-            return {"module": module}
-        except Exception as exc:  # no compiler, no headers, a failed build: try the next, then say why
-            last = str(exc).strip().splitlines()[-1:] or [""]
-            error = f"{type(exc).__name__}: {last[0]}"
-    return {"error": error}
+_LIBRARY = NativeLibrary("prunelab_direct_conv", _SOURCE, functions=["direct_conv2d"])
 
 
 def native_kernel() -> ModuleType | None:
     """The compiled kernel module (built once per process, cached on disk), or ``None`` where it
     cannot be built here; :func:`native_unavailable_reason` then says why."""
-    if native_disabled():
-        return None
-    with _lock:
-        if "module" not in _state and "error" not in _state:
-            _state.update(_build())
-        return _state.get("module")  # type: ignore[return-value]
+    return _LIBRARY.module()
 
 
 def native_unavailable_reason() -> str | None:
     """Why :func:`native_kernel` returns ``None``, or ``None`` when it is available."""
-    if native_disabled():
-        return "disabled by PRUNELAB_NATIVE=0"
-    if native_kernel() is not None:
-        return None
-    return f"the native kernel could not be built here ({_state.get('error')})"
+    return _LIBRARY.unavailable_reason()
 
 
 def direct_conv2d(padded: torch.Tensor, rowptr: torch.Tensor, channels: torch.Tensor, offsets: torch.Tensor,

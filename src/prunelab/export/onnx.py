@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
+from prunelab.export.numerics import relative_error
 
 EXPORTERS = ("auto", "legacy", "dynamo")
 DEFAULT_OPSET = 17
@@ -85,12 +86,10 @@ def onnx_bytes_of(model: nn.Module, input_shape: Sequence[int], *, dynamic_batch
     """
     check_choice("ONNX exporter", exporter, EXPORTERS)
     check_opset(opset)
-    from prunelab.export.sparse import has_sparse_modules
-
-    if has_sparse_modules(model):
+    if any(getattr(m, "has_no_onnx_form", False) for m in model.modules()):
         raise PrunelabError("a model with sparse-kernel layers has no ONNX form; export the masked model instead")
     device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
-    from prunelab.measure.latency import input_dtype
+    from prunelab.measure.timing import input_dtype
 
     x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(0),
                     dtype=input_dtype(model)).to(device)
@@ -140,15 +139,6 @@ def ort_session(onnx_model: bytes | str | os.PathLike, *, threads: int | None = 
         raise PrunelabError(f"ONNX Runtime cannot load the model: {first}") from exc
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||actual - expected|| / ||expected||`` over the whole tensor (0 when both are zero)."""
-    actual = actual.detach().double().cpu()
-    expected = expected.detach().double().cpu()
-    denom = float(expected.norm())
-    diff = float((actual - expected).norm())
-    return diff / denom if denom > 0 else diff
-
-
 @dataclass
 class OnnxExport:
     """Where an ONNX file went and how closely ONNX Runtime reproduces eager PyTorch on it."""
@@ -171,7 +161,7 @@ def check_onnx(onnx_model: bytes | str | os.PathLike, model: nn.Module, input_sh
 
     Raises :class:`PrunelabError` when the relative error exceeds ``rtol``.
     """
-    from prunelab.measure.latency import input_dtype
+    from prunelab.measure.timing import input_dtype
 
     x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(1),
                     dtype=input_dtype(model))

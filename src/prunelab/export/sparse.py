@@ -1,7 +1,7 @@
 """Sparse inference for unstructured (masked) models.
 
 A masked model keeps its pruned weights as zeros in dense tensors, so dense kernels do all the
-work a dense model does: masked sparsity alone gives no speed-up (seeds.md, pitfalls). This module
+work a dense model does: masked sparsity alone gives no speed-up. This module
 turns the masked layers into layers that multiply only the non-zeros:
 
 * :class:`SparseLinear`: ``y = W x + b`` with ``W`` in CSR form (``torch.addmm`` / ``torch.sparse.mm``
@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
+from prunelab.export.numerics import relative_error
 
 POLICIES = ("measure", "sparse", "dense")
 KERNELS = ("sparse", "dense")
@@ -92,6 +93,9 @@ def _csr(module: nn.Module, shape: tuple[int, int]) -> torch.Tensor:
 
 class _CsrCacheFree:
     """Leaves the cached CSR tensor out of copies and pickles; it is rebuilt on first use."""
+
+    #: sparse-kernel modules have no ONNX form (:func:`prunelab.export.onnx.onnx_bytes_of` checks this)
+    has_no_onnx_form = True
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -512,9 +516,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
     ``inplace``) and the :class:`SparseReport`. With ``verify``, the converted model's output must
     equal the masked model's within ``rtol``.
     """
-    from prunelab.export.onnx import relative_error
-    from prunelab.measure.latency import (
-        _trial_call,
+    from prunelab.measure.timing import (
         check_batch_size,
         check_device,
         check_threads,
@@ -522,6 +524,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
         fixed_threads,
         input_dtype,
         time_interleaved,
+        trial_call,
     )
 
     check_choice("sparse conversion policy", policy, POLICIES)
@@ -532,7 +535,7 @@ def convert_to_sparse(model: nn.Module, input_shape: Sequence[int], *, batch_siz
     converted.eval().to(device)
     layers = _candidate_layers(converted, masked_only)
     x = example_input(input_shape, batch_size, device, dtype=input_dtype(converted))
-    _trial_call(lambda: _output(converted, x), input_shape, batch_size)  # a wrong input shape: one line
+    trial_call(lambda: _output(converted, x), input_shape, batch_size)  # a wrong input shape: one line
     choices: list[LayerChoice] = []
     with fixed_threads(threads) as n_threads:
         reference = _output(converted, x) if verify else None
@@ -672,8 +675,7 @@ def load_sparse(path: str | os.PathLike, *, device: str | None = None, verify: b
     """Load a file written by :func:`save_sparse`: rebuild the masked model with
     :func:`prunelab.checkpoint.load_model`, then re-apply the recorded kernel choices."""
     from prunelab.checkpoint import load_model
-    from prunelab.export.onnx import relative_error
-    from prunelab.measure.latency import example_input, input_dtype
+    from prunelab.measure.timing import example_input, input_dtype
 
     loaded = load_model(path)
     report = sparse_report_of(loaded.meta)

@@ -151,7 +151,7 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     """
     if threads is not None:  # checked before the store is opened; Ray workers may have more CPUs than this machine
         if executor != "ray":
-            from prunelab.measure.latency import check_threads
+            from prunelab.measure.timing import check_threads
 
             check_threads(threads)
         elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

@@ -346,7 +346,7 @@ def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
     """``measure: {latency, batch_sizes, threads, device, repeats, min_time_s}``: names, types and value
     ranges (``latency`` true or false, ``threads`` may be null for torch's default, ``device`` cpu / cuda /
     cuda:N by its form: whether it is present is asked on the machine that measures)."""
-    from prunelab.measure.latency import check_device_name
+    from prunelab.measure.timing import check_device_name
     from prunelab.study.common import MEASURE_KEYS
 
     measure = _mapping(doc, "measure", where)

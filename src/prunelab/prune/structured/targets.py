@@ -36,7 +36,7 @@ class Target:
         if self.latency_batch < 1:
             raise PrunelabError(f"latency batch size must be >= 1, got {self.latency_batch}")
         if self.kind == "latency_ms":  # checked here, not after a dense pre-training run
-            from prunelab.measure.latency import check_device, check_threads
+            from prunelab.measure.timing import check_device, check_threads
 
             check_threads(self.latency_threads)
             check_device(self.latency_device)
