@@ -40,11 +40,14 @@ def add_arguments(parser) -> None:
 
     validate = sub.add_parser("validate", help="check a study spec without running anything",
                               description="Check a study spec: names, targets, combinations, and that its "
-                                          "data is on this machine.")
+                                          "data and cache folder are usable on this machine. No code from the "
+                                          "spec runs: its plugins are found but not imported, so the methods "
+                                          "of kinds they register are listed as not checked.")
     validate.add_argument("spec", metavar="SPEC.yaml")
     validate.add_argument("--list", action="store_true", help="list the runs it expands to")
     validate.add_argument("--no-data-check", dest="data_check", action="store_false",
-                          help="do not require the data root to exist here (a spec for another machine)")
+                          help="do not require the data root to exist here, nor the cache folder to be usable "
+                               "(a spec for another machine)")
 
 
 def run(args) -> int:
@@ -99,14 +102,17 @@ def _validate(args) -> int:
 
     from prunelab.study import load_spec
 
-    spec = load_spec(args.spec)
-    missing = spec.missing_data_root() if args.data_check else None
+    spec = load_spec(args.spec, import_user_code=False)
+    missing = (spec.missing_data_root() or spec.unusable_cache()) if args.data_check else None
     if missing:
         raise PrunelabError(f"{args.spec}: {missing}; pass --no-data-check to check a spec for another machine")
     runs = spec.expand()
     by_method = Counter(r.method for r in runs)
     print(f"{args.spec}: ok: study {spec.name!r}, {len(runs)} runs (" +
           ", ".join(f"{m} {n}" for m, n in by_method.items()) + ")")
+    if spec.unchecked:
+        print(f"  not checked: method(s) {', '.join(spec.unchecked)}, of kinds from plugins "
+              f"({', '.join(spec.plugins)}), which validate does not import (study run does)")
     if args.list:
         for r in runs:
             print(f"  {r.run_id}  {r.label}")

@@ -144,8 +144,14 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
         raise PrunelabError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
-    if executor != "ray":  # a Ray cluster's data may live only on its workers
+    if executor != "ray":  # a Ray cluster's data and cache may live only on its workers
+        unusable = spec.unusable_cache()
+        if unusable:
+            raise PrunelabError(f"{spec.source or spec.name}: {unusable}")
         _check_data(spec)
+    from prunelab.io import check_folder
+
+    check_folder(Path(out) if out is not None else default_out_dir(spec.name), "study folder")
     spec, out_dir, store = prepare_study(spec, out, update=update)
     out_dir = out_dir.resolve()
     try:
