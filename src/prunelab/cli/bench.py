@@ -46,7 +46,7 @@ def input_shape_for(loaded, text: str | None) -> tuple[int, ...]:
 
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
-    from prunelab.cli.common import emit_json
+    from prunelab.cli.common import check_input, emit_json
     from prunelab.io import atomic_write_json
     from prunelab.measure.latency import (
         BACKENDS,
@@ -69,6 +69,7 @@ def run(args) -> int:
         raise PrunelabError("--sparse runs PyTorch sparse kernels; it cannot be combined with --backend onnxruntime")
     loaded = model_or_checkpoint(args.model)
     shape = input_shape_for(loaded, args.input_size)
+    check_input(shape, max(args.batch_sizes))
     model = loaded.model
     sparse_info = None
     if args.sparse:

@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
     from prunelab.cli.bench import input_shape_for
-    from prunelab.cli.common import emit_json
+    from prunelab.cli.common import check_input, emit_json
     from prunelab.errors import PrunelabError
 
     for fmt, dests in FORMAT_ONLY.items():
@@ -40,6 +40,7 @@ def run(args) -> int:
             raise PrunelabError(f"--{wrong[0].replace('_', '-')} applies to --format {fmt} only")
     loaded = model_or_checkpoint(args.checkpoint)
     shape = input_shape_for(loaded, args.input_size)
+    check_input(shape, max(1, args.batch_size if args.format == "sparse" else 1))
     if args.format == "onnx":
         from prunelab.export.onnx import DEFAULT_OPSET, to_onnx
 

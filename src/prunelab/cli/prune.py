@@ -247,6 +247,7 @@ def run(args) -> int:
     )
     from prunelab.prune.unstructured.selection import select_layers
     from prunelab.train import Trainer, evaluate
+    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     _check_args(args, train_config)
@@ -292,8 +293,9 @@ def run(args) -> int:
     rewind_state = None
     if pretrain > 0:
         snapshot = WeightSnapshot(args.rewind_epoch) if args.rewind_epoch is not None else None
-        Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
-                callbacks=[snapshot] if snapshot else []).fit()
+        with stage(f"dense pre-training ({pretrain} epochs)"):
+            Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
+                    callbacks=[snapshot] if snapshot else []).fit()
         rewind_state = snapshot.state if snapshot else None
     summary["accuracy"]["before"] = _acc(evaluate(model, data))
 
@@ -303,24 +305,29 @@ def run(args) -> int:
                                        warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
+            with stage("fine-tuning"):
+                Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
     elif args.prune_schedule == "oneshot":
         report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
+            with stage("fine-tuning"):
+                Trainer(model, data, train_config, callbacks=[MaskCallback()]).fit()
     elif args.prune_schedule == "gradual":
         gradual = GradualPruning(prune_config, schedule)
-        Trainer(model, data, train_config, callbacks=[gradual]).fit()
+        with stage("training with gradual pruning"):
+            Trainer(model, data, train_config, callbacks=[gradual]).fit()
         summary["gradual"] = {"schedule": gradual.schedule.to_dict(), "updates": gradual.history}
         report = build_report(model, select_layers(model, selection), method=prune_config.method,
                               target_sparsity=args.sparsity, input_shape=input_shape,
                               sigma=prune_config.sigma(sum(x.numel for x in select_layers(model, selection))),
                               details=gradual.last_report.details if gradual.last_report else {}, warn=False)
     else:
-        rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
-                                 rewind_state=rewind_state, rewind_epoch=args.rewind_epoch if pretrain == 0 else None,
-                                 batch=batch, input_shape=input_shape)
+        with stage(f"iterative pruning ({args.rounds} rounds)"):
+            rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
+                                     rewind_state=rewind_state,
+                                     rewind_epoch=args.rewind_epoch if pretrain == 0 else None, batch=batch,
+                                     input_shape=input_shape)
         summary["rounds"] = [{"round": r.round, "target": r.target, "sparsity": r.report.sparsity,
                               "acc_pruned": _acc(r.pruned_metrics), "acc_finetuned": _acc(r.finetuned_metrics)}
                              for r in rounds]

@@ -27,6 +27,7 @@ from prunelab.cli.common import (
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
+from prunelab.train.progress import stage
 
 
 def add_arguments(parser) -> None:
@@ -95,7 +96,8 @@ def run(args) -> int:
     # the shape a checkpoint was trained on, where it says; else the architecture's declared one
     trained_on = (loaded.meta or {}).get("input_shape") if not is_zoo_name else None
     check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
-    result = Trainer(model, data, config).fit()
+    with stage(f"training {args.model} on {data.name}"):
+        result = Trainer(model, data, config).fit()
     model = model.cpu().eval()
     final = result.final
     summary: dict[str, Any] = {

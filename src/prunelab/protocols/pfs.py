@@ -40,6 +40,7 @@ from prunelab.protocols.gates import GateBank, GateClamp, GatePenalty
 from prunelab.protocols.targets import Measurer, format_metric
 from prunelab.protocols.widths import with_unit_widths
 from prunelab.train.callbacks import Callback
+from prunelab.train.progress import stage
 
 
 @dataclass
@@ -439,14 +440,17 @@ def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_co
     else:
         gated = expanded_spec(default, pfs.expansion, pfs.expansion_mode)
     _check_budget_reachable(gated, target, reference, shape, pfs.tol)
-    learning, _ = learn_gates(default, data, pfs, gate_config if gate_config is not None else train_config,
-                              init_from=init_from)
-    structure = select_structure(learning.spec, learning.units, learning.gates, target, reference, shape,
-                                 tol=pfs.tol)
+    with stage(f"learning channel gates ({pfs.epochs} epochs)"):
+        learning, _ = learn_gates(default, data, pfs, gate_config if gate_config is not None else train_config,
+                                  init_from=init_from)
+    with stage("selecting the structure at the MACs budget"):
+        structure = select_structure(learning.spec, learning.units, learning.gates, target, reference, shape,
+                                     tol=pfs.tol)
     scratch = None
     if train:
         arch = PrunedArchitecture(structure.spec, None, default, "pfs")
-        scratch = train_from_scratch(arch, data, train_config, budget=budget)
+        with stage(f"training the selected structure from scratch (Scratch-{budget})"):
+            scratch = train_from_scratch(arch, data, train_config, budget=budget)
     return PFSResult(learning, structure, scratch)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from prunelab.errors import PrunelabError
 
 OPTIMIZERS = ("sgd", "adam")
+#: seeds go from 0 to this: what torch's and NumPy's generators both take
+MAX_SEED = 2**63 - 1
 SCHEDULES = ("multistep", "cosine", "constant", "step", "linear")
 LR_STEPS = ("iteration", "epoch")
 AMP_DTYPES = ("bfloat16", "float16")
@@ -172,6 +174,10 @@ class TrainConfig:
             raise PrunelabError("resume needs a training state path (--state PATH / checkpoint)")
         if self.schedule == "step" and self.step_size <= 0:
             raise PrunelabError(f"step_size must be > 0 for the step schedule, got {self.step_size}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
+            raise TrainSettingError("seed", f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
+        if not all(math.isfinite(m) for m in self.milestones):
+            raise TrainSettingError("milestones", f"milestones must be finite numbers, got {self.milestones}")
         if any(m < 0 for m in self.milestones):
             raise PrunelabError(f"milestones must be >= 0 (epochs, or fractions of epochs when < 1), got "
                                 f"{self.milestones}")

@@ -28,6 +28,7 @@ from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.plan import make_plan
 from prunelab.prune.structured.select import removal_order, select
 from prunelab.prune.structured.targets import Target, measure_latency_ms
+from prunelab.train.progress import stage
 
 SCHEDULES = ("iterative", "oneshot")
 COST_METRICS = ("macs", "params")
@@ -98,7 +99,8 @@ class StructuredPruner:
         self.spec = spec
         self.previous_plan = previous_plan
         t0 = time.perf_counter()
-        self.groups = groups or find_groups(model, self.input_shape, config.scope, config.exclude, spec=spec)
+        with stage("finding channel groups"):
+            self.groups = groups or find_groups(model, self.input_shape, config.scope, config.exclude, spec=spec)
         self.group_seconds = time.perf_counter() - t0
         if not len(self.groups):
             why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:3])
@@ -250,8 +252,9 @@ class StructuredPruner:
         if self.config.criterion == "fisher":
             if data is None:
                 raise PrunelabError("one-shot Fisher pruning needs training data to accumulate the signal")
-            accumulate_fisher(self.model, self.masks, data, fisher_steps or self.config.prune_every, batch_size,
-                              device)
+            with stage("accumulating the Fisher signal"):
+                accumulate_fisher(self.model, self.masks, data, fisher_steps or self.config.prune_every, batch_size,
+                                  device)
         order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 
