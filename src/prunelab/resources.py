@@ -76,6 +76,8 @@ def available_memory() -> int | None:
 
 def human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB'; binary units, as memory is sold and reported."""
+    if abs(n) >= 1 << 50:
+        return f"{float(n):.3g} bytes"
     for unit in ("TiB", "GiB", "MiB", "KiB"):
         scale = _UNITS[unit[0]]
         if abs(n) >= scale:
@@ -136,10 +138,9 @@ def _size_arg(args: tuple, kwargs: dict, name: str) -> tuple[int, ...] | None:
         return None
     if isinstance(size, int):
         size = (size,)
-    try:
-        return tuple(int(d) for d in size)
-    except (TypeError, ValueError):
-        return None
+    if not isinstance(size, tuple | list) or not all(isinstance(d, int) for d in size):
+        return None  # not a shape torch takes: it raises its own error
+    return tuple(size)
 
 
 def _on_meta(kwargs: dict) -> bool:

@@ -165,10 +165,14 @@ class _one_line_warnings(warnings.catch_warnings):
 
 def _out_of_memory_line(exc: BaseException) -> str | None:
     """One line for an allocation the machine could not satisfy (the guards estimate what inputs claim
-    before allocating; this catches what no estimate foresaw, e.g. the activations of a huge input)."""
+    before allocating; this catches what no estimate foresaw, e.g. the activations of a huge input), or
+    for a setting torch cannot hold in float32; None for any other error."""
     if isinstance(exc, MemoryError):
         return "out of memory; use smaller inputs, batch sizes or widths"
     text = str(exc)
+    if "without overflow" in text:  # torch turning a Python number into float32 (lr x gamma**k, a huge scale)
+        return f"a number the work computed from the settings overflows float32 ({text.strip().splitlines()[0]}); " \
+               f"use smaller values (e.g. --lr, --gamma, --weight-decay)"
     m = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
     if m is None and "out of memory" not in text.lower():
         return None

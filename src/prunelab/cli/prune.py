@@ -78,7 +78,7 @@ def add_arguments(parser) -> None:
                    help="gradual: last update, reaching --sparsity (default: 3/4 of the training length)")
     g.add_argument("--prune-every", type=int, default=1, help="gradual: update frequency")
     g.add_argument("--initial-sparsity", type=float, default=0.0, help="gradual: sparsity at the first update")
-    g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds")
+    g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds (1 to 100)")
     g.add_argument("--rewind-epoch", type=int, default=None,
                    help="iterative: rewind surviving weights to this epoch of the first training run")
     g.add_argument("--snip-batch", type=int, default=128, help="snip: number of training samples scored")
@@ -188,8 +188,10 @@ def _check_args(args, train_config) -> None:
     if args.method == "layerwise" and args.prune_schedule != "oneshot":
         raise PrunelabError("--method layerwise (given per-layer sparsities) supports --prune-schedule oneshot only")
     if args.prune_schedule == "iterative":
-        if args.rounds < 1:
-            raise PrunelabError(f"--rounds must be >= 1, got {args.rounds}")
+        from prunelab.prune.unstructured.schedules import MAX_ROUNDS
+
+        if not 1 <= args.rounds <= MAX_ROUNDS:
+            raise PrunelabError(f"--rounds must be 1 to {MAX_ROUNDS}, got {args.rounds}")
     elif args.rewind_epoch is not None:
         raise PrunelabError("--rewind-epoch applies to --prune-schedule iterative only")
     if args.snip_batch < 1:

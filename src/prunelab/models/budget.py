@@ -76,10 +76,10 @@ def build_within_budget(build: Callable[..., nn.Module], family: str, kwargs: di
             return build(**kwargs)
     except AllocationRefused as exc:
         size = meta_size(build, kwargs)
-        need = f"{human_bytes(size)} for its parameters and buffers" if size else \
-            f"more than {human_bytes(exc.total)} for its parameters and buffers"
-        raise PrunelabError(f"model {what} needs {need}, more than the {human_bytes(exc.budget)} this machine has "
-                            f"available (set {ENV_LIMIT} to change the limit)") from None
+        need = f"needs {human_bytes(size)}" if size else f"needs at least {human_bytes(exc.total)}"
+        raise PrunelabError(f"model {what} {need} for its parameters and buffers, more than the "
+                            f"{human_bytes(exc.budget)} this machine has available (set {ENV_LIMIT} to change the "
+                            f"limit)") from None
     except _TooManyModules:
         raise PrunelabError(f"model {what} has more than {MAX_MODULES:,} modules; check its depth") from None
     except PrunelabError:

@@ -234,6 +234,26 @@ class StudySpec:
             return f"data root {root!r} of dataset {self.data.name!r} does not exist on this machine"
         return None
 
+    def oversized_model(self) -> str | None:
+        """Why a model of the study would not fit in this machine's memory (counted on the ``meta``
+        device, without building it), or ``None``."""
+        from prunelab.models import get_entry, get_family, list_models
+        from prunelab.models.budget import describe_spec, meta_size
+        from prunelab.resources import check_claim
+
+        zoo = set(list_models())
+        for m in self.models:
+            if m.name not in zoo:
+                continue
+            spec = get_entry(m.name).spec.with_kwargs(**m.kwargs)
+            size = meta_size(get_family(spec.family).build, spec.kwargs)
+            try:
+                check_claim(f"model {m.label} ({describe_spec(spec.family, spec.kwargs)})", size or 0,
+                            "its parameters and buffers")
+            except PrunelabError as exc:
+                return str(exc)
+        return None
+
     def unusable_cache(self) -> str | None:
         """Why this machine cannot keep the study's ``cache`` folder (a file, not writable, on a kernel or
         device file system), or ``None``."""
@@ -386,6 +406,8 @@ def _mapping(node: _Map, key: str, where: _Where) -> dict[str, Any]:
 #: batch size, thread count and run, so a typo there would keep a study busy for days
 MAX_MEASURE_MIN_TIME_S = 60.0
 MAX_MEASURE_REPEATS = 100_000
+#: the largest batch a study measures latency at (inputs of that many samples are built at once)
+MAX_MEASURE_BATCH = 1 << 16
 
 
 def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
@@ -404,8 +426,9 @@ def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
             raise where.error(node, key, f"measure latency must be true or false, got {value!r}")
         if key == "batch_sizes":
             sizes = _as_list(value)
-            if not sizes or not all(_positive_int(b) for b in sizes):
-                raise where.error(node, key, f"measure batch_sizes must be positive integers, got {value!r}")
+            if not sizes or not all(_positive_int(b) and b <= MAX_MEASURE_BATCH for b in sizes):
+                raise where.error(node, key, f"measure batch_sizes must be positive integers, at most "
+                                             f"{MAX_MEASURE_BATCH:,}, got {value!r}")
         elif key == "threads" and value is not None and not _positive_int(value):
             raise where.error(node, key, f"measure threads must be a positive integer or null, got {value!r}")
         elif key == "repeats" and not (_positive_int(value) and value <= MAX_MEASURE_REPEATS):

@@ -65,17 +65,18 @@ _ACTIVE: _Reporter | None = None
 
 @contextlib.contextmanager
 def reporting(prefix: str, *, enabled: bool = True, stream: TextIO | None = None, tty: bool | None = None,
-              after_s: float = LOG_AFTER_S) -> Iterator[None]:
+              after_s: float | None = None) -> Iterator[None]:
     """Show the :func:`stage` lines of the work inside the block on ``stream`` (default stderr), each
     prefixed with ``prefix`` (e.g. ``"prunelab prune"``). ``tty`` defaults to whether the stream is a
-    terminal. With ``enabled=False`` the block stays silent."""
+    terminal; ``after_s`` to :data:`LOG_AFTER_S`. With ``enabled=False`` the block stays silent."""
     global _ACTIVE
     if not enabled:
         yield
         return
     stream = stream or sys.stderr
     previous = _ACTIVE
-    _ACTIVE = _Reporter(prefix, stream, stream.isatty() if tty is None else tty, after_s)
+    _ACTIVE = _Reporter(prefix, stream, stream.isatty() if tty is None else tty,
+                        LOG_AFTER_S if after_s is None else after_s)
     try:
         yield
     finally:
