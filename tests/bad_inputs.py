@@ -1,7 +1,8 @@
 """Bad inputs for every command: fixture files, tiny base command lines, edge values, and a runner.
 
 Shared by ``test_fuzz_inputs.py`` (a bounded hypothesis sample) and by the exhaustive pass
-(``python tests/bad_inputs.py``), which tries every numeric flag of every command with every edge
+(``PYTHONPATH=src python tests/bad_inputs.py``, or with prunelab installed; ``--help`` for subsets),
+which tries every numeric flag of every command with every edge
 value, a list of hostile specs, checkpoints and pickles, and prints the counts: inputs tried, runs,
 clean errors (one line on stderr, exit 2) and everything else (tracebacks, several lines, hangs).
 
@@ -175,9 +176,12 @@ class Outcome:
 
 def run_cli(argv: list[str], cwd: Path, timeout_s: int = 120) -> Outcome:
     """``prunelab.cli.main(argv)`` in this process, in ``cwd``, with stderr captured and a time limit."""
-    import prunelab.train.progress as progress
     from prunelab.cli import main
 
+    try:
+        import prunelab.train.progress as progress
+    except ImportError:  # a prunelab before stage lines (the pass can run against older code)
+        progress = argparse.Namespace(LOG_AFTER_S=None)
     err, out = io.StringIO(), io.StringIO()
     log_after = progress.LOG_AFTER_S
     progress.LOG_AFTER_S = 1e6  # stage lines of slow stages are not what is looked at here
@@ -487,5 +491,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     raise SystemExit(main())

@@ -142,7 +142,7 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}: {where}"
 
 
-class _one_line_warnings(warnings.catch_warnings):
+class _OneLineWarnings(warnings.catch_warnings):
     """Show :class:`PrunelabWarning` as ``prunelab CMD: warning: ...`` (one line); other warnings as usual."""
 
     def __init__(self, prefix: str) -> None:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # stage lines for the commands that take --quiet (those that train or prune), from one rank only
         report = hasattr(args, "quiet") and not args.quiet and os.environ.get("RANK", "0") == "0"
-        with _one_line_warnings(f"prunelab {args.command}"), reporting(f"prunelab {args.command}", enabled=report):
+        with _OneLineWarnings(f"prunelab {args.command}"), reporting(f"prunelab {args.command}", enabled=report):
             return int(module.run(args) or 0)
     except PrunelabError as exc:
         sys.stderr.write(f"prunelab {args.command}: error: {exc}\n")
