@@ -281,10 +281,11 @@ def test_a_checkpoint_with_huge_widths_is_refused_with_its_estimate(tmp_path, ca
     ({"meta": {"input_shape": [1] * 1000}}, "1 to 4 positive sizes"),
     ({"meta": [1]}, "'meta' must be a mapping"),
     ({"plan": [1]}, "'plan' must be a mapping"),
-    ({"arch": {"family": "resnet_cifar", "kwargs": {"depth": 6 * 10**7 + 2}}}, "more than 20,000 modules"),
+    ({"arch": {"family": "resnet_cifar", "kwargs": {"depth": 6 * 10**7 + 2}}}, "more than 500 modules"),
     ({"arch": {"family": "cnn", "kwargs": {"widths": "abc"}}}, "widths"),
 ])
-def test_hostile_checkpoint_fields_are_one_line(fields, word, tmp_path, capsys):
+def test_hostile_checkpoint_fields_are_one_line(fields, word, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("prunelab.models.budget.MAX_MODULES", 500)  # the cap is reached sooner, same path
     path = _ckpt(tmp_path / "h.pt", **fields)
     for argv in (["info", path], ["export", path, "--format", "onnx", "--out", tmp_path / "o.onnx"]):
         _one_line(argv, capsys, word)
@@ -359,28 +360,39 @@ def test_a_refused_pickle_names_what_was_refused_and_runs_nothing(make, refused,
     assert not marker.exists(), "a pickle payload ran"
 
 
-def test_unpickling_detail_keeps_the_refusal_and_drops_the_advice():
-    """torch 2.13's three message shapes (blocked module, not an allowed global, unknown opcode)."""
-    from prunelab.io import _unpickling_detail
+def test_a_refusal_keeps_what_was_refused_and_drops_the_advice(tmp_path, monkeypatch):
+    """torch 2.13's three message shapes (a blocked module, a global not allowed, an unknown opcode)."""
+    import pickle as pickle_module
+
+    from prunelab.io import torch_load
 
     advice = ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` "
               "argument in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set "
               "to `False` will likely succeed, but it can result in arbitrary code execution. Do it only if you "
               "got the file from a trusted source.\n")
     docs = "\n\nCheck the documentation of torch.load to learn more about types accepted by default."
-    assert _unpickling_detail(Exception(advice + "\n\nTrying to load unsupported GLOBAL posix.system whose module "
-                                                 "posix is blocked." + docs)) == \
-        "unsupported GLOBAL posix.system whose module posix is blocked"
-    assert _unpickling_detail(Exception(advice + "Please file an issue with the following so that we can make "
-                                                 "`weights_only=True` compatible with your use case: WeightsUnpickler "
-                                                 "error: \n\nUnsupported operand 149" + docs)) == \
-        "unsupported operand 149"
-    assert _unpickling_detail(Exception(
+    cases = {
+        advice + "\n\nTrying to load unsupported GLOBAL posix.system whose module posix is blocked." + docs:
+            "unsupported GLOBAL posix.system whose module posix is blocked",
+        advice + "Please file an issue with the following so that we can make `weights_only=True` compatible with "
+                 "your use case: WeightsUnpickler error: \n\nUnsupported operand 149" + docs:
+            "unsupported operand 149",
         "Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those "
         "steps only if you trust the source of the checkpoint\x1b[0m.\n\t(1) " + advice + "\tWeightsUnpickler error: "
         "Unsupported global: GLOBAL torch.nn.modules.linear.Linear was not an allowed global by default. Please use "
-        "`torch.serialization.add_safe_globals([Linear])` to allowlist this global." + docs)) == \
-        "unsupported GLOBAL torch.nn.modules.linear.Linear, not an allowed global"
+        "`torch.serialization.add_safe_globals([Linear])` to allowlist this global." + docs:
+            "unsupported GLOBAL torch.nn.modules.linear.Linear, not an allowed global",
+    }
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"x")
+    for text, detail in cases.items():
+        def refuse(*args, _text=text, **kwargs):
+            raise pickle_module.UnpicklingError(_text)
+
+        monkeypatch.setattr(torch, "load", refuse)
+        with pytest.raises(PrunelabError) as info:
+            torch_load(path)
+        assert str(info.value).endswith(f"not a weights-only file ({detail})"), str(info.value)
 
 
 # -------------------------------------------------------------------- numbers (finding 8)
@@ -443,6 +455,14 @@ def test_allocation_budget_refuses_the_tensor_that_passes_it_before_allocating()
     assert mode.total == 12_800
     with allocation_budget(100), pytest.raises(AllocationRefused):
         torch.nn.Linear(100, 100)
+    with allocation_budget(10**9) as mode:  # each factory's way of giving its shape and type
+        torch.zeros(3, dtype=torch.float64)
+        torch.full((2, 2), 1.0)
+        torch.randint(0, 5, (10,))
+        torch.eye(4)
+        torch.rand(3, 4)
+        torch.normal(0.0, 1.0, size=(5,))
+    assert mode.total == 3 * 8 + 4 * 4 + 10 * 8 + 16 * 4 + 12 * 4 + 5 * 4
 
 
 def test_the_memory_limit_reads_the_environment(monkeypatch):
@@ -470,6 +490,7 @@ def test_model_construction_is_refused_with_a_hand_counted_estimate(monkeypatch)
     assert sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) == by_hand
     from prunelab.resources import human_bytes
 
+    monkeypatch.setattr("prunelab.models.budget.MAX_MODULES", 500)
     monkeypatch.setenv("PRUNELAB_MEMORY_LIMIT", "1M")
     with pytest.raises(PrunelabError) as info:
         create(spec)
@@ -477,7 +498,7 @@ def test_model_construction_is_refused_with_a_hand_counted_estimate(monkeypatch)
     with pytest.raises(PrunelabError, match=r"needs at least 1\.0 MiB"):  # too deep to count: what was asked
         create("resnet20", depth=6 * 10**6 + 2)
     monkeypatch.delenv("PRUNELAB_MEMORY_LIMIT")
-    with pytest.raises(PrunelabError, match="more than 20,000 modules"):
+    with pytest.raises(PrunelabError, match="more than 500 modules"):
         create("resnet20", depth=6 * 10**6 + 2)
 
 

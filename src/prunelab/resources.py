@@ -14,7 +14,8 @@ or T, e.g. ``8G``). Where the platform says nothing, only that variable limits.
 tensor factory call (``torch.empty``, ``zeros``, ``ones``, ``full``, ``rand``...) is counted before it
 runs, through a :class:`torch.overrides.TorchFunctionMode` (the mechanism behind
 ``with torch.device(...)``), and the first one that would take the running total past the budget is
-refused before it allocates. Allocations on the ``meta`` device are free and not counted.
+refused before it allocates. Only host (CPU) allocations count: the ``meta`` device holds no storage
+and an accelerator has memory of its own.
 """
 
 from __future__ import annotations
@@ -143,13 +144,16 @@ def _size_arg(args: tuple, kwargs: dict, name: str) -> tuple[int, ...] | None:
     return tuple(size)
 
 
-def _on_meta(kwargs: dict) -> bool:
+def _on_cpu(kwargs: dict) -> bool:
+    """Whether a factory call allocates in host memory (the budget); ``meta`` costs nothing, and an
+    accelerator's memory is its own."""
     import torch
 
     device = kwargs.get("device")
-    if device is None:
-        return torch.get_default_device().type == "meta"
-    return torch.device(device).type == "meta"
+    try:
+        return (torch.get_default_device() if device is None else torch.device(device)).type == "cpu"
+    except (RuntimeError, TypeError, ValueError):
+        return True
 
 
 def _budget_mode(budget: int):
@@ -162,11 +166,11 @@ def _budget_mode(budget: int):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             name = getattr(func, "__name__", "")
-            if name in _FACTORIES and func is getattr(torch, name, None) and not _on_meta(kwargs):
+            if name in _FACTORIES and func is getattr(torch, name, None) and _on_cpu(kwargs):
                 shape = _size_arg(args, kwargs, name)
                 if shape is not None:
-                    dtype = kwargs.get("dtype") or torch.get_default_dtype()
-                    self.total += math.prod(max(d, 0) for d in shape) * dtype.itemsize
+                    dtype = kwargs.get("dtype") or (torch.int64 if name == "randint" else torch.get_default_dtype())
+                    self.total += math.prod(max(d, 0) for d in shape) * getattr(dtype, "itemsize", 8)
                     if self.total > budget:
                         raise AllocationRefused(self.total, budget)
             return func(*args, **kwargs)
