@@ -111,7 +111,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
 #: reach a device); a folder for results or a cache on one of them is refused
 SPECIAL_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
-    "pstore", "bpf", "mqueue", "hugetlbfs", "fusectl", "binfmt_misc", "efivarfs", "selinuxfs", "autofs",
+    "pstore", "bpf", "mqueue", "hugetlbfs", "fusectl", "binfmt_misc", "efivarfs", "selinuxfs",
     "rpc_pipefs", "nsfs"})
 
 
