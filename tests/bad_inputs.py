@@ -18,6 +18,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import signal
 import sys
 import traceback
@@ -483,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i + 1}/{len(inputs)}] {label}: exit {outcome.code}: "
                   f"{(outcome.err.strip().splitlines() or [''])[-1][:160]}", flush=True)
     payload_ran = marker is not None and marker.exists()
+    shutil.rmtree(root, ignore_errors=True)
     for line in failures:
         print(line)
     print(json.dumps({**counts, "pickle payloads that ran": int(payload_ran),
