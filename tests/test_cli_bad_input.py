@@ -162,7 +162,7 @@ CASES = [
     (["bench", "cnn", "--batch-sizes", "0"], "batch size"),
     (["bench", "cnn", "--backend", "nosuch"], "valid choices"),
     (["bench", "cnn", "--input-size", "3xfoo"], "3x32x32"),
-    (["bench", "cnn", "--min-time", "nan"], "minimum time"),
+    (["bench", "cnn", "--min-time", "nan"], "not a finite number"),
     (["bench", "cnn", "--out", "{fx}/afile/b.json"], "not a folder"),
     (["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "5"], "opset"),
     (["export", "cnn", "--format", "onnx", "--out", "o.onnx", "--opset", "0"], "opset"),

@@ -35,6 +35,11 @@ def require(module: str, what: str, extra: str, package: str | None = None) -> M
         raise MissingExtra(f"{what} needs {name}: pip install 'prunelab[{extra}]'") from None
 
 
+class PrunelabWarning(UserWarning):
+    """Something in the input the user should know about that does not stop the work (NaN weights in a
+    checkpoint, a target not reached). The command line prints it as one ``warning:`` line."""
+
+
 def unknown_choice(kind: str, name: object, valid: Iterable[object]) -> PrunelabError:
     """Build the standard error for a name that is not one of ``valid``."""
     choices = ", ".join(str(v) for v in sorted(valid, key=str))

@@ -25,6 +25,7 @@ import stat
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -310,6 +311,48 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
     return path
 
 
+#: file systems that hold no user files: views of the kernel and of devices (writes there fail, or
+#: reach a device); a folder for results or a cache on one of them is refused
+SPECIAL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
+    "pstore", "bpf", "mqueue", "hugetlbfs", "fusectl", "binfmt_misc", "efivarfs", "selinuxfs",
+    "rpc_pipefs", "nsfs"})
+
+
+def special_filesystem(path: str | os.PathLike) -> str | None:
+    """The type of the special file system (:data:`SPECIAL_FILESYSTEMS`) that ``path``, or the nearest
+    folder of it that exists, lives on, read from ``/proc/self/mounts``; None for ordinary file systems
+    and where the mount table cannot be read."""
+    existing = _nearest_existing(Path(path).expanduser().absolute())
+    if existing is None:
+        return None
+    real = os.path.realpath(existing)
+    best, fstype = "", None
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, fstype = mount, fields[2]
+    return fstype if fstype in SPECIAL_FILESYSTEMS else None
+
+
+def check_folder(path: str | os.PathLike, what: str) -> Path:
+    """A folder prunelab will write into (``what``: e.g. "cache"): not on a special file system, a
+    folder if it exists, and creatable or writable (:func:`check_writable`). One line otherwise."""
+    fs = special_filesystem(path)
+    if fs is not None:
+        raise PrunelabError(f"{what} {path} is on the {fs} file system (kernel or device files); give an "
+                            f"ordinary folder")
+    try:
+        return check_writable(path, folder=True)
+    except PrunelabError as exc:
+        raise PrunelabError(f"{what}: {exc}") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda fh: fh.write(data), binary=True)
@@ -367,7 +410,9 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise PrunelabError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it was not written with
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise PrunelabError(f"{what} {path} is corrupt or not a prunelab file ({type(exc).__name__})") from exc
     except Exception as exc:  # pickle.UnpicklingError for files that are not weights-only
@@ -375,17 +420,25 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
                             f"not a weights-only file ({_unpickling_detail(exc)})") from exc
 
 
+#: sentences of torch's weights-only refusal that give advice (retry unsafely, allow-list globals, read
+#: the docs, file an issue) rather than say what was refused; the refusal keeps none of them
+_ADVICE = re.compile(r"weights_only|safe_globals|trust|documentation|file an issue|Weights only load failed|"
+                     r"two options|PyTorch 2\.6", re.IGNORECASE)
+
+
 def _unpickling_detail(exc: BaseException) -> str:
-    """The useful part of torch's weights-only refusal (e.g. ``Unsupported global: GLOBAL x.Y ...``)
-    without its multi-paragraph advice."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        rest = text.split(marker, 1)[1].strip()
-        first = rest.splitlines()[0].strip() if rest else ""
-        return first.split(". ", 1)[0].rstrip(".") or type(exc).__name__
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    """What torch's weights-only unpickler refused (e.g. ``unsupported GLOBAL posix.system whose module
+    posix is blocked``), without its advice, which includes retrying with ``weights_only=False``: that
+    would run whatever the file holds, so it is never repeated here."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).replace("WeightsUnpickler error:", "\n")
+    for line in text.splitlines():
+        sentence = re.split(r"\.\s+(?=[A-Z(])", line.strip())[0].strip().rstrip(".")
+        if sentence and not _ADVICE.search(sentence):
+            sentence = re.sub(r"^Trying to load ", "", sentence)
+            sentence = re.sub(r"^Unsupported global: (GLOBAL \S+) was not an allowed global by default",
+                              r"unsupported \1, not an allowed global", sentence)
+            return (sentence[:1].lower() if sentence[1:2].islower() else sentence[:1]) + sentence[1:200]
+    return type(exc).__name__
 
 
 def save_checkpoint(path: str | os.PathLike, *, arch: dict, state_dict: dict, plan: dict | None = None,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
+import re
 import sys
+import warnings
 
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, PrunelabWarning
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,7 +54,43 @@ def build_parser(command: str | None = None) -> ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             importlib.import_module(f"prunelab.cli.{module}").add_arguments(p)
+            _check_numbers(p)
     return parser
+
+
+#: integers a flag takes: what torch and NumPy hold in 64 bits
+INT_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; integers go from {INT_RANGE[0]} to {INT_RANGE[1]}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+_int64.__name__, _finite.__name__ = "int", "float"  # argparse names the type in "invalid int value: 'x'"
+
+
+def _check_numbers(parser: argparse.ArgumentParser) -> None:
+    """Every ``type=int`` option of a command (its sub-actions included) takes 64-bit integers only and
+    every ``type=float`` option finite numbers only: nan, inf and 1e400 (which float() reads as inf)
+    are refused by argparse as one line, whatever the option."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _check_numbers(child)
+        elif action.type is int:
+            action.type = _int64
+        elif action.type is float:
+            action.type = _finite
 
 
 def given_options(command: str | None, argv: list[str]) -> set[str]:
@@ -103,6 +142,48 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}: {where}"
 
 
+class _OneLineWarnings(warnings.catch_warnings):
+    """Show :class:`PrunelabWarning` as ``prunelab CMD: warning: ...`` (one line); other warnings as usual."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __enter__(self):
+        result = super().__enter__()
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, PrunelabWarning):
+                sys.stderr.write(f"{self.prefix}: warning: {' '.join(str(message).split())}\n")
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return result
+
+
+def _out_of_memory_line(exc: BaseException) -> str | None:
+    """One line for an allocation the machine could not satisfy (the guards estimate what inputs claim
+    before allocating; this catches what no estimate foresaw, e.g. the activations of a huge input), or
+    for a setting torch cannot hold in float32; None for any other error."""
+    if isinstance(exc, MemoryError):
+        return "out of memory; use smaller inputs, batch sizes or widths"
+    text = str(exc)
+    if "without overflow" in text:  # torch turning a Python number into float32 (lr x gamma**k, a huge scale)
+        return f"a number the work computed from the settings overflows float32 ({text.strip().splitlines()[0]}); " \
+               f"use smaller values (e.g. --lr, --gamma, --weight-decay)"
+    m = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if m is None and "out of memory" not in text.lower():
+        return None
+    from prunelab.resources import available_memory, human_bytes
+
+    asked = f" (one allocation of {human_bytes(int(m.group(1)))})" if m else ""
+    room = available_memory()
+    have = f" with {human_bytes(room)} available" if room is not None else ""
+    return f"out of memory{asked}{have}; use smaller inputs, batch sizes or widths"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -121,9 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"prunelab.cli.{COMMANDS[args.command][0]}")
     try:
         check_outputs(parser, args)
-        return int(module.run(args) or 0)
+        from prunelab.train.progress import reporting
+
+        # stage lines for the commands that take --quiet (those that train or prune), from one rank only
+        report = hasattr(args, "quiet") and not args.quiet and os.environ.get("RANK", "0") == "0"
+        with _OneLineWarnings(f"prunelab {args.command}"), reporting(f"prunelab {args.command}", enabled=report):
+            return int(module.run(args) or 0)
     except PrunelabError as exc:
         sys.stderr.write(f"prunelab {args.command}: error: {exc}\n")
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        line = _out_of_memory_line(exc)
+        if line is None:  # not an allocation the machine refused: a real fault, keep its traceback
+            raise
+        sys.stderr.write(f"prunelab {args.command}: error: {line}\n")
         return 2
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as other command-line tools do.

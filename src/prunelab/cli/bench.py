@@ -77,7 +77,7 @@ def _is_deploy_file(path: str) -> bool:
 
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
-    from prunelab.cli.common import emit_json, parse_shape
+    from prunelab.cli.common import check_input, emit_json, parse_shape
     from prunelab.export.backends import get_backend
     from prunelab.export.bench import Prepared, bench_compare, check_max_time
     from prunelab.io import atomic_write_json
@@ -123,6 +123,7 @@ def run(args) -> int:
                                 f"{'x'.join(map(str, item_shape))}, the first takes {'x'.join(map(str, shape))}")
         shape = tuple(item_shape)
 
+    check_input(shape, max(args.batch_sizes))
     _check_inputs(models, shape, min(args.batch_sizes))
 
     def progress(message: str) -> None:

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from prunelab.errors import PrunelabError
 
+#: dimensions of an input without its batch: CxHxW images, TxF sequences, F vectors (DxHxW volumes)
+MAX_INPUT_DIMS = 4
+
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """Parse ``3x32x32`` or ``3,32,32`` into a shape tuple."""
+    """Parse ``3x32x32`` or ``3,32,32`` into a shape tuple (1 to :data:`MAX_INPUT_DIMS` positive sizes)
+    whose one sample fits in memory."""
     if text is None:
         return None
     try:
         dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError:
         raise PrunelabError(f"input size {text!r} must look like 3x32x32") from None
-    if not dims or any(d < 1 for d in dims):
-        raise PrunelabError(f"input size {text!r} must be positive integers like 3x32x32")
+    if not dims or any(d < 1 for d in dims) or len(dims) > MAX_INPUT_DIMS:
+        raise PrunelabError(f"input size {text!r} must be 1 to {MAX_INPUT_DIMS} positive integers like 3x32x32")
+    check_input(dims)
     return dims
+
+
+def check_input(shape: tuple[int, ...], batch: int = 1) -> None:
+    """Refuse an input batch (float32) of ``batch`` x ``shape`` that would not fit in memory, before any
+    tensor of it is made (see :mod:`prunelab.resources`)."""
+    from prunelab.resources import check_tensor
+
+    check_tensor(f"an input batch {'x'.join(str(int(d)) for d in (batch, *shape))}", (batch, *shape))
 
 
 def emit_json(obj: Any) -> None:
@@ -73,13 +87,15 @@ def data_options_from_args(args) -> dict[str, Any]:
     """``--data-option KEY=VALUE`` pairs as a dict; values are read as YAML scalars (5000, true, 0.1)."""
     import yaml
 
+    from prunelab.study.yaml_limits import safe_load
+
     options: dict[str, Any] = {}
     for item in getattr(args, "data_option", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PrunelabError(f"--data-option {item!r} must look like KEY=VALUE")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             parsed = value
         options[key.strip().replace("-", "_")] = value if isinstance(parsed, dict) else parsed
@@ -138,7 +154,7 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
 
     Each flag maps one-to-one onto a :class:`prunelab.train.config.TrainConfig` field.
     """
-    from prunelab.train.config import NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, TrainConfig
+    from prunelab.train.config import MAX_SEED, NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig().to_dict()
     d.update(defaults or {})
@@ -163,10 +179,15 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_false", default=d["augment"])
     g.add_argument("--max-steps", type=int, default=d["max_steps"],
                    help="stop every training run after N optimiser steps (dense pre-training included)")
-    g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--seed", type=seed, default=d["seed"], help=f"random seed, 0 to {MAX_SEED} (default {d['seed']})")
     g.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
     g.add_argument("--channels-last", action="store_true", default=d["channels_last"])
-    g.add_argument("--progress", action="store_true", default=d["progress"])
+    g.add_argument("--progress", action="store_true", default=d["progress"],
+                   help="draw the training bar even when stderr is not a terminal (on a terminal it is drawn "
+                        "unless --quiet)")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress: no training bar, and no stage lines (on a terminal, each stage's start and "
+                        "time; in a log, a line for each stage that runs longer than 5 s)")
     g.add_argument("--eval-every", type=int, default=d["eval_every"], metavar="N",
                    help="evaluate on validation and test every N epochs (and at the end)")
     g.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"])
@@ -184,13 +205,37 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
                         "(exit 2, nothing written), or warn and train on")
 
 
+def seed(text: str) -> int:
+    """An argparse type: a seed torch and NumPy both take (0 to :data:`~prunelab.train.config.MAX_SEED`)."""
+    import argparse
+
+    from prunelab.train.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; seeds go from 0 to {MAX_SEED}")
+    return value
+
+
 def train_config_from_args(args) -> Any:
-    """Build a validated TrainConfig from the flags added by :func:`add_train_arguments`."""
+    """Build a validated TrainConfig from the flags added by :func:`add_train_arguments`.
+
+    On the command line a learning rate must be positive (the Python API also takes 0, which keeps the
+    weights fixed while BatchNorm statistics move)."""
     from dataclasses import fields
 
     from prunelab.train.config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if "progress" in values and not values["progress"] and not getattr(args, "quiet", False):
+        from prunelab.train.progress import stderr_is_terminal
+
+        values["progress"] = stderr_is_terminal() and os.environ.get("RANK", "0") == "0"
+    if "lr" in values and not values["lr"] > 0:
+        raise PrunelabError(f"--lr must be a positive number, got {values['lr']}")
     return TrainConfig(**values).validate()
 
 

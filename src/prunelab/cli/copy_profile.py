@@ -15,6 +15,7 @@ from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_js
 from prunelab.cli.reduce import add_output_arguments, add_target_arguments, load_data, targets_from_args
 from prunelab.cli.scratch import read_source
 from prunelab.errors import PrunelabError
+from prunelab.train.progress import stage
 
 
 def add_arguments(parser) -> None:
@@ -49,8 +50,9 @@ def run(args) -> int:
     rows = []
     for i, (job, member) in enumerate(zip(jobs, members)):
         if args.train:
-            member = copy_profile(profile, data, config, alpha=member.alpha, onto=onto, round_to=args.round_to,
-                                  train=True)
+            with stage(f"training family member {i + 1} of {len(jobs)}"):
+                member = copy_profile(profile, data, config, alpha=member.alpha, onto=onto,
+                                      round_to=args.round_to, train=True)
         row = member.to_dict()
         if "target" in job:
             row["target"] = job["target"].to_dict()

@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
     from prunelab.cli.bench import input_shape_for
-    from prunelab.cli.common import emit_json
+    from prunelab.cli.common import check_input, emit_json
     from prunelab.errors import PrunelabError
 
     for dest, formats in OPTION_FORMATS.items():
@@ -55,6 +55,7 @@ def run(args) -> int:
             raise PrunelabError(f"--{dest.replace('_', '-')} applies to --format {' / '.join(formats)} only")
     loaded = model_or_checkpoint(args.checkpoint)
     shape = input_shape_for(loaded, args.input_size)
+    check_input(shape, max(1, args.batch_size if args.format in ("sparse", "deploy") else 1))
     if args.format == "deploy":
         summary, text = _deploy(args, loaded, shape)
     elif args.format == "onnx":

@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
                    help="width factor of the network the gates are learned on (reference -e / default width)")
     g.add_argument("--lam", type=float, default=d.lam, help=f"penalty weight lambda (default {d.lam})")
     g.add_argument("--ratio", type=float, default=d.ratio, help=f"target mean gate r (default {d.ratio})")
-    g.add_argument("--gate-epochs", type=int, default=d.epochs)
+    g.add_argument("--gate-epochs", type=int, default=d.epochs,
+                   help=f"epochs of gate learning, 1 to 10,000 (default {d.epochs}; --max-steps does not cut them)")
     g.add_argument("--gate-lr", type=float, default=d.lr)
     g.add_argument("--gate-batch-size", type=int, default=d.batch_size)
     g.add_argument("--holdout", type=float, default=d.holdout,

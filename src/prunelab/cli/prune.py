@@ -85,7 +85,7 @@ def add_arguments(parser) -> None:
                    help="gradual: last update, reaching --sparsity (default: 3/4 of the training length)")
     g.add_argument("--prune-every", type=int, default=1, help="gradual: update frequency")
     g.add_argument("--initial-sparsity", type=float, default=0.0, help="gradual: sparsity at the first update")
-    g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds")
+    g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds (1 to 100)")
     g.add_argument("--rewind-epoch", type=int, default=None,
                    help="iterative: rewind surviving weights to this epoch of the first training run")
     g.add_argument("--snip-batch", type=int, default=128, help="snip: number of training samples scored")
@@ -203,8 +203,10 @@ def _check_args(args, train_config) -> None:
     if args.method == "layerwise" and args.prune_schedule != "oneshot":
         raise PrunelabError("--method layerwise (given per-layer sparsities) supports --prune-schedule oneshot only")
     if args.prune_schedule == "iterative":
-        if args.rounds < 1:
-            raise PrunelabError(f"--rounds must be >= 1, got {args.rounds}")
+        from prunelab.prune.unstructured.schedules import MAX_ROUNDS
+
+        if not 1 <= args.rounds <= MAX_ROUNDS:
+            raise PrunelabError(f"--rounds must be 1 to {MAX_ROUNDS}, got {args.rounds}")
     elif args.rewind_epoch is not None:
         raise PrunelabError("--rewind-epoch applies to --prune-schedule iterative only")
     if args.snip_batch < 1:
@@ -266,6 +268,7 @@ def run(args) -> int:
     )
     from prunelab.prune.unstructured.selection import select_layers
     from prunelab.train import Trainer, evaluate
+    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     _check_args(args, train_config)
@@ -313,8 +316,9 @@ def run(args) -> int:
     rewind_state = None
     if pretrain > 0:
         snapshot = WeightSnapshot(args.rewind_epoch) if args.rewind_epoch is not None else None
-        Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
-                callbacks=[snapshot] if snapshot else []).fit()
+        with stage(f"dense pre-training ({pretrain} epochs)"):
+            Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
+                    callbacks=[snapshot] if snapshot else []).fit()
         rewind_state = snapshot.state if snapshot else None
     summary["accuracy"]["before"] = _acc(evaluate(model, data))
     curves: list[dict] = []
@@ -325,24 +329,29 @@ def run(args) -> int:
                                        warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
+            with stage("fine-tuning"):
+                curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
     elif args.prune_schedule == "oneshot":
         report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
         if train_config.epochs > 0:
-            curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
+            with stage("fine-tuning"):
+                curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
     elif args.prune_schedule == "gradual":
         gradual = GradualPruning(prune_config, schedule)
-        curves += Trainer(model, data, train_config, callbacks=[gradual]).fit().history
+        with stage("training with gradual pruning"):
+            curves += Trainer(model, data, train_config, callbacks=[gradual]).fit().history
         summary["gradual"] = {"schedule": gradual.schedule.to_dict(), "updates": gradual.history}
         report = build_report(model, select_layers(model, selection), method=prune_config.method,
                               target_sparsity=args.sparsity, input_shape=input_shape,
                               sigma=prune_config.sigma(sum(x.numel for x in select_layers(model, selection))),
                               details=gradual.last_report.details if gradual.last_report else {}, warn=False)
     else:
-        rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
-                                 rewind_state=rewind_state, rewind_epoch=args.rewind_epoch if pretrain == 0 else None,
-                                 batch=batch, input_shape=input_shape)
+        with stage(f"iterative pruning ({args.rounds} rounds)"):
+            rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
+                                     rewind_state=rewind_state,
+                                     rewind_epoch=args.rewind_epoch if pretrain == 0 else None, batch=batch,
+                                     input_shape=input_shape)
         curves += [{**row, "round": r.round} for r in rounds for row in r.history]
         summary["rounds"] = [{"round": r.round, "target": r.target, "sparsity": r.report.sparsity,
                               "acc_pruned": _acc(r.pruned_metrics), "acc_finetuned": _acc(r.finetuned_metrics)}

@@ -162,6 +162,7 @@ def run(args) -> int:
     from prunelab.io import atomic_write_json, check_writable
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
     from prunelab.train import Trainer, evaluate, resolve_device
+    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     cfg = structured_config(args)
@@ -203,7 +204,8 @@ def run(args) -> int:
     if pretrain > 0:
         pruner.detach()
         dense_config = replace(train_config, epochs=pretrain, checkpoint=None, resume=False)
-        Trainer(model, data, dense_config).fit()
+        with stage(f"dense pre-training ({pretrain} epochs)"):
+            Trainer(model, data, dense_config).fit()
         pruner.masks.attach()
     summary["accuracy"]["before"] = _acc(evaluate(model, data))
     before = pruner.initial
@@ -227,12 +229,15 @@ def run(args) -> int:
         pruner.detach()
         if train_config.epochs > 0:
             trainer = Trainer(small, data, train_config)
-            curves += trainer.fit().history
+            with stage("fine-tuning the compressed model"):
+                curves += trainer.fit().history
             steps = trainer.step
     else:
         callback = pruner.callback(checkpoint if cfg.checkpoint_every else None)
         trainer = Trainer(model, data, train_config, callbacks=[callback])
-        curves += trainer.fit().history
+        with stage(f"fine-tuning and pruning {cfg.channels_per_prune} channel(s) every {cfg.prune_every} steps "
+                   f"({cfg.criterion}) to {cfg.target.describe()}"):
+            curves += trainer.fit().history
         steps = trainer.step
         small = pruner.compress()
         pruner.detach()

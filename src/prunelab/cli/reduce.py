@@ -19,6 +19,7 @@ from prunelab.cli.common import (
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
+from prunelab.train.progress import stage
 
 
 def add_target_arguments(parser, *, latency: bool = True, many: bool = False) -> None:
@@ -107,9 +108,10 @@ def run(args) -> int:
     config = train_config_from_args(args)
     latency = latency_options_from_args(args) if targets and targets[0].metric == "latency" else None
     data = load_data(args)
-    result = reduced_network(args.model, data, config, mode=args.mode, value=fixed,
-                             target=targets[0] if targets else None, round_to=args.round_to, tol=args.tol,
-                             max_multiplier=args.max_multiplier, latency=latency, train=args.train)
+    with stage("searching and training the reduced network"):
+        result = reduced_network(args.model, data, config, mode=args.mode, value=fixed,
+                                 target=targets[0] if targets else None, round_to=args.round_to, tol=args.tol,
+                                 max_multiplier=args.max_multiplier, latency=latency, train=args.train)
     out = Path(args.out)
     summary = {"command": "reduce", "model": args.model, "data": args.data, **result.to_dict()}
     if args.mode == "depth":

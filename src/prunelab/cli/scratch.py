@@ -13,6 +13,7 @@ from pathlib import Path
 from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
 from prunelab.cli.reduce import add_output_arguments, load_data
 from prunelab.errors import PrunelabError
+from prunelab.train.progress import stage
 
 
 def add_arguments(parser) -> None:
@@ -57,7 +58,8 @@ def run(args) -> int:
         raise PrunelabError(f"give --epochs: the dense model's training epochs (Scratch-{args.budget} "
                             + ("trains that long)" if args.budget == "E" else "scales them by the MACs ratio)"))
     data = load_data(args)
-    result = train_from_scratch(arch, data, config, budget=args.budget, init=args.init)
+    with stage(f"training from scratch (Scratch-{args.budget})"):
+        result = train_from_scratch(arch, data, config, budget=args.budget, init=args.init)
     out = Path(args.out)
     summary = {"command": "scratch", "source": str(args.source), "data": args.data, **result.to_dict()}
     ckpt = save_trained(out / "model.pt", result.spec, result.model, plan=result.plan,

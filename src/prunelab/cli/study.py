@@ -20,7 +20,9 @@ def add_arguments(parser) -> None:
                           "each run data-parallel on --nproc-per-node processes")
     run.add_argument("--nproc-per-node", type=int, default=2, metavar="N",
                      help="processes per run with --executor torchrun (one per GPU; default 2)")
-    run.add_argument("--workers", type=int, default=1, help="runs executed at once")
+    run.add_argument("--workers", type=int, default=1,
+                     help="runs executed at once (at most 4 processes per CPU of this machine, with torchrun "
+                          "counting --nproc-per-node each; any number with --executor ray)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads per run (default 1: the numbers then do not depend on --workers)")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -44,11 +46,14 @@ def add_arguments(parser) -> None:
 
     validate = sub.add_parser("validate", help="check a study spec without running anything",
                               description="Check a study spec: names, targets, combinations, and that its "
-                                          "data is on this machine.")
+                                          "data and cache folder are usable on this machine. No code from the "
+                                          "spec runs: its plugins are found but not imported, so the methods "
+                                          "of kinds they register are listed as not checked.")
     validate.add_argument("spec", metavar="SPEC.yaml")
     validate.add_argument("--list", action="store_true", help="list the runs it expands to")
     validate.add_argument("--no-data-check", dest="data_check", action="store_false",
-                          help="do not require the data root to exist here (a spec for another machine)")
+                          help="do not require the data root to exist here, the cache folder to be usable, nor "
+                               "the models to fit in this machine's memory (a spec for another machine)")
 
 
 def run(args) -> int:
@@ -113,14 +118,21 @@ def _validate(args) -> int:
 
     from prunelab.study import load_spec
 
-    spec = load_spec(args.spec)
-    missing = spec.missing_data_root() if args.data_check else None
+    spec = load_spec(args.spec, import_user_code=False)
+    missing = (spec.missing_data_root() or spec.unusable_cache() or spec.oversized_model()) if args.data_check \
+        else None
     if missing:
         raise PrunelabError(f"{args.spec}: {missing}; pass --no-data-check to check a spec for another machine")
     runs = spec.expand()
     by_method = Counter(r.method for r in runs)
     print(f"{args.spec}: ok: study {spec.name!r}, {len(runs)} runs (" +
           ", ".join(f"{m} {n}" for m, n in by_method.items()) + ")")
+    if spec.plugins:
+        print(f"  plugins {', '.join(spec.plugins)}: found, not imported (validate runs no code from the spec; "
+              f"study run imports them)")
+    if spec.unchecked:
+        print(f"  not checked: method(s) {', '.join(spec.unchecked)}, of kinds no imported module registers "
+              f"(from the plugins)")
     if args.list:
         for r in runs:
             print(f"  {r.run_id}  {r.label}")

@@ -35,6 +35,7 @@ from prunelab.cli.common import (
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
+from prunelab.train.progress import stage
 
 
 def add_arguments(parser) -> None:
@@ -110,7 +111,8 @@ def run(args) -> int:
                          f"({config.batch_size} per process), {trainer.feed.n_per_rank} samples per process per "
                          f"epoch\n")
         sys.stdout.flush()
-    result = trainer.fit()
+    with stage(f"training {args.model} on {data.name}"):
+        result = trainer.fit()
     model = model.cpu().eval()
     final = result.final
     summary: dict[str, Any] = {

@@ -96,6 +96,9 @@ class DataBundle:
         if aug.pad and aug.pad_mode == "reflect" and len(shape) == 3 and aug.pad >= min(shape[1:]):
             raise PrunelabError(f"augmentation pad {aug.pad} with reflect padding must be smaller than the "
                                 f"{self.input_shape[1]}x{self.input_shape[2]} images")
+        if aug.pad and len(shape) == 3 and aug.pad > max(shape[1:]):  # each batch is padded in memory
+            raise PrunelabError(f"augmentation pad {aug.pad} must be at most the size of the "
+                                f"{self.input_shape[1]}x{self.input_shape[2]} images")
 
     @property
     def streamed(self) -> bool:

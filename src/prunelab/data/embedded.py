@@ -18,6 +18,7 @@ from prunelab.data.base import Augment, DataBundle
 from prunelab.data.registry import register_dataset
 from prunelab.data.splits import channel_stats, normalize, stratified_split, to_split
 from prunelab.errors import PrunelabError, check_choice, require
+from prunelab.resources import check_claim
 
 # The test split of the embedded sets never moves with the user's seed: it is drawn once with this seed.
 _TEST_SPLIT_SEED = 20180101
@@ -92,6 +93,8 @@ def load_mnist1d(root=None, *, val_fraction: float = 0.1, seed: int = 0, num_sam
     check_choice("mnist1d layout", layout, ["channels", "time"])
     if int(num_samples) < 100:
         raise PrunelabError(f"mnist1d num_samples must be >= 100, got {num_samples}")
+    # make_dataset builds float64 signals of length 40 and several intermediate copies of them
+    check_claim(f"mnist1d with {int(num_samples):,} samples", int(num_samples) * 40 * 8 * 6)
     x, y, x_test, y_test = _mnist1d_arrays(int(num_samples))
     length = x.shape[1]
     if layout == "channels":

@@ -24,6 +24,7 @@ from prunelab.data.base import Augment, DataBundle
 from prunelab.data.registry import register_dataset
 from prunelab.data.splits import channel_stats, check_fraction, normalize, stratified_split, to_split
 from prunelab.errors import PrunelabError, require
+from prunelab.resources import check_claim
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 
@@ -108,6 +109,10 @@ def load_imagefolder(root, *, val_fraction: float = 0.0, seed: int = 0, size: in
     for c in classes:
         if not _images(train_dir / c):
             raise _layout_error(root, f"class folder train/{c} holds no images")
+    count = sum(len(_images(d)) for split in (train_dir, val_dir) for d in _class_dirs(split))
+    # decoded as bytes, then as float32 (and its normalised copy)
+    check_claim(f"imagefolder {root} ({count:,} images at {channels}x{size}x{size})",
+                count * channels * size * size * 9)
     mode = "RGB" if channels == 3 else "L"
     x, y = _read_split(root, train_dir, classes, size, mode, keep_aspect)
     x_test, y_test = _read_split(root, val_dir, classes, size, mode, keep_aspect)

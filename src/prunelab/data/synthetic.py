@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from prunelab.data.base import Augment, DataBundle, Split
 from prunelab.data.registry import register_dataset
 from prunelab.errors import PrunelabError
+from prunelab.resources import check_claim
 
 
 def _parse_shape(shape) -> tuple[int, ...]:
@@ -86,8 +87,12 @@ def load_synthetic(root=None, *, val_fraction: float | None = None, seed: int = 
         total = n_train + n_val
         n_val = int(round(total * float(val_fraction)))
         n_train = total - n_val
-    if mix < 0 or noise < 0:
-        raise PrunelabError(f"synthetic mix and noise must be >= 0, got {mix}, {noise}")
+    if not (math.isfinite(mix) and math.isfinite(noise) and mix >= 0 and noise >= 0):
+        raise PrunelabError(f"synthetic mix and noise must be finite numbers >= 0, got {mix}, {noise}")
+    n = n_train + n_val + n_test
+    # the samples, and the noise and class-mixing terms drawn for them, before they are summed
+    check_claim(f"synthetic data of {n:,} samples of shape {'x'.join(map(str, dims))} and {num_classes:,} classes",
+                4 * (2 * n * math.prod(dims) + num_classes * math.prod(dims) + 2 * n * num_classes))
     g = torch.Generator().manual_seed(int(seed))
     protos = _prototypes(dims, num_classes, g)
     train = _samples(protos, n_train, mix, noise, g)

@@ -50,7 +50,11 @@ class ArchSpec:
     def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
         if not isinstance(d, dict) or "family" not in d:
             raise PrunelabError("architecture spec must be a mapping with a 'family' key")
-        return cls(str(d["family"]), dict(d.get("kwargs") or {}))
+        kwargs = d.get("kwargs") or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise PrunelabError(f"architecture spec 'kwargs' must map argument names to values, got "
+                                f"{type(kwargs).__name__}")
+        return cls(str(d["family"]), dict(kwargs))
 
     def with_kwargs(self, **overrides: Any) -> ArchSpec:
         kw = copy.deepcopy(self.kwargs)
@@ -178,13 +182,15 @@ def resolve(name_or_spec: str | ArchSpec | dict, **overrides: Any) -> ArchSpec:
 
 
 def create(name_or_spec: str | ArchSpec | dict, **overrides: Any) -> nn.Module:
-    """Build a model from a registry name or an ArchSpec. Keyword overrides replace spec kwargs."""
+    """Build a model from a registry name or an ArchSpec. Keyword overrides replace spec kwargs.
+
+    Widths and depths are data (a checkpoint, a flag): a model that would not fit in the memory
+    available, or whose constructor rejects them, is one :class:`PrunelabError` line (see
+    :mod:`prunelab.models.budget`)."""
+    from prunelab.models.budget import build_within_budget
+
     spec = resolve(name_or_spec, **overrides)
-    fam = get_family(spec.family)
-    try:
-        return fam.build(**spec.kwargs)
-    except TypeError as exc:
-        raise PrunelabError(f"cannot build {spec.family} with {sorted(spec.kwargs)}: {exc}") from exc
+    return build_within_budget(get_family(spec.family).build, spec.family, spec.kwargs)
 
 
 def width_units(model: nn.Module, spec: ArchSpec) -> list[WidthUnit]:

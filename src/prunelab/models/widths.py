@@ -26,6 +26,8 @@ def round_width(width: float, round_to: int = 1) -> int:
     """A channel count: ``width`` rounded half up to a multiple of ``round_to``, at least ``round_to``."""
     if round_to < 1:
         raise PrunelabError(f"channel rounding multiple must be >= 1, got {round_to}")
+    if not math.isfinite(width / round_to):  # a multiplier of 1e308 times a width: no channel count
+        raise PrunelabError(f"a scaled width of {width} channels is not a finite number; use a smaller multiplier")
     return max(round_to, int(math.floor(width / round_to + 0.5)) * round_to)
 
 

@@ -42,6 +42,10 @@ from prunelab.protocols.build import fit_spec_to_data
 from prunelab.protocols.gates import GateBank, GateClamp, GatePenalty
 from prunelab.protocols.targets import Measurer, format_metric
 from prunelab.train.callbacks import Callback
+from prunelab.train.progress import stage
+
+#: gate-learning epochs (the reference learns gates for 10 on CIFAR); more is a typo, not a recipe
+MAX_GATE_EPOCHS = 10_000
 
 
 @dataclass
@@ -72,6 +76,8 @@ class PFSConfig:
             raise PrunelabError(f"PFS sparsity ratio r must lie in (0, 1], got {self.ratio}")
         if self.epochs < 1:
             raise PrunelabError(f"PFS gate learning needs at least 1 epoch, got {self.epochs}")
+        if self.epochs > MAX_GATE_EPOCHS:  # gate learning runs its epochs whatever --max-steps says
+            raise PrunelabError(f"PFS gate learning takes at most {MAX_GATE_EPOCHS:,} epochs, got {self.epochs}")
         if not self.lr > 0:
             raise PrunelabError(f"PFS gate learning rate must be positive, got {self.lr}")
         if not 0.0 <= self.holdout < 1.0:
@@ -440,14 +446,17 @@ def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_co
     else:
         gated = expanded_spec(default, pfs.expansion, pfs.expansion_mode)
     _check_budget_reachable(gated, target, reference, shape, pfs.tol)
-    learning, _ = learn_gates(default, data, pfs, gate_config if gate_config is not None else train_config,
-                              init_from=init_from)
-    structure = select_structure(learning.spec, learning.units, learning.gates, target, reference, shape,
-                                 tol=pfs.tol)
+    with stage(f"learning channel gates (epochs: {pfs.epochs})"):
+        learning, _ = learn_gates(default, data, pfs, gate_config if gate_config is not None else train_config,
+                                  init_from=init_from)
+    with stage("selecting the structure at the MACs budget"):
+        structure = select_structure(learning.spec, learning.units, learning.gates, target, reference, shape,
+                                     tol=pfs.tol)
     scratch = None
     if train:
         arch = PrunedArchitecture(structure.spec, None, default, "pfs")
-        scratch = train_from_scratch(arch, data, train_config, budget=budget)
+        with stage(f"training the selected structure from scratch (Scratch-{budget})"):
+            scratch = train_from_scratch(arch, data, train_config, budget=budget)
     return PFSResult(learning, structure, scratch)
 
 

@@ -31,6 +31,8 @@ from prunelab.study.store import STORE_NAME, Claim, ResultsStore, default_out_di
 log = logging.getLogger("prunelab.study")
 
 DEFAULT_LEASE_S = 120.0
+#: processes a runner may start per CPU of this machine (each trains a model; more only thrash)
+MAX_PROCESSES_PER_CPU = 4
 
 
 @dataclass
@@ -159,6 +161,8 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     if executor == "torchrun" and (isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int)
                                    or nproc_per_node < 1):
         raise PrunelabError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
+    if executor != "ray":  # a Ray cluster has its own CPUs
+        _check_processes(workers * (nproc_per_node if executor == "torchrun" else 1), workers)
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
     if tracker is None and spec.tracker:
@@ -167,8 +171,14 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
         from prunelab.track import check_tracker
 
         check_tracker(tracker)  # a missing extra is one line before any run
-    if executor != "ray":  # a Ray cluster's data may live only on its workers
+    if executor != "ray":  # a Ray cluster's data and cache may live only on its workers
+        unusable = spec.unusable_cache() or spec.oversized_model()
+        if unusable:
+            raise PrunelabError(f"{spec.source or spec.name}: {unusable}")
         _check_data(spec)
+    from prunelab.io import check_folder
+
+    check_folder(Path(out) if out is not None else default_out_dir(spec.name), "study folder")
     spec, out_dir, store = prepare_study(spec, out, update=update)
     out_dir = out_dir.resolve()
     try:
@@ -193,6 +203,14 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
 
         result.report = write_report(result.store_path, out_dir / "report").markdown
     return result
+
+
+def _check_processes(processes: int, workers: int) -> None:
+    """Refuse more worker processes than this machine can run (:data:`MAX_PROCESSES_PER_CPU`)."""
+    cpus = os.cpu_count() or 1
+    if workers > 1 and processes > MAX_PROCESSES_PER_CPU * cpus:
+        raise PrunelabError(f"--workers {workers} would start {processes:,} processes; this machine has {cpus} "
+                            f"CPU(s): at most {MAX_PROCESSES_PER_CPU * cpus} ({MAX_PROCESSES_PER_CPU} per CPU)")
 
 
 def _check_data(spec: StudySpec) -> None:

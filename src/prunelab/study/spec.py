@@ -23,9 +23,14 @@ overrides training settings; every other key is a parameter of the method's kind
 
 Everything is checked before a run starts: malformed YAML (with its line), unknown keys, unknown
 model / dataset / method kind / protocol names, the type and range of every training and ``measure``
-setting (a device by its form: it need not be present on the machine that validates), impossible
+setting (a device by its form: it need not be present on the machine that validates; ``measure``'s
+``min_time_s`` at most 60 seconds and ``repeats`` at most 100,000), impossible
 targets, methods that expand to no runs, and combinations a kind cannot run. ``plugins`` are imported
-first, so the kinds they register can be used. Errors are one line, prefixed with ``file:line`` where
+first, so the kinds they register can be used (``study validate`` runs no code from the spec: it only
+finds them, and leaves the methods of kinds they would register unchecked). The study ``name`` names its
+folder: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit. The YAML itself is
+bounded (size, nesting depth, nodes and aliases; see :mod:`prunelab.study.yaml_limits`), and so is the
+number of runs a spec expands to (:data:`MAX_RUNS`). Errors are one line, prefixed with ``file:line`` where
 the YAML tells us. Numbers follow YAML 1.2: ``1e-3`` is a float (PyYAML's YAML 1.1 would read a string).
 """
 
@@ -46,10 +51,15 @@ import yaml
 from prunelab.errors import PrunelabError, unknown_choice
 from prunelab.study.run import RunConfig, canonical_json, config_hash
 from prunelab.study.targets import check_target
+from prunelab.study.yaml_limits import MAX_BYTES, LimitedComposer, YAMLLimitError, check_size
 
 TOP_KEYS = ("name", "description", "data", "train", "models", "methods", "targets", "protocols", "seeds",
             "measure", "plugins", "cache", "exclude", "include", "runs", "tracker")
 METHOD_RESERVED = ("name", "kind", "protocols", "targets", "train")
+#: a study name names its folder (studies/<name>): no path separators, no '.' or '..', no hidden folder
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: runs one spec may expand to (each is a training run; the largest recipe has a few hundred)
+MAX_RUNS = 100_000
 PATTERN_KEYS = ("model", "method", "kind", "protocol", "target", "seed")
 ENTRY_KEYS = {"model": "models", "method": "methods", "target": "targets", "protocol": "protocols",
               "seed": "seeds"}
@@ -71,8 +81,8 @@ class _Seq(list):
     item_lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(LimitedComposer, yaml.SafeLoader):
+    """A SafeLoader within the size, depth, node and alias limits of :mod:`prunelab.study.yaml_limits`."""
 
 
 # YAML 1.2 floats with an exponent (1e-3, 5E+2, -1e-4, 1.0e3): PyYAML follows YAML 1.1, whose floats need
@@ -210,6 +220,9 @@ class StudySpec:
     #: of the normalised spec (it changes where results are copied to, not what is computed)
     tracker: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: methods whose kind comes from a plugin that was not imported (``study validate`` runs no user
+    #: code): their runs are not expanded or checked
+    unchecked: list[str] = field(default_factory=list)
     source: str | None = None
     text: str | None = None
     _where: _Where = field(default_factory=lambda: _Where(None), repr=False, compare=False)
@@ -222,6 +235,39 @@ class StudySpec:
         root = self.data.root
         if get_dataset_entry(self.data.name).needs_root and root and not Path(root).expanduser().exists():
             return f"data root {root!r} of dataset {self.data.name!r} does not exist on this machine"
+        return None
+
+    def oversized_model(self) -> str | None:
+        """Why a model of the study would not fit in this machine's memory (counted on the ``meta``
+        device, without building it), or ``None``."""
+        from prunelab.models import get_entry, get_family, list_models
+        from prunelab.models.budget import describe_spec, meta_size
+        from prunelab.resources import check_claim
+
+        zoo = set(list_models())
+        for m in self.models:
+            if m.name not in zoo:
+                continue
+            spec = get_entry(m.name).spec.with_kwargs(**m.kwargs)
+            size = meta_size(get_family(spec.family).build, spec.kwargs)
+            try:
+                check_claim(f"model {m.label} ({describe_spec(spec.family, spec.kwargs)})", size or 0,
+                            "its parameters and buffers")
+            except PrunelabError as exc:
+                return str(exc)
+        return None
+
+    def unusable_cache(self) -> str | None:
+        """Why this machine cannot keep the study's ``cache`` folder (a file, not writable, on a kernel or
+        device file system), or ``None``."""
+        if not self.cache:
+            return None
+        from prunelab.io import check_folder
+
+        try:
+            check_folder(Path(self.cache).expanduser(), "cache")
+        except PrunelabError as exc:
+            return str(exc)
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,23 +298,39 @@ class StudySpec:
 
 # ---------------------------------------------------------------- parsing
 
-def load_spec(path: str | os.PathLike) -> StudySpec:
-    """Read and check a study spec file (see module doc). Raises a one-line PrunelabError."""
+def load_spec(path: str | os.PathLike, *, import_user_code: bool = True) -> StudySpec:
+    """Read and check a study spec file (see module doc). Raises a one-line PrunelabError.
+
+    ``import_user_code=False`` (``study validate``) imports no ``plugins``: each must be found on the
+    module path, and methods of kinds no imported module registers are left unchecked
+    (:attr:`StudySpec.unchecked`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PrunelabError(f"study spec not found: {path}")
+    if not path.is_file():
+        raise PrunelabError(f"study spec {path} is not a regular file")
     try:
-        text = path.read_text()
+        with path.open("rb") as fh:  # never more than the limit, whatever the file claims to be
+            data = fh.read(MAX_BYTES + 1)
+        check_size(len(data) if len(data) <= MAX_BYTES else path.stat().st_size, "the study spec")
+        text = data.decode("utf-8")
+    except YAMLLimitError as exc:
+        raise PrunelabError(f"{path}: {exc.message}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PrunelabError(f"cannot read study spec {path}: {exc}") from exc
-    return parse_spec(text, source=str(path))
+    return parse_spec(text, source=str(path), import_user_code=import_user_code)
 
 
-def parse_spec(text: str, source: str | None = None) -> StudySpec:
-    """Parse and check a spec from YAML text; ``source`` names the file in error messages."""
+def parse_spec(text: str, source: str | None = None, *, import_user_code: bool = True) -> StudySpec:
+    """Parse and check a spec from YAML text; ``source`` names the file in error messages
+    (``import_user_code``: see :func:`load_spec`)."""
     where = _Where(source)
     try:
+        check_size(len(text.encode("utf-8", "surrogatepass")), "the study spec")
         doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader subclass
+    except YAMLLimitError as exc:
+        line = f":{exc.line}" if exc.line else ""
+        raise PrunelabError(f"{source or 'study spec'}{line}: {exc.message}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"{mark.line + 1}" if mark is not None else "?"
@@ -280,7 +342,7 @@ def parse_spec(text: str, source: str | None = None) -> StudySpec:
         raise PrunelabError(f"{source or 'study spec'}: empty study spec")
     if not isinstance(doc, _Map):
         raise PrunelabError(f"{where()}a study spec is a mapping with keys {', '.join(TOP_KEYS)}")
-    spec = _parse(doc, where)
+    spec = _parse(doc, where, import_user_code)
     spec.text = text
     spec.source = source
     spec.expand()  # checks names, targets and combinations before anything runs
@@ -292,7 +354,7 @@ def spec_from_dict(d: dict[str, Any]) -> StudySpec:
     return parse_spec(yaml.safe_dump(_plain(d), sort_keys=False))
 
 
-def _parse(doc: _Map, where: _Where) -> StudySpec:
+def _parse(doc: _Map, where: _Where, import_user_code: bool = True) -> StudySpec:
     unknown = [k for k in doc if k not in TOP_KEYS]
     if unknown:
         raise where.error(doc, unknown[0], f"unknown study key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
@@ -300,14 +362,15 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
         if key not in doc:
             raise where.error(doc, None, f"study spec needs {key!r}")
     name = doc["name"]
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise where.error(doc, "name", f"study name must be a non-empty string without '/', got {name!r}")
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name.strip()):
+        raise where.error(doc, "name", f"study name must be 1 to 100 letters, digits, '.', '_' or '-', starting "
+                                       f"with a letter or digit (it names the study's folder), got {name!r}")
     plugins = _string_list(doc, "plugins", where)
     if plugins:  # first: they may register the method kinds (and more) that the rest of the spec names
-        from prunelab.study.tasks import import_plugins
+        from prunelab.study.tasks import find_plugins, import_plugins
 
         try:
-            import_plugins(plugins)
+            import_plugins(plugins) if import_user_code else find_plugins(plugins)
         except PrunelabError as exc:
             raise where.error(doc, "plugins", str(exc)) from None
     spec = StudySpec(
@@ -316,7 +379,7 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
         data=_parse_data(doc, where),
         train=_parse_train(doc, "train", where),
         models=_parse_models(doc, where),
-        methods=_parse_methods(doc, where),
+        methods=_parse_methods(doc, where, lenient=bool(plugins) and not import_user_code),
         seeds=_parse_seeds(doc, "seeds", where) if "seeds" in doc else [0],
         targets=_parse_targets(doc, "targets", where) if doc.get("targets") is not None else [None],
         protocols=_parse_protocols(doc, "protocols", where) if doc.get("protocols") is not None else [None],
@@ -327,6 +390,7 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
         _where=where,
     )
     spec._nodes = {"doc": doc}
+    spec.unchecked = [m.name for m in spec.methods if m.kind in _unregistered_kinds(spec.methods)]
     spec.exclude, spec._nodes["exclude"] = _parse_patterns(doc, "exclude", spec, where)
     spec.include, spec._nodes["include"] = _parse_patterns(doc, "include", spec, where)
     spec.runs, spec._nodes["runs"] = _parse_entries(doc, spec, where)
@@ -340,6 +404,14 @@ def _mapping(node: _Map, key: str, where: _Where) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise where.error(node, key, f"{key!r} must be a mapping, got {type(value).__name__}")
     return _plain(value)
+
+
+#: bounds of a latency measurement per run (seconds of timed calls, and calls): each is paid per
+#: batch size, thread count and run, so a typo there would keep a study busy for days
+MAX_MEASURE_MIN_TIME_S = 60.0
+MAX_MEASURE_REPEATS = 100_000
+#: the largest batch a study measures latency at (inputs of that many samples are built at once)
+MAX_MEASURE_BATCH = 1 << 16
 
 
 def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
@@ -358,15 +430,18 @@ def _parse_measure(doc: _Map, where: _Where) -> dict[str, Any]:
             raise where.error(node, key, f"measure latency must be true or false, got {value!r}")
         if key == "batch_sizes":
             sizes = _as_list(value)
-            if not sizes or not all(_positive_int(b) for b in sizes):
-                raise where.error(node, key, f"measure batch_sizes must be positive integers, got {value!r}")
+            if not sizes or not all(_positive_int(b) and b <= MAX_MEASURE_BATCH for b in sizes):
+                raise where.error(node, key, f"measure batch_sizes must be positive integers, at most "
+                                             f"{MAX_MEASURE_BATCH:,}, got {value!r}")
         elif key == "threads" and value is not None and not _positive_int(value):
             raise where.error(node, key, f"measure threads must be a positive integer or null, got {value!r}")
-        elif key == "repeats" and not _positive_int(value):
-            raise where.error(node, key, f"measure repeats must be a positive integer, got {value!r}")
+        elif key == "repeats" and not (_positive_int(value) and value <= MAX_MEASURE_REPEATS):
+            raise where.error(node, key, f"measure repeats must be a positive integer, at most "
+                                         f"{MAX_MEASURE_REPEATS:,}, got {value!r}")
         elif key == "min_time_s" and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not math.isfinite(value) or value < 0):
-            raise where.error(node, key, f"measure min_time_s must be a number >= 0, got {value!r}")
+                                      or not 0 <= value <= MAX_MEASURE_MIN_TIME_S):
+            raise where.error(node, key, f"measure min_time_s must be a number >= 0, at most "
+                                         f"{MAX_MEASURE_MIN_TIME_S:g} seconds, got {value!r}")
         elif key == "device":
             if not isinstance(value, str):
                 raise where.error(node, key, f"measure device must be a device name (cpu, cuda, cuda:N), "
@@ -505,7 +580,9 @@ def _parse_models(doc: _Map, where: _Where) -> list[ModelSpec]:
     return out
 
 
-def _parse_methods(doc: _Map, where: _Where) -> list[MethodSpec]:
+def _parse_methods(doc: _Map, where: _Where, lenient: bool = False) -> list[MethodSpec]:
+    """The methods axis. ``lenient``: a kind no module registered may come from a plugin that was not
+    imported (``study validate``); it is left unchecked instead of refused."""
     from prunelab.study.tasks import get_kind
 
     items = doc["methods"]
@@ -524,7 +601,8 @@ def _parse_methods(doc: _Map, where: _Where) -> list[MethodSpec]:
         try:
             get_kind(kind)
         except PrunelabError as exc:
-            raise where.error(node, "kind" if "kind" in item else "name", str(exc)) from None
+            if not lenient:
+                raise where.error(node, "kind" if "kind" in item else "name", str(exc)) from None
         if any(m.name == item["name"] for m in out):
             raise where.error(node, "name", f"method name {item['name']!r} is used twice")
         protocols = _parse_protocols(item, "protocols", where) if item.get("protocols") is not None else None
@@ -712,11 +790,14 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
     entry_nodes = spec._nodes.get("runs") or [doc] * len(entries)
     models = {m.label: m for m in spec.models}
     candidates: list[tuple[RunConfig, Any]] = []
+    planned = 0
     for entry, node in zip(entries, entry_nodes):
         methods = [spec.method(n) for n in entry.get("method", [m.name for m in spec.methods])]
         labels = entry.get("model", list(models))
         seeds = entry.get("seed", spec.seeds)
         for method in methods:
+            if method.name in spec.unchecked:
+                continue
             kind = get_kind(method.kind)
             protocols = entry.get("protocol", method.protocols if method.protocols is not None else spec.protocols)
             targets = entry.get("target", method.targets if method.targets is not None else spec.targets)
@@ -725,6 +806,10 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
             empty = next((axis for axis, values in axes.items() if not values), None)
             if empty is not None:
                 raise _empty_axis_error(spec, entry, node, method, empty)
+            planned += math.prod(len(v) for v in axes.values())
+            if planned > MAX_RUNS:  # counted before any run is built
+                raise where.error(doc, None, f"the study expands to more than {MAX_RUNS:,} runs (at least "
+                                             f"{planned:,}); the limit is {MAX_RUNS:,}: split it or fix its axes")
             for protocol, target, label, seed in itertools.product(*axes.values()):
                 if kind.protocols and protocol is None:
                     protocol = kind.protocols[0]
@@ -742,7 +827,7 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
     for name in ("exclude", "include"):
         patterns = getattr(spec, name)
         for pattern, pnode in zip(patterns, spec._nodes.get(name) or [None] * len(patterns)):
-            if not any(_matches(pattern, run) for run, _ in candidates):
+            if not any(_matches(pattern, run) for run, _ in candidates) and not _may_match_unchecked(spec, pattern):
                 raise where.error(pnode, None, f"{name} pattern {_plain(pattern)} matches no run")
     if spec.exclude:
         candidates = [(r, n) for r, n in candidates if not any(_matches(p, r) for p in spec.exclude)]
@@ -788,9 +873,18 @@ def _expand(spec: StudySpec) -> list[RunConfig]:
             except PrunelabError as exc:
                 raise where.error(method_node, None, f"method {run.method!r}: {exc}") from None
         runs.setdefault(run.run_id, run)
-    if not runs:
+    if not runs and not spec.unchecked:
         raise where.error(doc, None, "the study has no runs (check 'exclude', 'include' and 'runs')")
     return list(runs.values())
+
+
+def _may_match_unchecked(spec: StudySpec, pattern: dict[str, list[Any]]) -> bool:
+    """Whether a pattern may select runs of unchecked methods (see :attr:`StudySpec.unchecked`)."""
+    if not spec.unchecked:
+        return False
+    kinds = {m.kind for m in spec.methods if m.name in spec.unchecked}
+    return not ({"method", "kind"} & set(pattern)) or bool(set(pattern.get("method", [])) & set(spec.unchecked)) \
+        or bool(set(pattern.get("kind", [])) & kinds)
 
 
 def _empty_axis_error(spec: StudySpec, entry: dict[str, Any], entry_node: Any, method: MethodSpec,
@@ -825,6 +919,14 @@ def _unknown_model_kwargs(model: str, kwargs: dict[str, Any]) -> str | None:
     if not unknown:
         return None
     return f"model {model!r}: unknown kwargs {unknown}; valid: {', '.join(params)}"
+
+
+def _unregistered_kinds(methods: list[MethodSpec]) -> set[str]:
+    """Kinds of ``methods`` that no imported module registered (only possible with lenient parsing)."""
+    from prunelab.study.tasks import list_kinds
+
+    known = set(list_kinds())
+    return {m.kind for m in methods if m.kind not in known}
 
 
 def _method_node(spec: StudySpec, name: str) -> Any:

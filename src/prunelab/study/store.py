@@ -134,7 +134,7 @@ def resolve_store_path(study: str | os.PathLike) -> Path:
     if path.suffix in (".yaml", ".yml"):
         from prunelab.study.spec import load_spec
 
-        return default_out_dir(load_spec(path).name) / STORE_NAME
+        return default_out_dir(load_spec(path, import_user_code=False).name) / STORE_NAME
     if path.suffix in (".db", ".sqlite", ".sqlite3") or path.is_file():
         return path
     raise PrunelabError(f"no study at {path}: give a study folder, its results.db, or the spec YAML")

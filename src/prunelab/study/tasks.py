@@ -183,3 +183,20 @@ def import_plugins(modules: Iterable[str]) -> None:
             raise PrunelabError(f"plugin module {name!r} cannot be imported: {exc}") from exc
         except Exception as exc:  # the module itself fails (SyntaxError, an error it raises): still one line
             raise PrunelabError(f"plugin module {name!r} cannot be imported: {type(exc).__name__}: {exc}") from exc
+
+
+def find_plugins(modules: Iterable[str]) -> None:
+    """Check, without importing (running) them, that the plugin modules can be found: the top-level
+    package of each must be on the module path. ``study validate`` uses this, so checking a spec never
+    executes code from it; ``study run`` imports them (:func:`import_plugins`)."""
+    import importlib.util
+
+    for name in modules:
+        top = name.split(".")[0]
+        try:
+            found = importlib.util.find_spec(top) is not None  # a top-level name: nothing is imported
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise PrunelabError(f"plugin module {name!r} cannot be imported: no module named {top!r} on this "
+                                f"machine's module path")

@@ -12,6 +12,10 @@ from typing import Any
 from prunelab.errors import PrunelabError
 
 OPTIMIZERS = ("sgd", "adam")
+#: the largest float32: optimiser settings are applied to float32 weights
+FLOAT32_MAX = 3.4028234663852886e38
+#: seeds go from 0 to this: what torch's and NumPy's generators both take
+MAX_SEED = 2**63 - 1
 SCHEDULES = ("multistep", "cosine", "constant", "step", "linear")
 LR_STEPS = ("iteration", "epoch")
 AMP_DTYPES = ("bfloat16", "float16")
@@ -141,6 +145,13 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         self.check_types(strict=False)
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
+            raise TrainSettingError("seed", f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
+        for f in fields(self):  # counts go to torch and NumPy as 64-bit integers
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+                raise TrainSettingError(f.name, f"training setting {f.name!r} is out of range: integers go from "
+                                                f"{-(2**63)} to {2**63 - 1}, got {value}")
         if self.optimizer not in OPTIMIZERS:
             raise PrunelabError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -149,6 +160,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise PrunelabError(f"{name} must be a finite number, got {value}")
+            if name in ("lr", "weight_decay", "gamma") and abs(value) > FLOAT32_MAX:
+                raise TrainSettingError(name, f"{name} must be at most {FLOAT32_MAX:.3g} (the largest float32, "
+                                              f"the type the optimiser applies it in), got {value}")
         if self.epochs < 0:
             raise PrunelabError(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -179,6 +193,9 @@ class TrainConfig:
             raise PrunelabError("resume needs a training state path (--state PATH / checkpoint)")
         if self.schedule == "step" and self.step_size <= 0:
             raise PrunelabError(f"step_size must be > 0 for the step schedule, got {self.step_size}")
+        if not all(math.isfinite(m) and abs(m) < 2**63 for m in self.milestones):
+            raise TrainSettingError("milestones", f"milestones must be finite numbers below 2**63, got "
+                                                  f"{self.milestones}")
         if any(m < 0 for m in self.milestones):
             raise PrunelabError(f"milestones must be >= 0 (epochs, or fractions of epochs when < 1), got "
                                 f"{self.milestones}")

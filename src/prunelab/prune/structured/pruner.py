@@ -35,6 +35,7 @@ from prunelab.prune.structured.plan import make_plan
 from prunelab.prune.structured.schedule import IterativePruning
 from prunelab.prune.structured.select import removal_order, select
 from prunelab.prune.structured.targets import Target, measure_latency_ms
+from prunelab.train.progress import stage
 
 SCHEDULES = ("iterative", "oneshot")
 COST_METRICS = ("macs", "params")
@@ -108,7 +109,8 @@ class StructuredPruner:
         self.spec = spec
         self.previous_plan = previous_plan
         t0 = time.perf_counter()
-        self.groups = groups or find_groups(model, self.input_shape, config.scope, config.exclude, spec=spec)
+        with stage("finding channel groups"):
+            self.groups = groups or find_groups(model, self.input_shape, config.scope, config.exclude, spec=spec)
         self.group_seconds = time.perf_counter() - t0
         if not len(self.groups):
             why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:3])
@@ -262,7 +264,9 @@ class StructuredPruner:
             if data is None:
                 raise PrunelabError(f"one-shot pruning with criterion {self.config.criterion!r} needs training "
                                     f"data to accumulate its scores")
-            accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size, device)
+            with stage(f"accumulating the {self.config.criterion} scores"):
+                accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size,
+                           device)
         order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 

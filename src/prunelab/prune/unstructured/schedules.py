@@ -234,6 +234,10 @@ class RoundResult:
     history: list[dict] = field(default_factory=list)
 
 
+#: prune / fine-tune rounds of iterative pruning (Frankle & Carbin 2019 use up to about 30)
+MAX_ROUNDS = 100
+
+
 def prune_iterative(model: nn.Module, data, train_config, config: PruneConfig, *, rounds: int,
                     rewind_state: dict[str, torch.Tensor] | None = None, rewind_epoch: int | None = None,
                     batch: tuple[torch.Tensor, torch.Tensor] | None = None, input_shape: Sequence[int] | None = None,
@@ -247,6 +251,8 @@ def prune_iterative(model: nn.Module, data, train_config, config: PruneConfig, *
     """
     from prunelab.train import Trainer
 
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise PrunelabError(f"rounds must be 1 to {MAX_ROUNDS}, got {rounds}")
     _check_scheduled(config)
     check_feasible(model, config)
     if rewind_epoch is not None and rewind_state is None and rewind_epoch >= max(1, train_config.epochs):
