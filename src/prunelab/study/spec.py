@@ -14,6 +14,9 @@ Example::
     seeds: 3                                   # or [0, 1, 2]
     exclude: [{method: gmp, target: {params: 20000}}]
 
+``claims:`` (optional) states the hypotheses the report tests, each a paired comparison of two arms
+(see :mod:`prunelab.study.claims`); they are checked against the runs but change none of them.
+
 ``runs:`` (optional) lists sub-products instead of the full product: each entry may fix
 ``model(s)``, ``method(s)``, ``target(s)``, ``protocol(s)``, ``seed(s)`` and takes the study's axes for
 the rest. ``exclude`` / ``include`` are patterns over ``model``, ``method``, ``kind``, ``protocol``,
@@ -48,7 +51,7 @@ from prunelab.study.run import RunConfig, canonical_json, config_hash
 from prunelab.study.targets import check_target
 
 TOP_KEYS = ("name", "description", "data", "train", "models", "methods", "targets", "protocols", "seeds",
-            "measure", "plugins", "cache", "exclude", "include", "runs")
+            "measure", "plugins", "cache", "exclude", "include", "runs", "claims")
 METHOD_RESERVED = ("name", "kind", "protocols", "targets", "train")
 PATTERN_KEYS = ("model", "method", "kind", "protocol", "target", "seed")
 ENTRY_KEYS = {"model": "models", "method": "methods", "target": "targets", "protocol": "protocols",
@@ -206,6 +209,7 @@ class StudySpec:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)  # prunelab.study.claims.Claim, checked against the runs
     description: str = ""
     source: str | None = None
     text: str | None = None
@@ -235,6 +239,10 @@ class StudySpec:
     @property
     def spec_hash(self) -> str:
         return config_hash(self.to_dict())
+
+    def claims_dict(self) -> list[dict[str, Any]]:
+        """The checked claims as plain mappings (what the results store records for the report)."""
+        return [c.to_dict() for c in self.claims]
 
     def method(self, name: str) -> MethodSpec:
         for m in self.methods:
@@ -280,7 +288,11 @@ def parse_spec(text: str, source: str | None = None) -> StudySpec:
     spec = _parse(doc, where)
     spec.text = text
     spec.source = source
-    spec.expand()  # checks names, targets and combinations before anything runs
+    runs = spec.expand()  # checks names, targets and combinations before anything runs
+    if spec.claims:
+        from prunelab.study.claims import check_claims
+
+        spec.claims = check_claims(spec.claims, runs, spec.measure, where.error)
     return spec
 
 
@@ -326,6 +338,10 @@ def _parse(doc: _Map, where: _Where) -> StudySpec:
     spec.exclude, spec._nodes["exclude"] = _parse_patterns(doc, "exclude", spec, where)
     spec.include, spec._nodes["include"] = _parse_patterns(doc, "include", spec, where)
     spec.runs, spec._nodes["runs"] = _parse_entries(doc, spec, where)
+    if doc.get("claims") is not None:
+        from prunelab.study.claims import parse_claims
+
+        spec.claims = parse_claims(doc["claims"], doc, where.error)
     return spec
 
 
