@@ -198,7 +198,7 @@ def test_findings_grown_cost_cut_layers_and_budgets(claims_study):
     assert "m: red at sparsity=0.5 costs more than the dense model (MACs +50.0%)" in text
     cut = text[text.index("| model | method @ target | layers cut |"):].split("\n\n")[0].splitlines()[2:]
     series = {line.split(" | ")[1].split(" @ ")[0] for line in cut}
-    assert series == {"dense", "gmp / finetune", "gmp / scratch-e", "twin / finetune", "rnd / finetune", "red"}
+    assert series == {"gmp / finetune", "gmp / scratch-e", "twin / finetune", "rnd / finetune", "red"}
     assert all(" | none | " in line or "layer" in line.split(" | ")[2] for line in cut)
     assert "## Training budgets" in text and "fine-tuning budgets differ" in text
 
@@ -246,3 +246,33 @@ def test_checklist_items_fail_when_their_evidence_goes(claims_study):
     split = results.copy()
     split.loc[(split["method"] == "rnd") & (split["seed"] == 1), "dense_model"] = "other"
     assert missing(split) == {"the same dense checkpoint per seed for every method"}
+
+
+def test_notes_on_mt_l1_and_missed_targets():
+    import pandas as pd
+
+    from prunelab.report.findings import identical_masks, l1_collapse, missed_targets
+
+    gmp = {"kind": "global-magnitude", "params": {"schedule": "oneshot", "mt": None, "mt_percent": None}}
+    mt = {"kind": "global-magnitude", "params": {"schedule": "oneshot", "mt": None, "mt_percent": 0.3}}
+    rows = [{"status": "done", "model": "m", "method": name, "protocol": "finetune", "target": t, "seed": s,
+             "mask_hash": f"{t}{s}" if t != "sparsity=0.98" or name == "gmp" else "other", "config": cfg}
+            for name, cfg in (("gmp", gmp), ("gmp+mt", mt)) for t in ("sparsity=0.9", "sparsity=0.98")
+            for s in (0, 1)]
+    (note,) = identical_masks(pd.DataFrame(rows))
+    assert note.startswith("m: MT inactive at sparsity=0.9: gmp+mt / finetune is identical to gmp / finetune")
+    assert note.endswith("they differ at sparsity=0.98.")
+
+    results = pd.DataFrame([{"status": "done", "run_id": run, "kind": kind} for run, kind in (("r1", "l1"),
+                                                                                             ("r2", "fisher"))])
+    layers = pd.DataFrame([{"run_id": run, "name": "block1.conv1", "target": "params_ratio=0.2", "layer_sparsity": 1.0}
+                           for run in ("r1", "r2")])
+    text = l1_collapse(results, layers)
+    assert "cut whole layers in 1 run(s)" in text and "l1-normalized" in text
+    assert l1_collapse(results, layers.assign(layer_sparsity=0.5)) is None
+
+    runs = pd.DataFrame([{"status": "done", "model": "m", "method": "l1", "protocol": "finetune",
+                          "target": "params_ratio=0.2", "target_metric": "params", "target_count": 1000,
+                          "params": p, "config": {}} for p in (850, 870)])
+    assert missed_targets(runs) == [["m", "l1 / finetune", "params_ratio=0.2", "1k params", "860", "-14.0%"]]
+    assert missed_targets(runs.assign(params=990)) == []

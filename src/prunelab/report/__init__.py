@@ -182,7 +182,9 @@ def write_report(study: str | os.PathLike, out: str | os.PathLike | None = None)
             doc.add(Heading("Training budgets"))
             doc.add(Paragraph("Optimiser steps each method spent after the dense model (mean over targets and "
                               "seeds): fine-tuning, including the steps taken while channels were removed, or the "
-                              "whole training of a network trained from scratch. " + " ".join(budget_notes)))
+                              "whole training of a network trained from scratch, which follows the dense recipe's "
+                              "epochs (Scratch-E, reduced, copied and gradual) or its compute (Scratch-B, more "
+                              "epochs for a smaller network). " + " ".join(budget_notes)))
             doc.add(Table(["model", "method", "start", "epochs", "training steps", "pruning steps", "total steps"],
                           budget_rows))
     else:

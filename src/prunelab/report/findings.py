@@ -125,11 +125,14 @@ def missed_targets(results: pd.DataFrame, tolerance: float = TARGET_TOLERANCE) -
 
 
 def cut_layers(layers: pd.DataFrame, summary: pd.DataFrame, results: pd.DataFrame) -> list[list[str]]:
-    """One row per method / protocol at its sparsest target: the layers it cut (or none), its sparsest
-    layer with the weights it kept, its top-1 and whether that is near chance."""
+    """One row per method / protocol (the dense baseline aside) at its sparsest target: the layers it cut
+    (or none), its sparsest layer with the weights it kept, its top-1 and whether that is near chance."""
     table = sparsest_target_layers(layers)
     if table.empty:
         return []
+    done = _done(results)
+    dense = {_label(r) for _, r in done.iterrows() if r.get("kind_role") == "dense"} if len(done) else set()
+    table = table[~table["label"].isin(dense)]  # the unpruned baseline cuts nothing
     classes = pd.to_numeric(results.get("num_classes", pd.Series(dtype=float)), errors="coerce").dropna()
     chance = 1.0 / float(classes.iloc[0]) if len(classes) else None
     rows = []
@@ -163,14 +166,15 @@ def l1_collapse(results: pd.DataFrame, layers: pd.DataFrame) -> str | None:
             "between layers: layers whose filters have few or small weights (small fan-in, or initialised and "
             "trained to a smaller scale) have small norms throughout, so one unnormalised global ranking empties "
             "them first, the channel-level form of the layer collapse of Gupta et al. (2022). Li et al. (2017) "
-            "rank filters within each layer; the l1-normalized criterion compares each filter with the filters of "
-            "its own layer and keeps every layer alive.")
+            "rank filters within each layer; the per-layer-normalised variant, criterion l1-normalized, ranks each "
+            "filter against the filters of its own layer, so no layer is emptied for having small norms.")
 
 
 def budgets(results: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
-    """Rows (model, series, epochs, steps, pruning steps, total) of the training each method spent after
-    the dense model (from scratch: all of it), and one sentence per model on whether the fine-tuning
-    budgets are equal."""
+    """Rows (model, series, start, epochs, steps, pruning steps, total) of the training each method spent
+    after the dense model: fine-tuning (protocol ``finetune``, with the steps taken while channels were
+    removed) or the whole training of a network trained from scratch; and one sentence per model on
+    whether the fine-tuning budgets are equal."""
     df = _done(results)
     if "train_steps" not in df.columns:
         return [], []
@@ -184,7 +188,7 @@ def budgets(results: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
     rows, notes = [], []
     for model in dict.fromkeys(df["model"]):
         part = df[df["model"] == model]
-        starts = set(part.loc[part["dense_model"].notna(), "series"]) if "dense_model" in part.columns else set()
+        starts = set(part.loc[part["protocol"] == "finetune", "series"])  # the others train from scratch
         finetuned = {}
         for series, g in part.groupby("series", sort=False):
             epochs = pd.to_numeric(g["train_epochs"], errors="coerce").mean() if "train_epochs" in g else math.nan
