@@ -88,7 +88,9 @@ def _latency_section(doc: Document, figures: dict[str, Figure], summary: pd.Data
         f"Median latency of one forward pass (eager PyTorch) on {opts.get('device', 'cpu')}"
         + (f" with {threads} thread(s)" if threads else "") + ", timed after each run trained its model; "
         "one pair of plots per batch size. Points are targets, error bars are the sample standard deviation over "
-        "seeds. Timings compare models within one study on one machine; they are not portable across machines."))
+        "seeds. Timings compare models within one study on one machine; they are not portable across machines, "
+        "and a machine busy with other work (other runs training beside the one timed, with more workers than "
+        "free cores) makes them noisy: time latency claims on an otherwise idle machine."))
     for measure in measures:
         for fig in (latency_figure(summary, measure, out_dir / f"{measure}_vs_params.png"),
                     tradeoff_figure(summary, measure, out_dir / f"acc_vs_{measure}.png")):

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from prunelab.report.aggregate import batch_latency_columns, series_label
 from prunelab.report.document import Document, Heading, Paragraph, Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MIN_POINTS = 5
 MIN_SEEDS = 3
@@ -40,6 +42,8 @@ def _done(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    import pandas as pd  # lazily: an optional dependency of the report
+
     return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
 
 
@@ -53,6 +57,8 @@ def _pruned(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _labels(df: pd.DataFrame) -> pd.Series:
+    import pandas as pd  # lazily: an optional dependency of the report
+
     return pd.Series([f"{m}: {series_label(me, p)}" for m, me, p in zip(df["model"], df["method"], df["protocol"])],
                      index=df.index, dtype=object)
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import itertools
 import math
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from prunelab.report.aggregate import series_label, sparsest_target_layers
 from prunelab.report.document import Document, Heading, Paragraph, Table
 from prunelab.report.tables import fmt_count, fmt_pct
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TARGET_TOLERANCE = 0.05
 CUT = 0.999
@@ -86,6 +88,8 @@ def identical_masks(results: pd.DataFrame) -> list[str]:
 
 def grown_costs(summary: pd.DataFrame) -> list[str]:
     """Sentences naming the results whose MACs or parameters exceed the dense model's."""
+    import pandas as pd  # lazily: an optional dependency of the report
+
     notes = []
     if summary.empty:
         return notes
@@ -127,6 +131,8 @@ def missed_targets(results: pd.DataFrame, tolerance: float = TARGET_TOLERANCE) -
 def cut_layers(layers: pd.DataFrame, summary: pd.DataFrame, results: pd.DataFrame) -> list[list[str]]:
     """One row per method / protocol (the dense baseline aside) at its sparsest target: the layers it cut
     (or none), its sparsest layer with the weights it kept, its top-1 and whether that is near chance."""
+    import pandas as pd  # lazily: an optional dependency of the report
+
     table = sparsest_target_layers(layers)
     if table.empty:
         return []
@@ -175,6 +181,8 @@ def budgets(results: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
     after the dense model: fine-tuning (protocol ``finetune``, with the steps taken while channels were
     removed) or the whole training of a network trained from scratch; and one sentence per model on
     whether the fine-tuning budgets are equal."""
+    import pandas as pd  # lazily: an optional dependency of the report
+
     df = _done(results)
     if "train_steps" not in df.columns:
         return [], []
