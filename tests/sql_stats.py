@@ -30,3 +30,22 @@ def sql_stats(db: Path, x: str, y: str = "acc", *, by_model: bool = True) -> dic
         label = method if protocol is None else f"{method} / {protocol}"
         out[(*model, label, target)] = (mx, _std(sx, mx, n), my, _std(sy, my, n), n)
     return out
+
+
+def sql_paired(db: Path, model: str, a: tuple[str, str | None], b: tuple[str, str | None], targets: list[str],
+               expr: str = "100.0 * (a.acc - b.acc)") -> dict[int, float]:
+    """``seed -> mean over targets of expr`` for the runs of arms ``a`` and ``b`` (method, protocol) of
+    ``model`` paired by target and seed; only seeds with every target done for both arms (a claim's
+    per-seed differences, computed in SQL alone)."""
+    marks = ", ".join("?" for _ in targets)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            f"SELECT a.seed, AVG({expr}), COUNT(*) FROM runs a JOIN runs b ON a.model = b.model AND "
+            f"a.target = b.target AND a.seed = b.seed WHERE a.status = 'done' AND b.status = 'done' AND "
+            f"a.model = ? AND a.method = ? AND a.protocol IS ? AND b.method = ? AND b.protocol IS ? AND "
+            f"a.target IN ({marks}) GROUP BY a.seed HAVING COUNT(*) = ? ORDER BY a.seed",
+            (model, *a, *b, *targets, len(targets))).fetchall()
+    finally:
+        conn.close()
+    return {int(seed): float(mean) for seed, mean, _ in rows}

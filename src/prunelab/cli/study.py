@@ -126,7 +126,8 @@ def _validate(args) -> int:
     runs = spec.expand()
     by_method = Counter(r.method for r in runs)
     print(f"{args.spec}: ok: study {spec.name!r}, {len(runs)} runs (" +
-          ", ".join(f"{m} {n}" for m, n in by_method.items()) + ")")
+          ", ".join(f"{m} {n}" for m, n in by_method.items()) + ")"
+          + (f", {len(spec.claims)} claims" if spec.claims else ""))
     if spec.plugins:
         print(f"  plugins {', '.join(spec.plugins)}: found, not imported (validate runs no code from the spec; "
               f"study run imports them)")

@@ -130,3 +130,25 @@ def out_width(module: nn.Module) -> int:
     """Output channels / features of a conv or linear layer, read from its weight (robust to layers
     whose attributes were not updated when a plan sliced the weight)."""
     return int(module.weight.shape[0])
+
+
+#: default input length of a 1-D (``dims=1``) zoo network: MNIST-1D's 40 steps (Greydanus & Kobak 2020)
+SIGNAL_LENGTH = 40
+
+
+def check_dims(dims: Any) -> int:
+    """The spatial dimensions of a convolutional family: 2 (images, Conv2d) or 1 (signals, Conv1d)."""
+    if dims not in (1, 2) or isinstance(dims, bool):
+        raise PrunelabError(f"dims must be 1 (Conv1d, signals) or 2 (Conv2d, images), got {dims!r}")
+    return int(dims)
+
+
+def conv_bn(dims: int) -> tuple[type[nn.Module], type[nn.Module]]:
+    """(convolution, BatchNorm) classes for ``dims`` spatial dimensions."""
+    return (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+
+
+def default_shape(kwargs: dict, size: int = 32) -> tuple[int, ...]:
+    """A convolutional family's default input shape: (C, size, size) for images, (C, 40) for ``dims: 1``."""
+    channels = int(kwargs.get("in_channels", 3))
+    return (channels, SIGNAL_LENGTH) if int(kwargs.get("dims", 2)) == 1 else (channels, size, size)

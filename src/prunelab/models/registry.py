@@ -249,7 +249,9 @@ def fit_spec(spec: ArchSpec, num_classes: int | None, input_shape: tuple[int, ..
 
     A zoo model registered for CIFAR-10 (3x32x32, 10 classes) then builds for any data set: images and
     1-D signals are channels-first, so ``in_channels`` is ``input_shape[0]``; sequences are (T, F), so a
-    recurrent ``input_size`` is the features per step; ``in_features`` is the flattened size.
+    recurrent ``input_size`` is the features per step; ``in_features`` is the flattened size. A family
+    with a ``dims`` setting (1-D or 2-D convolutions) takes the data's: a (C, L) signal builds the 1-D
+    network, a (C, H, W) image the 2-D one.
     """
     import inspect
     import math
@@ -270,5 +272,9 @@ def fit_spec(spec: ArchSpec, num_classes: int | None, input_shape: tuple[int, ..
             overrides["in_features"] = math.prod(shape)
         if "input_size" in params and len(shape) == 2:
             overrides["input_size"] = shape[-1]
+        if "dims" in params and len(shape) in (2, 3):
+            default = params["dims"].default
+            if spec.kwargs.get("dims", default) != len(shape) - 1:
+                overrides["dims"] = len(shape) - 1
     changed = {k: v for k, v in overrides.items() if spec.kwargs.get(k) != v}
     return spec.with_kwargs(**changed) if changed else spec

@@ -13,6 +13,9 @@ Shortcuts where the stride or width changes:
 * option ``"A"`` (He et al.'s parameter-free variant, as in the widely used CIFAR code of
   Y. Idelbayev): spatial subsampling and zero-padding of the new channels.
 
+``dims=1`` builds the same network with 1-D convolutions (BatchNorm1d, option B shortcuts only) for
+signals such as MNIST-1D (1 x 40); widths, width units and module names are those of the 2-D network.
+
 Initialisation follows the reference of each option: option B uses PFS's rule (conv weights
 N(0, sqrt(2 / (k*k*out_channels))), BN gamma 1 / beta 0, PyTorch's default for the classifier);
 option A uses ``kaiming_normal_`` (fan-in) on every conv and linear weight.
@@ -31,9 +34,12 @@ from prunelab.models.common import (
     BN_TYPES,
     CONV_TYPES,
     bn_constant_,
+    check_dims,
     check_int,
     check_positive,
     check_widths,
+    conv_bn,
+    default_shape,
     he_fan_out_init,
     he_normal_fan_in_,
     out_width,
@@ -65,20 +71,22 @@ class ZeroPadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """conv3x3(in->mid, stride)-BN-ReLU-conv3x3(mid->out)-BN, add shortcut, ReLU."""
 
-    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int, shortcut: str) -> None:
+    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int, shortcut: str,
+                 dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid_planes)
+        conv, bn = conv_bn(dims)
+        self.conv1 = conv(in_planes, mid_planes, 3, stride, 1, bias=False)
+        self.bn1 = bn(mid_planes)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(mid_planes, out_planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = conv(mid_planes, out_planes, 3, 1, 1, bias=False)
+        self.bn2 = bn(out_planes)
         self.relu2 = nn.ReLU()
         if stride == 1 and in_planes == out_planes:
             self.shortcut: nn.Module = nn.Sequential()
         elif shortcut == "B":
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride, bias=False),
-                nn.BatchNorm2d(out_planes),
+                conv(in_planes, out_planes, 1, stride, bias=False),
+                bn(out_planes),
             )
         else:
             self.shortcut = ZeroPadShortcut(in_planes, out_planes, stride)
@@ -96,21 +104,22 @@ class CifarResNet(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int], stage_block_widths: Sequence[Sequence[int]], *,
-                 shortcut: str = "B", num_classes: int = 10, in_channels: int = 3) -> None:
+                 shortcut: str = "B", num_classes: int = 10, in_channels: int = 3, dims: int = 2) -> None:
         super().__init__()
+        conv, bn = conv_bn(dims)
         self.shortcut_type = shortcut
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.conv1 = conv(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = bn(widths[0])
         self.relu = nn.ReLU()
         in_planes = widths[0]
         for s, (width, mids) in enumerate(zip(widths, stage_block_widths)):
             blocks = []
             for b, mid in enumerate(mids):
                 stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(BasicBlock(in_planes, mid, width, stride, shortcut))
+                blocks.append(BasicBlock(in_planes, mid, width, stride, shortcut, dims))
                 in_planes = width
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(in_planes, num_classes)
 
     def stages(self) -> list[nn.Sequential]:
@@ -132,13 +141,13 @@ def blocks_per_stage(depth: int) -> int:
 
 def resnet_cifar(depth: int = 20, widths: Sequence[int] = DEFAULT_WIDTHS, block_widths: Sequence[int] | None = None,
                  width_mult: float = 1.0, shortcut: str = "B", num_classes: int = 10,
-                 in_channels: int = 3) -> CifarResNet:
+                 in_channels: int = 3, dims: int = 2) -> CifarResNet:
     """Build a CIFAR ResNet.
 
     ``widths``: stem/stage-1, stage-2 and stage-3 widths (the residual stream), scaled by
     ``width_mult`` (PFS's expansion ``e`` is ``width_mult = e / 16``). ``block_widths``: the internal
     width of each of the 3n blocks, in forward order; default = its stage width. Explicit
-    ``block_widths`` are absolute (not scaled).
+    ``block_widths`` are absolute (not scaled). ``dims``: 2 (images) or 1 (signals; option B only).
     """
     n = blocks_per_stage(depth)
     shortcut = check_choice("CIFAR ResNet shortcut option", str(shortcut).upper(), SHORTCUTS)
@@ -148,11 +157,14 @@ def resnet_cifar(depth: int = 20, widths: Sequence[int] = DEFAULT_WIDTHS, block_
         mids = [w for w in stage for _ in range(n)]
     else:
         mids = check_widths("block_widths", block_widths, 3 * n)
+    dims = check_dims(dims)
+    if shortcut == "A" and dims == 1:
+        raise PrunelabError("shortcut option A pads 2-D feature maps; use option B with dims 1")
     if shortcut == "A" and any(b < a for a, b in zip(stage, stage[1:])):
         raise PrunelabError(f"shortcut option A pads channels, so stage widths must not decrease, got {stage}")
     model = CifarResNet(stage, [mids[i * n:(i + 1) * n] for i in range(3)], shortcut=shortcut,
                         num_classes=check_int("num_classes", num_classes),
-                        in_channels=check_int("in_channels", in_channels))
+                        in_channels=check_int("in_channels", in_channels), dims=dims)
     init(model)
     return model
 
@@ -184,7 +196,7 @@ def init(model: CifarResNet) -> None:
 
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
-    return (int(kwargs.get("in_channels", 3)), 32, 32)
+    return default_shape(kwargs)
 
 
 def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:

@@ -8,6 +8,8 @@ conv's output channels), without the pooling markers, whose places are fixed by 
 
 PFS pools inline in ``forward`` (``nn.AvgPool2d(2)(x)``), so its MAC counter misses the pool; here
 it is a module and is counted (512 x 2 x 2 = 2,048 MACs for VGG-16 on 32x32).
+``dims=1`` builds the same network with 1-D convolutions and pools (signals such as MNIST-1D, 1 x 40:
+the four pools take 40 steps to 2).
 Initialisation as PFS: conv N(0, sqrt(2 / (k*k*out_channels))), BN gamma **0.5** / beta 0,
 linear N(0, 0.01) with bias 0.
 """
@@ -20,7 +22,17 @@ import torch
 from torch import nn
 
 from prunelab.errors import check_choice
-from prunelab.models.common import check_int, check_positive, check_widths, he_fan_out_init, out_width, scaled
+from prunelab.models.common import (
+    check_dims,
+    check_int,
+    check_positive,
+    check_widths,
+    conv_bn,
+    default_shape,
+    he_fan_out_init,
+    out_width,
+    scaled,
+)
 from prunelab.models.registry import WidthUnit, register_family, register_model
 from prunelab.models.widths import scale_units
 
@@ -33,27 +45,28 @@ STAGE_MULT = (1, 2, 4, 8, 8)
 class ConvBNReLU(nn.Sequential):
     """conv3x3 (no bias)-BN-ReLU, with PFS's module names ``conv``, ``bn``, ``relu``."""
 
-    def __init__(self, in_planes: int, out_planes: int) -> None:
+    def __init__(self, in_planes: int, out_planes: int, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_planes, out_planes, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_planes)
+        conv, bn = conv_bn(dims)
+        self.conv = conv(in_planes, out_planes, 3, padding=1, bias=False)
+        self.bn = bn(out_planes)
         self.relu = nn.ReLU()
 
 
 class CifarVGG(nn.Module):
     def __init__(self, stages: Sequence[int], cfg: Sequence[int], *, num_classes: int = 10,
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, dims: int = 2) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         planes, i = in_channels, 0
         for s, count in enumerate(stages):
             for _ in range(count):
-                layers.append(ConvBNReLU(planes, cfg[i]))
+                layers.append(ConvBNReLU(planes, cfg[i], dims))
                 planes, i = cfg[i], i + 1
             if s < len(stages) - 1:
-                layers.append(nn.MaxPool2d(2, 2))
+                layers.append(nn.MaxPool1d(2, 2) if dims == 1 else nn.MaxPool2d(2, 2))
         self.feature = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,16 +78,16 @@ def default_cfg(depth: int, base: int = 64) -> list[int]:
 
 
 def vgg(depth: int = 16, cfg: Sequence[int] | None = None, width_mult: float = 1.0, num_classes: int = 10,
-        in_channels: int = 3) -> CifarVGG:
+        in_channels: int = 3, dims: int = 2) -> CifarVGG:
     """Build a CIFAR VGG-BN. ``cfg``: width of each conv in order (8/10/13/16 entries); default
     c, 2c, 4c, 8c, 8c per stage with c = 64 x ``width_mult`` (PFS's expansion ``e`` is
-    ``width_mult = e / 64``). An explicit ``cfg`` is absolute."""
+    ``width_mult = e / 64``). An explicit ``cfg`` is absolute. ``dims``: 2 (images) or 1 (signals)."""
     depth = int(check_choice("VGG depth", str(depth), [str(d) for d in STAGES]))
     if cfg is None:
         cfg = [scaled(w, check_positive("width_mult", width_mult)) for w in default_cfg(depth)]
     cfg = check_widths("cfg", cfg, sum(STAGES[depth]))
     model = CifarVGG(STAGES[depth], cfg, num_classes=check_int("num_classes", num_classes),
-                     in_channels=check_int("in_channels", in_channels))
+                     in_channels=check_int("in_channels", in_channels), dims=check_dims(dims))
     init(model)
     return model
 
@@ -95,7 +108,7 @@ def init(model: nn.Module) -> None:
 
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
-    return (int(kwargs.get("in_channels", 3)), 32, 32)
+    return default_shape(kwargs)
 
 
 # Its width units are all its widths (``cfg``).

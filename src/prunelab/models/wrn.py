@@ -13,6 +13,9 @@ internal width to int(group width x bottle_mult) (their ``WideResNetBottle`` red
 2022); their model returns log-probabilities, ours returns logits (same argmax and loss under
 cross-entropy).
 
+``dims=1`` builds the same network with 1-D convolutions (kernel 3, BatchNorm1d) for signals such as
+MNIST-1D (1 x 40): the widths, width units and module names are those of the 2-D network.
+
 Module names follow pytorch-prunes (``block1.layer.0.convShortcut``...), so its checkpoints load.
 Initialisation as there: conv N(0, sqrt(2 / (k*k*out_channels))), BN gamma 1 / beta 0, linear
 bias 0 (weight by PyTorch's default rule).
@@ -27,10 +30,13 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import (
+    check_dims,
     check_fraction,
     check_int,
     check_positive,
     check_widths,
+    conv_bn,
+    default_shape,
     he_fan_out_init,
     out_width,
     scaled,
@@ -42,17 +48,19 @@ from prunelab.models.widths import scale_explicit, scale_list
 class WideBlock(nn.Module):
     """Pre-activation basic block with an explicit internal width."""
 
-    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int, dropout: float) -> None:
+    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int, dropout: float,
+                 dims: int = 2) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        conv, bn = conv_bn(dims)
+        self.bn1 = bn(in_planes)
         self.relu1 = nn.ReLU()
-        self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid_planes)
+        self.conv1 = conv(in_planes, mid_planes, 3, stride, 1, bias=False)
+        self.bn2 = bn(mid_planes)
         self.relu2 = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(mid_planes, out_planes, 3, 1, 1, bias=False)
+        self.conv2 = conv(mid_planes, out_planes, 3, 1, 1, bias=False)
         needs_projection = in_planes != out_planes or stride != 1
-        self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False) if needs_projection else None
+        self.convShortcut = conv(in_planes, out_planes, 1, stride, 0, bias=False) if needs_projection else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu1(self.bn1(x))
@@ -75,20 +83,21 @@ class WideResNet(nn.Module):
     """``widths`` = [stem, group1, group2, group3]; ``group_block_widths[g][b]`` the internal widths."""
 
     def __init__(self, widths: Sequence[int], group_block_widths: Sequence[Sequence[int]], *, dropout: float = 0.0,
-                 num_classes: int = 10, in_channels: int = 3) -> None:
+                 num_classes: int = 10, in_channels: int = 3, dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        conv, bn = conv_bn(dims)
+        self.conv1 = conv(in_channels, widths[0], 3, 1, 1, bias=False)
         in_planes = widths[0]
         for g, (width, mids) in enumerate(zip(widths[1:], group_block_widths)):
             blocks = []
             for b, mid in enumerate(mids):
                 stride = 2 if g > 0 and b == 0 else 1
-                blocks.append(WideBlock(in_planes, mid, width, stride, dropout))
+                blocks.append(WideBlock(in_planes, mid, width, stride, dropout, dims))
                 in_planes = width
             self.add_module(f"block{g + 1}", WideGroup(blocks))
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = bn(in_planes)
         self.relu = nn.ReLU()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
 
     def groups(self) -> list[WideGroup]:
@@ -110,12 +119,12 @@ def blocks_per_group(depth: int) -> int:
 
 def wrn(depth: int = 16, widen_factor: float = 1.0, widths: Sequence[int] | None = None,
         block_widths: Sequence[int] | None = None, bottle_mult: float = 1.0, dropout: float = 0.0,
-        num_classes: int = 10, in_channels: int = 3) -> WideResNet:
+        num_classes: int = 10, in_channels: int = 3, dims: int = 2) -> WideResNet:
     """Build WRN-depth-k.
 
     ``widths``: [stem, group1, group2, group3]; default [16, int(16k), int(32k), int(64k)].
     ``block_widths``: internal width of each of the 3n blocks in forward order; default
-    int(group width x ``bottle_mult``). Explicit lists are absolute.
+    int(group width x ``bottle_mult``). Explicit lists are absolute. ``dims``: 2 (images) or 1 (signals).
     """
     n = blocks_per_group(depth)
     k = check_positive("WRN widen_factor", widen_factor)
@@ -132,7 +141,7 @@ def wrn(depth: int = 16, widen_factor: float = 1.0, widths: Sequence[int] | None
         mids = check_widths("block_widths", block_widths, 3 * n)
     model = WideResNet(widths, [mids[i * n:(i + 1) * n] for i in range(3)], dropout=dropout,
                        num_classes=check_int("num_classes", num_classes),
-                       in_channels=check_int("in_channels", in_channels))
+                       in_channels=check_int("in_channels", in_channels), dims=check_dims(dims))
     init(model)
     return model
 
@@ -154,7 +163,7 @@ def init(model: nn.Module) -> None:
 
 
 def input_shape(kwargs: dict) -> tuple[int, ...]:
-    return (int(kwargs.get("in_channels", 3)), 32, 32)
+    return default_shape(kwargs)
 
 
 def scale_width(spec: ArchSpec, mult: float, round_to: int = 1) -> ArchSpec:

@@ -15,14 +15,17 @@ import pandas as pd
 
 from prunelab.errors import unknown_choice
 from prunelab.io import atomic_write
-from prunelab.report.aggregate import batch_latency_columns, batch_of, series_label
+from prunelab.report.aggregate import batch_latency_columns, batch_of, sparsest_target_layers
 
 AXES = {
     "params": ("parameters", "params"),
     "macs": ("MACs (batch 1)", "macs"),
-    "sparsity": ("sparsity (fraction of prunable weights removed)", "sparsity"),
+    "sparsity": ("sparsity (conv/linear weights zeroed, or absent from a smaller architecture)", "sparsity"),
+    "density": ("sparsity (log scale of the density 1 - sparsity)", "density"),
     "latency_ms": ("measured latency (ms)", "latency_ms"),
 }
+#: densities (1 - sparsity) that get a tick on a density axis, labelled by their sparsity
+DENSITY_TICKS = (2.0, 1.5, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001)
 
 
 @dataclass
@@ -61,11 +64,39 @@ def _pyplot():
 
 
 def _save(plt, fig, path: Path) -> None:
-    """Write ``fig`` as a PNG atomically: a killed or failed report never leaves a partial picture."""
+    """Write ``fig`` as a PNG atomically: a killed or failed report never leaves a partial picture. The
+    bounding box takes in everything drawn, legends placed outside the axes included."""
     try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"), binary=True)
     finally:
         plt.close(fig)
+
+
+def _wrap(text: str, width: int) -> str:
+    """A title broken into lines of at most ``width`` characters, so no title is cut at the figure's edge."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _legend_below(ax, n_items: int) -> None:
+    """The legend under the axes (outside the plotting area, so it never covers data)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=2 if n_items > 3 else 1,
+              frameon=False)
+
+
+def _density_axis(ax, xs: list[float]) -> None:
+    """A log axis of the density 1 - sparsity, reversed so sparsity grows to the right, ticks labelled by
+    their sparsity: 90%, 95%, 98% and 99% are evenly spread instead of piled against the edge."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    lo, hi = min(xs), max(xs)
+    ax.set_xlim(hi * 1.3, lo / 1.3)
+    ticks = [d for d in DENSITY_TICKS if lo / 1.3 <= d <= hi * 1.3] or [lo, hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda d, _: f"{100 * (1 - d):.4g}%"))
 
 
 def _nan_to_zero(values: list[float]) -> list[float]:
@@ -115,8 +146,10 @@ def _series(summary: pd.DataFrame, x: str, y: str, y_scale: float = 1.0) -> list
     return series
 
 
-def _draw(series: list[Series], path: Path, xlabel: str, ylabel: str, title: str, log_x: bool) -> None:
-    """One panel per model, one curve per series with x and y error bars; written as a PNG."""
+def _draw(series: list[Series], path: Path, xlabel: str, ylabel: str, title: str, log_x: bool,
+          density: bool = False) -> None:
+    """One panel per model, one curve per series with x and y error bars, the legend under each panel;
+    written as a PNG. ``density``: x holds densities, drawn on a reversed log axis labelled by sparsity."""
     plt = _pyplot()
     models = list(dict.fromkeys(s.model for s in series))
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
@@ -126,32 +159,35 @@ def _draw(series: list[Series], path: Path, xlabel: str, ylabel: str, title: str
             ax.errorbar(s.x, s.y, yerr=_nan_to_zero(s.y_std), xerr=_nan_to_zero(s.x_std), marker="o", markersize=4,
                         capsize=3, linewidth=1.2, linestyle="-" if len(s.x) > 1 else "none", label=s.label)
         xs = [v for s in panel for v in s.x if v > 0]
-        if log_x and xs and max(xs) / min(xs) > 20:
+        if density and xs:
+            _density_axis(ax, xs)
+        elif log_x and xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
-        if xs and max(xs) >= 1e4:  # counts: 20k, 1.5M rather than long digit strings that overlap
+        if not density and xs and max(xs) >= 1e4:  # counts: 20k, 1.5M rather than long digit strings
             from matplotlib.ticker import EngFormatter
 
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_title(model)
-        ax.set_xlabel(xlabel)
+        ax.set_title(_wrap(model, 45), fontsize=10)
+        ax.set_xlabel(_wrap(xlabel, 55), fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{title} (mean ± std over seeds)")
+        _legend_below(ax, len(panel))
+    fig.suptitle(_wrap(f"{title} (mean ± std over seeds)", 50 * len(models)))
     fig.tight_layout()
     _save(plt, fig, path)
 
 
 def tradeoff_figure(summary: pd.DataFrame, x: str, path: Path) -> Figure | None:
-    """Top-1 accuracy (%) against ``x`` (params, macs, sparsity, latency_ms or a per-batch latency
-    ``latency_ms_b<N>``), one curve per method / protocol, error bars = standard deviation over seeds.
-    None when no run reports ``x``."""
+    """Top-1 accuracy (%) against ``x`` (params, macs, sparsity, density, latency_ms or a per-batch
+    latency ``latency_ms_b<N>``), one curve per method / protocol, error bars = standard deviation over
+    seeds. ``density`` (1 - sparsity) is drawn on a reversed log axis labelled by sparsity, where the
+    high sparsities (90, 95, 98, 99%) are spread out. None when no run reports ``x``."""
     xlabel = axis_label(x)
     series = _series(summary, x, "acc", 100.0)
     if not series:
         return None
     title = f"accuracy vs {xlabel.split(' (')[0]}"
-    _draw(series, path, xlabel, "top-1 accuracy (%)", title, log_x=x in ("params", "macs"))
+    _draw(series, path, xlabel, "top-1 accuracy (%)", title, log_x=x in ("params", "macs"), density=x == "density")
     return Figure(f"acc_vs_{x}", path, title, xlabel, "top-1 accuracy (%)", series)
 
 
@@ -171,26 +207,12 @@ def latency_figure(summary: pd.DataFrame, latency: str, path: Path) -> Figure | 
 def layer_figure(layers: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Figure | None:
     """Per-layer sparsity of each method / protocol at its sparsest target (mean over seeds): a layer at
     sparsity 1 has collapsed (no path through it is left; Tanaka et al. 2020, Gupta et al. 2022 sec. 3)."""
-    if layers.empty or "layer_sparsity" not in layers.columns or layers["layer_sparsity"].isna().all():
-        return None
-    df = layers[layers["layer_sparsity"].notna()].copy()
-    df["label"] = [series_label(m, p) for m, p in zip(df["method"], df["protocol"])]
+    table = sparsest_target_layers(layers)
     series: list[Series] = []
-    for model in dict.fromkeys(df["model"]):
-        for label in dict.fromkeys(df[df["model"] == model]["label"]):
-            part = df[(df["model"] == model) & (df["label"] == label)]
-            # the sparsest target: the highest mean layer sparsity over its runs
-            by_target = part.groupby("target", dropna=False, sort=False)["layer_sparsity"].mean()
-            target = by_target.idxmax()
-            chosen = part[part["target"] == target] if target is not None and not pd.isna(target) else \
-                part[part["target"].isna()]
-            per_layer = chosen.groupby(["idx", "name"], sort=True)["layer_sparsity"].agg(["mean", "std", "count"])
-            series.append(Series(model=model, label=f"{label} @ {target}",
-                                 x=[float(i) for i, _ in per_layer.index],
-                                 y=[float(v) for v in per_layer["mean"]],
-                                 y_std=[float(v) for v in per_layer["std"]],
-                                 n=[int(v) for v in per_layer["count"]],
-                                 points=[str(name) for _, name in per_layer.index]))
+    for (model, label, target), part in table.groupby(["model", "label", "target"], sort=False, dropna=False):
+        series.append(Series(model=model, label=f"{label} @ {target}", x=[float(i) for i in part["idx"]],
+                             y=[float(v) for v in part["mean"]], y_std=[float(v) for v in part["std"]],
+                             n=[int(v) for v in part["count"]], points=[str(name) for name in part["name"]]))
     if not series:
         return None
     plt = _pyplot()
@@ -208,9 +230,10 @@ def layer_figure(layers: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Fig
         ax.axhline(1.0, color="red", linewidth=0.8, linestyle="--")
         ax.set_ylim(-0.02, 1.05)
         ax.set_ylabel("layer sparsity")
-        ax.set_title(f"{model}: per-layer sparsity at the sparsest target (red line: layer collapse)")
+        ax.set_title(_wrap(f"{model}: per-layer sparsity at the sparsest target (red line: layer collapse)", 80),
+                     fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     _save(plt, fig, path)
     return Figure("layer_sparsity", path, "per-layer sparsity", "layer", "sparsity", series)

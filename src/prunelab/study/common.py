@@ -59,8 +59,9 @@ def model_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig
 
     ``params``: parameters that remain (non-zero ones when the model carries unstructured masks);
     ``macs``: MACs at batch 1 (sparse-aware with masks); ``sparsity``: zero fraction of the Conv/Linear
-    weights; ``base_params`` / ``base_macs``: the same for ``base`` (the unpruned model; ``model`` itself
-    when None). With ``measure: {latency: true}`` in the study, also ``latency_ms`` (median, batch
+    weights (``sparsity_kind`` ``masked``, with the masks' ``mask_hash``; ``dense`` without masks);
+    ``base_params`` / ``base_macs``: the same for ``base`` (the unpruned model; ``model`` itself when None).
+    With ``measure: {latency: true}`` in the study, also ``latency_ms`` (median, batch
     ``measure.batch_sizes[0]``, default 1) and ``latency_ms_b<N>`` for every batch size.
     """
     from prunelab.measure import count_macs, count_params
@@ -72,7 +73,10 @@ def model_metrics(model: nn.Module, input_shape: tuple[int, ...], run: RunConfig
         "params_total": counts.params,
         "macs": count_macs(model, input_shape, sparse=masked),
         "sparsity": 1.0 - counts.nonzero_conv_linear / max(1, counts.conv_linear_weights),
+        "sparsity_kind": "masked" if masked else "dense",
     }
+    if masked:
+        metrics["mask_hash"] = mask_fingerprint(model)
     if base is None:
         metrics["base_params"], metrics["base_macs"] = counts.params, count_macs(model, input_shape)
     else:
@@ -111,12 +115,46 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str,
     return [asdict(row) for row in layer_table(model, input_shape)]
 
 
-def final_metrics(final: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy and loss from a trainer's final row: ``acc`` / ``loss`` on test, ``val_acc`` / ``val_loss``."""
-    out = {"acc": final.get("test_acc"), "loss": final.get("test_loss")}
+def final_metrics(final: dict[str, Any], data=None) -> dict[str, Any]:
+    """Accuracy and loss from a trainer's final row: ``acc`` / ``loss`` on test, ``val_acc`` / ``val_loss``;
+    ``train_epochs`` / ``train_steps`` of the training that produced the model (0 when it was only
+    evaluated); ``model_selection``: which model is reported (the last epoch's: no run picks an epoch,
+    least of all on the test split). With ``data``, the split sizes the accuracies are measured on
+    (``test_samples``, ``val_samples``, ``train_samples``) and ``num_classes`` (chance is 1 / classes)."""
+    out: dict[str, Any] = {"acc": final.get("test_acc"), "loss": final.get("test_loss")}
     if final.get("val_acc") is not None:
         out["val_acc"], out["val_loss"] = final["val_acc"], final.get("val_loss")
+    out["train_epochs"] = float(final.get("epoch") or 0)
+    out["train_steps"] = int(final.get("step") or 0)
+    out["model_selection"] = "last epoch"
+    if data is not None:
+        out.update(test_samples=len(data.test), val_samples=len(data.val), train_samples=len(data.train),
+                   num_classes=int(data.num_classes), input_shape="x".join(str(d) for d in data.input_shape))
     return out
+
+
+def mask_fingerprint(model: nn.Module) -> str | None:
+    """A hash of every weight mask of ``model`` (names and kept positions), or None without masks: two
+    runs with the same fingerprint pruned exactly the same weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    found = False
+    for name, buf in model.named_buffers():
+        if name.endswith("_mask"):
+            found = True
+            digest.update(name.encode())
+            digest.update(buf.detach().to("cpu").bool().numpy().tobytes())
+    return digest.hexdigest()[:16] if found else None
+
+
+def plan_fingerprint(plan: dict[str, Any]) -> str:
+    """A hash of the channels a structured plan keeps, group by group: equal for two prunes that removed
+    exactly the same channels."""
+    import hashlib
+
+    groups = [[str(g.get("name")), [int(i) for i in g.get("kept") or []]] for g in plan.get("groups") or []]
+    return hashlib.sha256(canonical_json(groups).encode()).hexdigest()[:16]
 
 
 def pruning_key(run: RunConfig, **extra: Any) -> dict[str, Any]:
@@ -162,6 +200,7 @@ def dense_model(ctx: RunContext, run: RunConfig, data=None) -> DenseModel:
         atomic_write_json(folder / "history.json", {"history": result.history, "final": result.final})
 
     folder = ctx.artifact(key, produce)
+    ctx.record(dense_model=folder.name)  # every run of this seed that starts from it records the same name
     loaded = load_model(folder / "model.pt")
     record = json.loads((folder / "history.json").read_text())
     return DenseModel(loaded.model, loaded.spec, record["history"], record["final"], folder / "model.pt")

@@ -126,7 +126,7 @@ class RunContext:
     ``study_dir``: the study's output folder. ``scratch_dir``: a folder of this run's own, emptied when
     an attempt starts (checkpoints a run keeps go here; report them in ``RunOutput.artifacts``).
     ``cache_dir``: where shared artifacts live. ``progress(**info)`` reports live progress (``epoch``,
-    ``epochs``, ``phase``...) to the runner's display.
+    ``epochs``, ``phase``...) to the runner's display. ``record(**values)`` adds facts to the run's metrics.
     """
 
     run_id: str
@@ -135,6 +135,12 @@ class RunContext:
     cache_dir: Path
     sink: ProgressSink | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, **values: Any) -> None:
+        """Facts about this run that the shared helpers know and the task need not pass on (e.g. which
+        dense checkpoint it started from): added to the run's metrics unless the task set them itself."""
+        self.records.update(values)
 
     def progress(self, **info: Any) -> None:
         """Report live progress, e.g. ``ctx.progress(phase="finetune", epoch=3, epochs=10)``."""

@@ -97,7 +97,10 @@ def execute_run(run_dict: dict[str, Any], job: Job, sink: Callable[[dict[str, An
         ctx = RunContext(run.run_id, study_dir, scratch, Path(job.cache_dir), sink)
         seed_everything(run.seed)
         try:
-            output = RunOutput.coerce(kind.fn(run, ctx)).to_dict()
+            result = RunOutput.coerce(kind.fn(run, ctx))
+            for key, value in {**ctx.records, "kind_role": kind.role}.items():
+                result.metrics.setdefault(key, value)
+            output = result.to_dict()
         finally:
             if not main_rank:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -127,6 +127,7 @@ def prepare_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | 
     store = ResultsStore.create_or_open(out_dir / STORE_NAME, spec, update=update)
     try:
         store.sync_runs(runs)
+        store.record_claims(spec.claims_dict())
         if spec.text is not None:
             atomic_write_text(out_dir / "study.yaml", spec.text)
     except BaseException:

@@ -14,6 +14,9 @@ Example::
     seeds: 3                                   # or [0, 1, 2]
     exclude: [{method: gmp, target: {params: 20000}}]
 
+``claims:`` (optional) states the hypotheses the report tests, each a paired comparison of two arms
+(see :mod:`prunelab.study.claims`); they are checked against the runs but change none of them.
+
 ``runs:`` (optional) lists sub-products instead of the full product: each entry may fix
 ``model(s)``, ``method(s)``, ``target(s)``, ``protocol(s)``, ``seed(s)`` and takes the study's axes for
 the rest. ``exclude`` / ``include`` are patterns over ``model``, ``method``, ``kind``, ``protocol``,
@@ -54,7 +57,7 @@ from prunelab.study.targets import check_target
 from prunelab.study.yaml_limits import MAX_BYTES, LimitedComposer, YAMLLimitError, check_size
 
 TOP_KEYS = ("name", "description", "data", "train", "models", "methods", "targets", "protocols", "seeds",
-            "measure", "plugins", "cache", "exclude", "include", "runs", "tracker")
+            "measure", "plugins", "cache", "exclude", "include", "runs", "tracker", "claims")
 METHOD_RESERVED = ("name", "kind", "protocols", "targets", "train")
 #: a study name names its folder (studies/<name>): no path separators, no '.' or '..', no hidden folder
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -219,6 +222,7 @@ class StudySpec:
     #: where finished runs are logged: ``{"name": tensorboard | mlflow, "dir": folder or None}``; not part
     #: of the normalised spec (it changes where results are copied to, not what is computed)
     tracker: dict[str, Any] = field(default_factory=dict)
+    claims: list[Any] = field(default_factory=list)  # prunelab.study.claims.Claim, checked against the runs
     description: str = ""
     #: methods whose kind comes from a plugin that was not imported (``study validate`` runs no user
     #: code): their runs are not expanded or checked
@@ -285,6 +289,10 @@ class StudySpec:
     def spec_hash(self) -> str:
         return config_hash(self.to_dict())
 
+    def claims_dict(self) -> list[dict[str, Any]]:
+        """The checked claims as plain mappings (what the results store records for the report)."""
+        return [c.to_dict() for c in self.claims]
+
     def method(self, name: str) -> MethodSpec:
         for m in self.methods:
             if m.name == name:
@@ -345,7 +353,11 @@ def parse_spec(text: str, source: str | None = None, *, import_user_code: bool =
     spec = _parse(doc, where, import_user_code)
     spec.text = text
     spec.source = source
-    spec.expand()  # checks names, targets and combinations before anything runs
+    runs = spec.expand()  # checks names, targets and combinations before anything runs
+    if spec.claims:
+        from prunelab.study.claims import check_claims
+
+        spec.claims = check_claims(spec.claims, runs, spec.measure, where.error)
     return spec
 
 
@@ -394,6 +406,10 @@ def _parse(doc: _Map, where: _Where, import_user_code: bool = True) -> StudySpec
     spec.exclude, spec._nodes["exclude"] = _parse_patterns(doc, "exclude", spec, where)
     spec.include, spec._nodes["include"] = _parse_patterns(doc, "include", spec, where)
     spec.runs, spec._nodes["runs"] = _parse_entries(doc, spec, where)
+    if doc.get("claims") is not None:
+        from prunelab.study.claims import parse_claims
+
+        spec.claims = parse_claims(doc["claims"], doc, where.error)
     return spec
 
 

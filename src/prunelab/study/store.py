@@ -2,7 +2,8 @@
 
 Tables:
 
-* ``study(key, value)``: format marker, schema version, study name, spec hash, the normalised spec.
+* ``study(key, value)``: format marker, schema version, study name, spec hash, the normalised spec, and
+  the spec's checked claims (outside the hash: they change no run).
 * ``runs``: one row per run: its resolved configuration (JSON) and hash, grouping columns (model,
   method, kind, protocol, target, seed), status ``pending | running | done | failed``, attempt count,
   the claiming worker and its heartbeat, timings, error, final metrics (JSON, with ``acc``, ``loss``,
@@ -285,6 +286,12 @@ class ResultsStore:
             c.executemany("INSERT OR REPLACE INTO study (key, value) VALUES (?, ?)",
                           [(k, json.dumps(v)) for k, v in values.items()])
         self.meta.update(values)
+
+    def record_claims(self, claims: list[dict[str, Any]]) -> None:
+        """Record the spec's checked claims (:mod:`prunelab.study.claims`) for the report. Claims change
+        no run, so they live outside the spec hash and an edited claim replaces the recorded one."""
+        if self.meta.get("claims", []) != claims:
+            self._set_meta({"claims": claims})
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
         """Run a read-only query (reports and tests aggregate the store directly with SQL)."""

@@ -16,6 +16,9 @@ anything runs:
 * ``uses_model``: model names must be zoo names (:func:`prunelab.models.list_models`).
 * ``resolve(run) -> RunConfig``: fill parameter defaults and reject bad parameters with a
   :class:`~prunelab.errors.PrunelabError` (the stored configuration is then fully resolved).
+* ``role``: what the kind is to the reporting checklist (Blalock et al. 2020): ``dense`` (the unpruned
+  baseline), ``random`` or ``magnitude`` (the simple baselines every comparison needs), ``reduced``
+  (uniformly smaller networks, Crowley et al. 2018); recorded with each run as ``kind_role``.
 """
 
 from __future__ import annotations
@@ -112,7 +115,11 @@ class TaskKind:
     uses_model: bool = True
     resolve: Callable[[RunConfig], RunConfig] | None = None
     doc: str = ""
+    role: str | None = None
 
+
+#: the roles a kind may declare (see the module doc)
+ROLES = ("dense", "random", "magnitude", "reduced")
 
 _KINDS: dict[str, TaskKind] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
@@ -121,10 +128,12 @@ _LOADED = False
 
 def register(kind: str, *, protocols: Iterable[str] | None = None, targets: Iterable[str] | None = None,
              uses_model: bool = True, resolve: Callable[[RunConfig], RunConfig] | None = None,
-             doc: str | None = None) -> Callable[[TaskFn], TaskFn]:
+             doc: str | None = None, role: str | None = None) -> Callable[[TaskFn], TaskFn]:
     """Decorator registering ``fn(run, ctx) -> RunOutput`` as task kind ``kind`` (see module doc)."""
     from prunelab.study.targets import TARGET_KEYS
 
+    if role is not None and role not in ROLES:
+        raise unknown_choice("kind role", role, ROLES)
     protos = None if protocols is None else tuple(protocols)
     keys = None if targets is None else tuple(targets)
     for p in protos or ():
@@ -136,7 +145,7 @@ def register(kind: str, *, protocols: Iterable[str] | None = None, targets: Iter
 
     def decorate(fn: TaskFn) -> TaskFn:
         text = doc if doc is not None else (fn.__doc__ or "").strip().split("\n")[0]
-        _KINDS[kind] = TaskKind(kind, fn, protos, keys, uses_model, resolve, text)
+        _KINDS[kind] = TaskKind(kind, fn, protos, keys, uses_model, resolve, text, role)
         return fn
 
     return decorate

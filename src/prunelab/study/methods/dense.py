@@ -15,13 +15,15 @@ def _resolve(run: RunConfig) -> RunConfig:
     return run
 
 
-@register("dense", protocols=(), targets=(), resolve=_resolve,
+@register("dense", protocols=(), targets=(), resolve=_resolve, role="dense",
           doc="train the model densely with the study's training settings (the unpruned baseline)")
 def dense(run: RunConfig, ctx) -> RunOutput:
     """Train (or reuse) the run's dense model; test accuracy and loss, parameters, MACs, per-layer table."""
     data = load_data(run)
     trained = dense_model(ctx, run, data)
-    metrics = final_metrics(trained.final)
+    metrics = final_metrics(trained.final, data)
     metrics.update(model_metrics(trained.model, data.input_shape, run))
+    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(trained.spec.kwargs.items()))
+    metrics["architecture"] = f"{trained.spec.family}({kwargs})"  # the exact network, as fitted to the data
     return RunOutput(metrics=metrics, curves=trained.history, layers=layer_rows(trained.model, data.input_shape),
                      artifacts={"checkpoint": ctx.relative(trained.checkpoint)})

@@ -168,13 +168,15 @@ def architecture_metrics(model: nn.Module, base: nn.Module, input_shape: tuple[i
     """Size metrics of a (physically smaller) architecture against its unpruned ``base``.
 
     ``params`` / ``macs`` are the model's own counts; ``sparsity`` is the fraction of the base's
-    Conv/Linear weights the architecture no longer has (negative when it is wider somewhere).
+    Conv/Linear weights the architecture no longer has (negative when it is wider somewhere), so
+    ``sparsity_kind`` is ``architecture``: weights removed, not zeroed.
     """
     from prunelab.measure import count_params
 
     metrics = model_metrics(model, input_shape, run, base=base)
     base_weights = count_params(base).conv_linear_weights
     metrics["sparsity"] = 1.0 - count_params(model).conv_linear_weights / max(1, base_weights)
+    metrics["sparsity_kind"] = "architecture"
     return metrics
 
 
@@ -214,7 +216,7 @@ def trained_output(ctx: RunContext, run: RunConfig, model: nn.Module, base: nn.M
     ``save``) its checkpoint in the run folder."""
     shape = tuple(data.input_shape)
     model.eval()
-    metrics = final_metrics(result.final)
+    metrics = final_metrics(result.final, data)
     metrics.update(architecture_metrics(model, base, shape, run))
     metrics.update(extra or {})
     out_artifacts = dict(artifacts or {})
@@ -244,7 +246,7 @@ def _resolve_reduced(run: RunConfig) -> RunConfig:
     return resolve_params(run, _REDUCED)
 
 
-@register("reduced", protocols=(), targets=SIZE_TARGETS, resolve=_resolve_reduced,
+@register("reduced", protocols=(), targets=SIZE_TARGETS, resolve=_resolve_reduced, role="reduced",
           doc="a uniformly reduced network (width, bottleneck or depth) at the target, trained from scratch")
 def reduced(run: RunConfig, ctx: RunContext) -> RunOutput:
     """Crowley et al. (2018, sec. 4.1): the model shrunk uniformly to the run's parameter or MACs target
@@ -262,8 +264,8 @@ def reduced(run: RunConfig, ctx: RunContext) -> RunOutput:
                             round_to=p["round_to"], tol=p["tol"], max_multiplier=p["max_multiplier"], train=False)
     ctx.progress(phase="reduced", multiplier=found.value)
     model, result = build_and_train(found.spec, data, run.train_config(), callbacks=[ctx.callback("train")])
-    extra = {"multiplier": found.value, "target_value": value, "target_error": found.search.rel_error
-             if found.search is not None else None}
+    extra = {"multiplier": found.value, "target_value": value, "target_metric": metric, "target_count": value,
+             "target_error": found.search.rel_error if found.search is not None else None}
     return trained_output(ctx, run, model, base, data, result, extra, {"arch": found.spec.to_dict()},
                           save=p["checkpoint"], spec=found.spec)
 
@@ -306,49 +308,65 @@ def _resolve_pfs_trained(run: RunConfig) -> RunConfig:
     return run
 
 
-def _pfs_run(run: RunConfig, ctx: RunContext, trained: bool) -> RunOutput:
+def _pfs_gates(ctx: RunContext, run: RunConfig, data, default, cfg, init_from: str | None) -> dict[str, Any]:
+    """Stage 1 of PFS, shared by every budget of one (model, data, recipe, seed, gate settings): the gates
+    do not depend on the budget (the reference learns them once, then picks a structure per ratio)."""
     import json
 
     from prunelab.io import atomic_write_json
-    from prunelab.models import ArchSpec
-    from prunelab.protocols import PrunedArchitecture, pruning_from_scratch, train_from_scratch
+    from prunelab.protocols import learn_gates
+    from prunelab.protocols.pfs import holdout_split
+
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "tol"}  # tol only matters to the selection
+    key = {"what": "pfs-gates", "arch": default.to_dict(), "data": run.data, "train": run.train, "pfs": settings,
+           "init_from": "dense" if init_from is not None else None}
+
+    def produce(folder) -> None:
+        ctx.progress(phase="learning gates", epochs=cfg.epochs)
+        learning, _ = learn_gates(default, data, cfg, run.train_config(), init_from=init_from)
+        held = len(holdout_split(data, cfg.holdout, run.seed).val) if cfg.holdout > 0 else len(data.val)
+        atomic_write_json(folder / "gates.json", {
+            "learning": learning.to_dict(), "gates": {name: g.tolist() for name, g in learning.gates.items()},
+            "selection_split": "held-out part of the training split" if cfg.holdout > 0 else "validation split",
+            "selection_samples": held})
+
+    return json.loads((ctx.artifact(key, produce) / "gates.json").read_text())
+
+
+def _pfs_run(run: RunConfig, ctx: RunContext, trained: bool) -> RunOutput:
+    from prunelab.models import ArchSpec, width_units
+    from prunelab.protocols import PrunedArchitecture, select_structure, train_from_scratch
+    from prunelab.protocols.pfs import budget_macs
     from prunelab.study.common import dense_model
 
     data = load_data(run)
+    shape = tuple(data.input_shape)
     default = fitted_spec(run, data)
     base = fresh_model(default)
     cfg = _pfs_config(run.params)
     (key, value), = run.target.items()
     budget = {"macs_ratio": float(value)} if key == "macs_ratio" else {"macs": float(value)}
-    init_from = None
-    if trained:
-        dense = dense_model(ctx, run, data)
-        init_from = str(dense.checkpoint)
-    art_key = {"what": "pfs-structure", "arch": default.to_dict(), "data": run.data, "train": run.train,
-               "pfs": cfg.to_dict(), "budget": budget, "init_from": "dense" if trained else None}
-
-    def produce(folder) -> None:
-        ctx.progress(phase="learning gates", epochs=cfg.epochs)
-        found = pruning_from_scratch(default, data, run.train_config(), cfg, init_from=init_from, train=False,
-                                     **budget)
-        atomic_write_json(folder / "structure.json", {"arch": found.structure.spec.to_dict(),
-                                                      "gates": found.learning.to_dict(),
-                                                      "structure": found.structure.to_dict()})
-
-    record = json.loads((ctx.artifact(art_key, produce) / "structure.json").read_text())
-    structure = ArchSpec.from_dict(record["arch"])
-    arch = PrunedArchitecture(structure, None, default, "pfs")
+    init_from = str(dense_model(ctx, run, data).checkpoint) if trained else None
+    record = _pfs_gates(ctx, run, data, default, cfg, init_from)
+    gates = record["learning"]
+    learned = ArchSpec.from_dict(gates["arch"])
+    units = list(width_units(fresh_model(learned), learned))
+    target, reference = budget_macs(default, shape, **budget)
+    chosen = select_structure(learned, units, {k: torch.tensor(v) for k, v in record["gates"].items()}, target,
+                              reference, shape, tol=cfg.tol)
+    arch = PrunedArchitecture(chosen.spec, None, default, "pfs")
     scratch = train_from_scratch(arch, data, run.train_config(), budget="B" if run.protocol == "scratch-b" else "E",
                                  callbacks=[ctx.callback(run.protocol or "train")])
-    gates, chosen = record["gates"], record["structure"]
-    extra = {"macs_ratio": chosen["macs_ratio"], "budget_macs": chosen["budget_macs"],
-             "kept_gates": chosen["kept_gates"], "total_gates": chosen["total_gates"],
+    extra = {"macs_ratio": chosen.macs_ratio, "budget_macs": chosen.budget_macs, "target_metric": "macs",
+             "target_count": chosen.budget_macs, "kept_gates": chosen.kept, "total_gates": chosen.total,
              "gates_selected_by": gates["selected_by"], "gates_selected_epoch": gates["selected_epoch"],
              "gates_nonzero_fraction": gates["nonzero_fraction"], "budget_factor": scratch.factor,
-             "epochs": scratch.epochs}
+             "epochs": scratch.epochs,
+             "model_selection": f"last epoch; gates by accuracy on the {record['selection_split']} "
+                                f"({record['selection_samples']} samples)"}
     return trained_output(ctx, run, scratch.model, base, data, scratch.result, extra,
-                          {"arch": structure.to_dict(), "widths": chosen["widths"]},
-                          save=run.params["checkpoint"], spec=structure)
+                          {"arch": chosen.spec.to_dict(), "widths": chosen.widths},
+                          save=run.params["checkpoint"], spec=chosen.spec)
 
 
 @register("pfs", protocols=("scratch-b", "scratch-e"), targets=("macs", "macs_ratio"), resolve=_resolve_pfs,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
-from prunelab.study.common import dense_model, final_metrics, load_data
+from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
 from prunelab.study.methods.protocols import (
     SIZE_TARGETS,
@@ -268,10 +268,14 @@ def structured(run: RunConfig, ctx: RunContext) -> RunOutput:
     loaded, record = _read(folder)
     extra: dict[str, Any] = {k: record[k] for k in ("acc_dense", "acc_pruned", "prunes", "steps", "channels_before",
                                                     "channels_after")}
+    (extra["target_metric"], extra["target_count"]), = record["target"].items()
     artifacts: dict[str, Any] = {"prune": ctx.relative(folder)}
     if run.protocol == "finetune":
+        extra["prune_steps"] = record["steps"]  # fine-tuning steps taken while the channels were removed
+        extra["mask_hash"] = plan_fingerprint(loaded.plan)
         return _fine_tuned(ctx, run, data, loaded, record, base, extra, artifacts)
     if run.protocol in ("scratch-e", "scratch-b"):
+        extra["mask_hash"] = plan_fingerprint(loaded.plan)
         return _from_scratch(ctx, run, data, loaded.plan, base, extra, artifacts)
     return _copied(ctx, run, data, folder, base, extra, artifacts)
 
@@ -294,7 +298,7 @@ def _fine_tuned(ctx: RunContext, run: RunConfig, data, loaded, record: dict, bas
     else:
         final = evaluate_final(model, data)
     model.eval()
-    metrics = final_metrics(final)
+    metrics = final_metrics(final, data)
     metrics.update(architecture_metrics(model, base, shape, run))
     metrics.update(extra)
     if run.params["checkpoint"]:
@@ -331,7 +335,7 @@ def _copied(ctx: RunContext, run: RunConfig, data, folder: Path, base, extra: di
     member = copy_profile(profile, data, target=SizeTarget(metric, float(value)), round_to=p["profile_round_to"],
                           tol=p["tol"], train=False)
     model, result = build_and_train(member.spec, data, run.train_config(), callbacks=[ctx.callback("copy-profile")])
-    extra.update(alpha=member.alpha, target_value=value)
+    extra.update(alpha=member.alpha, target_value=value, target_metric=metric, target_count=value)
     artifacts["arch"] = member.spec.to_dict()
     return trained_output(ctx, run, model, base, data, result, extra, artifacts, save=p["checkpoint"],
                           spec=member.spec)
@@ -343,4 +347,5 @@ for _kind, _doc in (("fisher", "Fisher channel pruning (Theis et al. 2018; Crowl
                     ("random-channel", "random channel pruning baseline"),
                     ("structured", "channel pruning with any registered criterion (parameter 'criterion')")):
     register(_kind, protocols=PROTOCOLS, targets=SIZE_TARGETS, resolve=_resolve,
-             doc=f"{_doc}: fine-tuned, retrained from scratch (Scratch-E/B) or copied to the target")(structured)
+             doc=f"{_doc}: fine-tuned, retrained from scratch (Scratch-E/B) or copied to the target",
+             role={"l1": "magnitude", "random-channel": "random"}.get(_kind))(structured)

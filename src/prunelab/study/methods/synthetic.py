@@ -3,8 +3,9 @@
 They take a fixed time, report per-epoch progress, and return metrics that are a deterministic function
 of the run's configuration (so an interrupted and an uninterrupted study give identical numbers), shaped
 like a pruning run's: accuracy falls with sparsity, parameters and MACs shrink with the target. Options
-let tests fail a run, share an artifact between runs, or log every execution to
-``<study>/executions.log`` to prove a run never executes twice. They accept any model label.
+let tests fail a run, share an artifact between runs, log every execution to ``<study>/executions.log``
+to prove a run never executes twice, shift the accuracy (``acc_shift``) or add metrics (``metrics``)
+to build a store with known differences for reports. They accept any model label.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prunelab.study.run import RunConfig
 from prunelab.study.tasks import RunOutput, register
 
 _DEFAULTS = {"seconds": 0.0, "epochs": 2, "fail": False, "log": False, "artifact": False,
-             "base_params": 100_000, "base_macs": 2_000_000}
+             "base_params": 100_000, "base_macs": 2_000_000, "acc_shift": 0.0, "metrics": {}}
 
 
 def _resolve(run: RunConfig) -> RunConfig:
@@ -31,6 +32,10 @@ def _resolve(run: RunConfig) -> RunConfig:
         raise PrunelabError(f"seconds must be >= 0, got {params['seconds']!r}")
     if not isinstance(params["epochs"], int) or params["epochs"] < 1:
         raise PrunelabError(f"epochs must be a positive integer, got {params['epochs']!r}")
+    if isinstance(params["acc_shift"], bool) or not isinstance(params["acc_shift"], int | float):
+        raise PrunelabError(f"acc_shift must be a number, got {params['acc_shift']!r}")
+    if not isinstance(params["metrics"], dict):
+        raise PrunelabError(f"metrics must be a mapping of extra metrics, got {params['metrics']!r}")
     run.params = params
     return run
 
@@ -81,7 +86,7 @@ def synthetic(run: RunConfig, ctx) -> RunOutput:
     if fail is True or (isinstance(fail, list) and run.seed in fail):
         raise RuntimeError(f"synthetic failure requested for seed {run.seed}")
     s = _sparsity(run.target, p["base_params"], p["base_macs"])
-    acc = 0.95 - 0.4 * s**4 + rng.gauss(0.0, 0.01)
+    acc = 0.95 - 0.4 * s**4 + rng.gauss(0.0, 0.01) + p["acc_shift"]
     metrics = {"acc": acc, "loss": 1.5 - acc + rng.random() * 0.01, "sparsity": s,
                "params": round(p["base_params"] * (1 - s)), "macs": round(p["base_macs"] * (1 - s * 0.8)),
                "base_params": p["base_params"], "base_macs": p["base_macs"]}
@@ -94,6 +99,7 @@ def synthetic(run: RunConfig, ctx) -> RunOutput:
         layer_s = min(1.0, s * (0.5 + i * 0.4))
         layers.append({"name": f"layer{i}", "kind": "Conv2d", "weight_numel": numel,
                        "nonzero": int(round(numel * (1 - layer_s)))})
+    metrics.update(p["metrics"])
     if p["log"]:
         _append(ctx.study_dir / "executions.log", f"{run.run_id} {os.getpid()}\n")
     return RunOutput(metrics=metrics, curves=curves, layers=layers)

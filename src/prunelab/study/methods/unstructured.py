@@ -175,7 +175,7 @@ def _output(ctx: RunContext, run: RunConfig, model: nn.Module, spec, data, final
             report, extra: dict[str, Any]) -> RunOutput:
     shape = tuple(data.input_shape)
     model.eval()
-    metrics = final_metrics(final)
+    metrics = final_metrics(final, data)
     metrics.update(model_metrics(model, shape, run))
     metrics["target_sparsity"] = target_sparsity(run.target)
     if report is not None:
@@ -268,6 +268,8 @@ def unstructured(run: RunConfig, ctx: RunContext) -> RunOutput:
                 curves.append({**row, "epoch": offset + float(row["epoch"]), "round": r.round})
             offset += float(r.history[-1]["epoch"]) if r.history else 0.0
         extra["acc_pruned"] = (rounds[-1].pruned_metrics or {}).get("acc")
+        extra["train_steps"] = sum(int(r.history[-1]["step"]) for r in rounds if r.history)  # every round's
+        extra["train_epochs"] = offset
         final = evaluate_final(model, data)
         return _output(ctx, run, model, spec, data, final, curves, rounds[-1].report, extra)
 
@@ -281,6 +283,7 @@ def unstructured(run: RunConfig, ctx: RunContext) -> RunOutput:
     return _output(ctx, run, model, spec, data, final, history, report, extra)
 
 
+_ROLES = {"global-magnitude": "magnitude", "layerwise-magnitude": "magnitude", "random": "random"}
 for _kind, _doc in (
         ("global-magnitude", "Global MP (Gupta et al. 2022), optional Minimum Threshold; one-shot, gradual or "
                              "iterative"),
@@ -289,7 +292,7 @@ for _kind, _doc in (
         ("random", "random weight pruning baseline (global or uniform per layer)"),
         ("snip", "SNIP (Lee et al. 2019): |w * grad| on one batch, at initialisation or on the trained model")):
     register(_kind, protocols=("scratch-e", "finetune", "scratch-b") if _kind == "snip" else PROTOCOLS,
-             targets=TARGETS, resolve=_resolve, doc=_doc)(unstructured)
+             targets=TARGETS, resolve=_resolve, doc=_doc, role=_ROLES.get(_kind))(unstructured)
 
 
 # ------------------------------------------------------------------------------------ low-rank columns
@@ -340,7 +343,7 @@ def lowrank(run: RunConfig, ctx: RunContext) -> RunOutput:
              **{f"rank_{name}": k for name, k in kept.items()}}
     final, history = _fine_tune(ctx, model, data, finetune_config(run))
     model.eval()
-    metrics = final_metrics(final)
+    metrics = final_metrics(final, data)
     metrics.update(model_metrics(model, shape, run))
     metrics.update(extra)
     artifacts: dict[str, Any] = {}
