@@ -44,7 +44,6 @@ SCRIPT = textwrap.dedent('''
     out["compressed_params"] = count_params(pruner.compress()).params
     errors = {}
     for name, argv in {"digits": ["train", "cnn", "--data", "digits", "--out", sys.argv[2] + "/x.pt"],
-                       "mnist1d": ["train", "cnn1d", "--data", "mnist1d", "--out", sys.argv[2] + "/y.pt"],
                        "folder": ["train", "cnn", "--data", "imagefolder-stream", "--data-root", sys.argv[2],
                                   "--out", sys.argv[2] + "/z.pt"],
                        "tracker": ["train", "cnn", "--data", "synthetic", "--tracker", "tensorboard",
@@ -74,7 +73,6 @@ def test_the_core_trains_prunes_and_counts_with_every_extra_hidden(tmp_path):
     assert out["channels"] == 60 and out["compressed_params"] < 24_170
     expected = {
         "digits": "prunelab train: error: digits needs scikit-learn: pip install 'prunelab[data]'\n",
-        "mnist1d": "prunelab train: error: mnist1d needs mnist1d: pip install 'prunelab[data]'\n",
         "folder": "prunelab train: error: imagefolder-stream needs Pillow: pip install 'prunelab[images]'\n",
         "tracker": "prunelab train: error: --tracker tensorboard needs tensorboard: pip install "
                    "'prunelab[tensorboard]'\n",

@@ -677,7 +677,7 @@ ALLOWED_WRITERS = {
     ("prunelab/study/methods/synthetic.py", "os.open"): "the test-only synthetic method's marker lines",
     ("prunelab/study/methods/synthetic.py", "write_text"): "the test-only synthetic method, in a fresh artifact folder",
     ("prunelab/study/context.py", "open for writing"): "the lock file of a shared artifact, locked, never written",
-    ("prunelab/measure/latency.py", "open for writing"): "resets peak memory via /proc/self/clear_refs",
+    ("prunelab/measure/timing.py", "open for writing"): "resets peak memory via /proc/self/clear_refs",
     ("prunelab/cli/__init__.py", "open for writing"): "stdout to os.devnull on ranks other than 0",
     ("prunelab/cli/__init__.py", "os.open"): "stdout to os.devnull after a broken pipe",
 }
