@@ -508,7 +508,9 @@ def test_data_sample_counts_are_checked_before_allocation(monkeypatch):
     monkeypatch.setenv("PRUNELAB_MEMORY_LIMIT", "64M")
     with pytest.raises(PrunelabError, match="synthetic data of 100,000,768 samples"):
         load("synthetic", shape="3x32x32", n_train=10**8)
-    with pytest.raises(PrunelabError, match="mnist1d with 1,000,000,000 samples"):
+    with pytest.raises(PrunelabError, match="mnist1d with 2,000,000 samples"):
+        load("mnist1d", num_samples=2_000_000)
+    with pytest.raises(PrunelabError, match="mnist1d num_samples must be <= 2,000,000, got 1000000000"):
         load("mnist1d", num_samples=10**9)
     with pytest.raises(PrunelabError, match="augmentation pad 100"):
         load("synthetic", shape="3x8x8", n_train=8, n_val=0, n_test=0, pad=100, flip=False)
