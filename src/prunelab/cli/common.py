@@ -49,6 +49,14 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(text + "\n")
 
 
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
 def add_model_argument(parser, help: str) -> None:
     """The model as ``MODEL`` (positional, as in prune, bench, info and export) or ``--model MODEL``."""
     parser.add_argument("model", nargs="?", metavar="MODEL", default=None, help=help)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 
-from prunelab.cli.common import emit_json, parse_shape
-from prunelab.cli.models import human
+from prunelab.cli.common import emit_json, human, parse_shape
 from prunelab.errors import PrunelabError
 
 
@@ -40,12 +39,12 @@ def _fit_input(spec, shape: tuple[int, ...]):
 def describe(model_arg: str, num_classes: int | None = None, input_size: str | None = None, *,
              use_cache: bool = True) -> dict:
     """The report ``prunelab info`` prints, as a dict (a zoo name with its defaults from the counts
-    cache of :mod:`prunelab.cli.models` when that is current)."""
+    cache of :mod:`prunelab.cli.zoo_cache` when that is current)."""
     import os
 
     path_like = os.path.sep in model_arg or model_arg.endswith((".pt", ".pth")) or os.path.isfile(model_arg)
     if use_cache and num_classes is None and input_size is None and not path_like:
-        from prunelab.cli.models import cached_counts
+        from prunelab.cli.zoo_cache import cached_counts
 
         data = cached_counts()
         if data is not None and model_arg in data["info"]:

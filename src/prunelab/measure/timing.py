@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from prunelab.devices import check_device_name
 from prunelab.errors import PrunelabError
 
 #: the most timed rounds and the most seconds a caller may ask one measurement for
@@ -43,18 +44,9 @@ MAX_TIME_S = 3600.0
 # validation
 
 
-def check_device_name(device: str | torch.device) -> str:
-    """Return ``device`` as a string if it names a device latency can be measured on (cpu, cuda,
-    cuda:N), else raise a one-line error; whether it is present here is :func:`check_device`'s question."""
-    name = str(device)
-    if name == "cpu" or re.fullmatch(r"cuda(:\d+)?", name):
-        return name
-    raise PrunelabError(f"unknown device {name!r}; valid choices: cpu, cuda, cuda:N")
-
-
 def check_device(device: str | torch.device) -> str:
     """Return ``device`` as a string if it can be used here, else raise a one-line error."""
-    name = check_device_name(device)
+    name = check_device_name(device, timing=True)
     if name == "cpu":
         return name
     if not torch.cuda.is_available():  # cuda or cuda:N

@@ -50,6 +50,7 @@ from torch import nn
 
 from prunelab.data.base import DataBundle
 from prunelab.data.feed import Feed
+from prunelab.devices import check_device_name
 from prunelab.errors import PrunelabError
 from prunelab.io import atomic_torch_save, torch_load
 from prunelab.train import distributed as ddp
@@ -77,20 +78,6 @@ class TrainResult:
 
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
-
-
-def check_device_name(spec: str | torch.device) -> str:
-    """``spec`` as a string if it has the form of a training device: ``auto`` or a name ``torch.device``
-    reads (cpu, cuda, cuda:N, mps, ...); else a one-line error. Whether the device is present here is
-    not asked (a study spec may be meant for a GPU machine): :func:`resolve_device` asks that."""
-    name = str(spec)
-    if name == "auto":
-        return name
-    try:
-        torch.device(name)
-    except RuntimeError:
-        raise PrunelabError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, mps") from None
-    return name
 
 
 def resolve_device(spec: str | torch.device) -> torch.device:

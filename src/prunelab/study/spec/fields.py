@@ -39,7 +39,7 @@ def parse_measure(doc: LineMap, where: Where) -> dict[str, Any]:
     """``measure: {latency, batch_sizes, threads, device, repeats, min_time_s}``: names, types and value
     ranges (``latency`` true or false, ``threads`` may be null for torch's default, ``device`` cpu / cuda /
     cuda:N by its form: whether it is present is asked on the machine that measures)."""
-    from prunelab.measure.timing import check_device_name
+    from prunelab.devices import check_device_name
     from prunelab.study.common import MEASURE_KEYS
 
     measure = mapping(doc, "measure", where)
@@ -68,7 +68,7 @@ def parse_measure(doc: LineMap, where: Where) -> dict[str, Any]:
                 raise where.error(node, key, f"measure device must be a device name (cpu, cuda, cuda:N), "
                                              f"got {value!r}")
             try:
-                check_device_name(value)
+                check_device_name(value, timing=True)
             except PrunelabError as exc:
                 raise where.error(node, key, f"measure device: {exc}") from None
     return measure
