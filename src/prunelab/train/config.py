@@ -19,6 +19,8 @@ MAX_SEED = 2**63 - 1
 SCHEDULES = ("multistep", "cosine", "constant", "step", "linear")
 LR_STEPS = ("iteration", "epoch")
 AMP_DTYPES = ("bfloat16", "float16")
+#: the default ``loss`` (see :mod:`prunelab.train.losses`)
+DEFAULT_LOSS = "cross-entropy"
 NONFINITE_ACTIONS = ("stop", "warn")  # what a NaN / infinite loss or weight does (prunelab.train.divergence)
 
 
@@ -98,7 +100,9 @@ class TrainConfig:
     ``checkpoint_every`` epochs and when training stops; with ``resume`` an existing state there is
     loaded and training continues where it stopped. ``on_nonfinite`` is what a NaN or infinite loss
     (or weight) does, checked at every epoch end: ``stop`` raises a one-line error naming the epoch,
-    the step and the learning rate; ``warn`` warns once and trains on.
+    the step and the learning rate; ``warn`` warns once and trains on. ``loss`` names a registered
+    loss (:mod:`prunelab.train.losses`): ``cross-entropy`` (classification) or ``next-token``
+    (causal language models).
     """
 
     epochs: int = 10
@@ -131,6 +135,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     resume: bool = False
     on_nonfinite: str = "stop"
+    loss: str = "cross-entropy"
 
     def check_types(self, strict: bool = True) -> TrainConfig:
         """Check every field against its declared type (see :meth:`from_dict`); ``strict=False`` checks
@@ -176,6 +181,12 @@ class TrainConfig:
         if self.on_nonfinite not in NONFINITE_ACTIONS:
             raise PrunelabError(f"unknown on_nonfinite {self.on_nonfinite!r}; valid choices: "
                                 f"{', '.join(NONFINITE_ACTIONS)}")
+        from prunelab.train.losses import get_loss
+
+        try:
+            get_loss(self.loss)
+        except PrunelabError as exc:
+            raise TrainSettingError("loss", str(exc)) from None
         if self.amp_dtype not in AMP_DTYPES:
             raise PrunelabError(f"unknown amp_dtype {self.amp_dtype!r}; valid choices: {', '.join(AMP_DTYPES)}")
         if self.max_steps is not None and self.max_steps < 0:
@@ -210,7 +221,12 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting; ``loss`` only when it is not the default, so the stored configs (and the
+        run hashes of studies) written before losses existed stay the same."""
+        d = asdict(self)
+        if d.get("loss") == DEFAULT_LOSS:
+            del d["loss"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunelab.data.base import DataBundle
@@ -53,6 +52,7 @@ from prunelab.data.feed import Feed
 from prunelab.devices import check_device_name
 from prunelab.errors import PrunelabError
 from prunelab.io import atomic_torch_save, torch_load
+from prunelab.models.inputs import logits_of
 from prunelab.train import distributed as ddp
 from prunelab.train.callbacks import Callback
 from prunelab.train.config import TrainConfig
@@ -63,6 +63,7 @@ from prunelab.train.divergence import (
     divergence_message,
     first_nonfinite_parameter,
 )
+from prunelab.train.losses import get_loss
 from prunelab.train.masks import MaskEnforcer
 from prunelab.train.optim import build_optimizer, build_scheduler
 
@@ -123,6 +124,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device)
         self._image_input = len(data.input_shape) == 3
+        self.loss = get_loss(self.config.loss)
         self._channels_last = bool(self.config.channels_last and self._image_input)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -206,6 +208,7 @@ class Trainer:
         start = time.perf_counter() - self._elapsed
         net, opt, sched, scaler = self._net, self.optimizer, self.scheduler, self.scaler
         smoothing = cfg.label_smoothing
+        loss_fn = self.loss
         stopped = self.stop or self.step >= max_steps
         epoch = self.epoch
         while not stopped and epoch < cfg.epochs:
@@ -225,8 +228,8 @@ class Trainer:
                 if self._restricted:
                     self.model.zero_grad(set_to_none=True)
                 with self._autocast():
-                    out = net(x)
-                    loss = F.cross_entropy(out, y, label_smoothing=smoothing)
+                    out = logits_of(net(x))
+                    loss = loss_fn(out, y, label_smoothing=smoothing)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.unscale_(opt)
@@ -245,8 +248,9 @@ class Trainer:
                 self.step += 1
                 self._batch_in_epoch = b + 1
                 self._epoch_loss.append(loss.detach())
-                self._epoch_sizes.append(y.shape[0])
-                self._epoch_correct.append((out.detach().argmax(1) == y).sum())
+                correct, counted = loss_fn.correct(out, y)
+                self._epoch_sizes.append(counted)
+                self._epoch_correct.append(correct)
                 self._epoch_lrs.append(self._last_lr)
                 for fn in hooks["on_step_end"]:
                     fn(self)
@@ -302,7 +306,7 @@ class Trainer:
         """(loss sum, correct, count) of this epoch so far on this rank, as float64 on the CPU."""
         sums = self._carry.clone()
         if self._epoch_loss:
-            sizes = torch.tensor(self._epoch_sizes, dtype=torch.float64, device=self.device)
+            sizes = torch.stack([torch.as_tensor(s, dtype=torch.float64).to(self.device) for s in self._epoch_sizes])
             losses = torch.stack(self._epoch_loss).double()
             sums += torch.stack([(losses * sizes).sum(), torch.stack(self._epoch_correct).double().sum(),
                                  sizes.sum()]).cpu()
@@ -367,7 +371,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, float | None]:
-        """Mean cross-entropy (no label smoothing) and accuracy of the model on a split.
+        """Mean loss (the config's ``loss``, no label smoothing) and accuracy of the model on a split,
+        per counted prediction (samples; tokens for ``next-token``).
 
         Under DDP every rank evaluates its share and the sums are all-reduced (call it on all ranks).
         """
@@ -381,10 +386,11 @@ class Trainer:
             if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                out = self.model(x)
-            sums[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
-            sums[1] += (out.argmax(1) == y).sum()
-            sums[2] += y.shape[0]
+                out = logits_of(self.model(x))
+            correct, counted = self.loss.correct(out, y)
+            sums[0] += self.loss(out.float(), y, reduction="sum").double()
+            sums[1] += correct
+            sums[2] += counted
         self.model.train(was_training)
         sums = ddp.all_reduce_(sums.cpu(), "sum")
         n = max(float(sums[2]), 1.0)  # samples evaluated (a stream may skip unreadable ones)
@@ -480,8 +486,9 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size: int = 512,
-             device: torch.device | str | None = None) -> dict[str, float | None]:
-    """Mean cross-entropy and accuracy of ``model`` on a split (eval mode; the mode is restored after).
+             device: torch.device | str | None = None, loss: str | None = None) -> dict[str, float | None]:
+    """Mean loss (cross-entropy unless ``loss`` names another registered loss) and accuracy of
+    ``model`` on a split, per counted prediction (eval mode; the mode is restored after).
 
     ``device`` defaults to the device of the model's first parameter (or buffer, or the CPU).
     """
@@ -494,13 +501,15 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
         return {"loss": None, "acc": None}
     was_training = model.training
     model.eval()
+    loss_fn = get_loss(loss)
     loss_sum, correct, n = 0.0, 0, 0
     try:
         for x, y in Feed(data, device, batch_size=batch_size).evaluation(split, batch_size, 0, 1):
-            out = model(x)
-            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += int(y.shape[0])
+            out = logits_of(model(x))
+            loss_sum += float(loss_fn(out.float(), y, reduction="sum"))
+            right, counted = loss_fn.correct(out, y)
+            correct += int(right)
+            n += counted
     finally:
         model.train(was_training)
     n = max(n, 1)

@@ -176,13 +176,15 @@ def all_reduce_mean(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def accumulate(model: nn.Module, criterion: Criterion, data, steps: int, batch_size: int,
-               device: str | torch.device | None = None) -> None:
+               device: str | torch.device | None = None, loss: str | None = None) -> None:
     """Show ``criterion`` ``steps`` training batches without changing the weights (a one-shot prune's
-    data pass): forward in training mode, backward when it needs gradients; BatchNorm running
-    statistics are restored afterwards."""
-    import torch.nn.functional as F
-
+    data pass): forward in training mode, backward of ``loss`` (a registered loss name,
+    :mod:`prunelab.train.losses`; classification cross-entropy by default) when it needs gradients;
+    BatchNorm running statistics are restored afterwards."""
     from prunelab.train import batches
+    from prunelab.train.losses import get_loss
+
+    loss_fn = get_loss(loss)
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -199,7 +201,7 @@ def accumulate(model: nn.Module, criterion: Criterion, data, steps: int, batch_s
                 x, y = x.to(device), y.to(device)
                 model.zero_grad(set_to_none=True)
                 if backward:
-                    F.cross_entropy(model(x), y).backward()
+                    loss_fn(model(x), y).backward()
                 else:
                     with torch.no_grad():
                         model(x)

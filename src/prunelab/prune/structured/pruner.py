@@ -251,11 +251,12 @@ class StructuredPruner:
                                   self.groups, self.config.round_to), None) is None
 
     def prune_oneshot(self, data=None, batch_size: int = 128, data_steps: int | None = None,
-                      device: str | torch.device | None = None) -> list[tuple[str, int]]:
+                      device: str | torch.device | None = None, loss: str | None = None) -> list[tuple[str, int]]:
         """Remove channels to the target in one go (ranking computed once).
 
         A criterion that needs data (Fisher, Taylor, APoZ) is shown ``data_steps`` (default K) training
-        batches first, without updating weights; BatchNorm running statistics are restored afterwards.
+        batches first, without updating weights, its gradients those of ``loss`` (a registered loss
+        name; classification cross-entropy by default); BatchNorm running statistics are restored.
         """
         t = self.config.target
         if t is None:
@@ -266,7 +267,7 @@ class StructuredPruner:
                                     f"data to accumulate its scores")
             with stage(f"accumulating the {self.config.criterion} scores"):
                 accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size,
-                           device)
+                           device, loss=loss)
         order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 

@@ -51,13 +51,19 @@ def snip_scores(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tens
                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> ScoreFn:
     """SNIP sensitivities ``|w * g|`` with ``g`` the gradient of the loss on the batch ``(x, y)``.
 
+    ``loss_fn(output, y)``: a callable or a registered loss name (classification cross-entropy by
+    default; the model's output may be a tuple, dict or ``ModelOutput``, see :mod:`prunelab.train.losses`).
+
     Gradients are taken in training mode (as SNIP does, BatchNorm with batch statistics) and the
     model's previous mode, gradients and BatchNorm running statistics are restored afterwards.
     """
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise PrunelabError(f"SNIP needs a non-empty batch with as many labels as inputs, "
                             f"got {x.shape[0]} / {y.shape[0]}")
-    loss_fn = loss_fn or nn.functional.cross_entropy
+    if loss_fn is None or isinstance(loss_fn, str):
+        from prunelab.train.losses import get_loss
+
+        loss_fn = get_loss(loss_fn)
     device = layers[0].weight.device
     was_training = model.training
     bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
