@@ -2,7 +2,7 @@
 lazy import is still a dependency) goes down the declared order, no modules import each other in a
 circle, and no module imports another module's ``_private`` names.
 
-The order (DESIGN.md, "Layers, and which way imports go")::
+The declared order (the package's layers, highest first)::
 
     cli -> report -> study -> protocols -> export -> checkpoint -> prune -> measure -> train
         -> models, data -> io, devices, resources, track -> prunelab (the root: ``__version__``) -> errors
@@ -255,3 +255,15 @@ def test_torch_pruning_is_used_through_its_public_api(private):
     pattern = re.compile(rf"(?<!\w){private}\b")  # a name or an attribute, not the end of a longer name
     users = [m for m, p in MODULES.items() if pattern.search(p.read_text())]
     assert not users, f"{private} used in {users}"
+
+
+def test_the_repository_cites_no_document_outside_it():
+    """Docstrings cite papers and public reference code, never notes that are not in the repository."""
+    repo = SRC.parent
+    outside = [re.compile(p) for p in (r"seeds\.md", r"anchors\.md", r"\.\./shared", r"pitfall\s+\d")]
+    files = [p for d in ("src", "tests", "benchmarks", "recipes", "scripts") for p in (repo / d).rglob("*")
+             if p.suffix in (".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".sh")] + [repo / "README.md"]
+    assert len(files) > 100
+    found = [f"{p.relative_to(repo)}: {m.group()}" for p in files if p != Path(__file__).resolve()
+             for pattern in outside for m in [pattern.search(p.read_text(errors="replace").lower())] if m]
+    assert not found, "references to documents outside the repository:\n" + "\n".join(found)

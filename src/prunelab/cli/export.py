@@ -69,9 +69,10 @@ def run(args) -> int:
     else:
         from prunelab.errors import check_choice
         from prunelab.export.sparse import POLICIES, convert_to_sparse, save_sparse
+        from prunelab.train.masks import get_mask
 
         check_choice("sparse conversion policy", args.policy, POLICIES)
-        if not any(hasattr(m, "weight_mask") for m in loaded.model.modules()):
+        if not any(get_mask(m) is not None for m in loaded.model.modules()):
             raise PrunelabError(f"{args.checkpoint} has no pruned (masked) layers; sparse export needs a checkpoint "
                                 "from unstructured pruning (prunelab prune --method ...)")
         _, report = convert_to_sparse(loaded.model, shape, batch_size=args.batch_size, threads=args.threads,
@@ -93,10 +94,11 @@ def run(args) -> int:
 def _deploy(args, loaded, shape) -> tuple[dict, str]:
     from prunelab.errors import PrunelabError
     from prunelab.export.deploy import build_deploy, save_deploy
+    from prunelab.train.masks import get_mask
 
     if args.pad_to is not None and args.pad_to < 1:
         raise PrunelabError(f"--pad-to must be >= 1, got {args.pad_to}")
-    masked = any(hasattr(m, "weight_mask") for m in loaded.model.modules())
+    masked = any(get_mask(m) is not None for m in loaded.model.modules())
     kind = "sparse" if masked else "structured" if loaded.plan is not None else "dense"
     threads = 1 if args.threads is None else args.threads
     artefact = build_deploy(loaded.model, shape, kind=kind, batch_size=args.batch_size, threads=threads,

@@ -469,7 +469,9 @@ def load_deploy(path: str | os.PathLike, *, threads: int | None = None) -> Deplo
 def _deploy_backend(model, input_shape, x, threads, device):
     if device != "cpu":
         raise PrunelabError("the deploy back-end runs on CPU")
-    kind = "sparse" if any(hasattr(m, "weight_mask") for m in model.modules()) else "structured"
+    from prunelab.train.masks import get_mask
+
+    kind = "sparse" if any(get_mask(m) is not None for m in model.modules()) else "structured"
     artefact = build_deploy(model, input_shape, kind=kind, batch_size=int(x.shape[0]), threads=threads,
                             on_problem="dense")
     deployed = DeployModel.from_artefact(artefact, threads=threads)

@@ -36,7 +36,7 @@ from typing import Any
 from prunelab.errors import PrunelabError
 from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
-from prunelab.study.methods.protocols import (
+from prunelab.study.method_tools import (
     SIZE_TARGETS,
     Param,
     architecture_metrics,

@@ -36,7 +36,7 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.study.common import arch_spec, dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.context import RunContext
-from prunelab.study.methods.protocols import (
+from prunelab.study.method_tools import (
     Param,
     check_finetune,
     evaluate_final,
