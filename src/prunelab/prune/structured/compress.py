@@ -21,6 +21,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.models.inputs import call_model, logits_of
 from prunelab.prune.structured.groups import ChannelGroup, GroupSet, example_batch, is_depthwise
 from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.zero import emptied
@@ -155,15 +156,15 @@ def verify(reference: nn.Module, small: nn.Module, groups: GroupSet, keep: dict[
     temp = None
     if masks is None:
         temp = ChannelMasks(reference, groups, keep)
-    x = example_batch(groups.input_shape, 2, _device(reference), seed=1234)
+    x = example_batch(groups.spec, 2, _device(reference), seed=1234)
     modes = (reference.training, small.training)
     reference.eval()
     small.eval()
     try:
         with torch.no_grad():
-            want = reference(x)
+            want = call_model(reference, x)
             try:
-                got = small(x)
+                got = call_model(small, x)
             except Exception as exc:
                 raise PrunelabError(f"the compressed model does not run ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
@@ -172,8 +173,7 @@ def verify(reference: nn.Module, small: nn.Module, groups: GroupSet, keep: dict[
         small.train(modes[1])
         if temp is not None:
             temp.detach()
-    if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
-        raise PrunelabError("compression check needs a model returning one tensor")
+    want, got = logits_of(want), logits_of(got)
     if want.shape != got.shape:
         raise PrunelabError(f"compressed output shape {tuple(got.shape)} differs from {tuple(want.shape)}")
     scale = max(1.0, float(want.abs().max()))

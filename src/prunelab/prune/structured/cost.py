@@ -46,12 +46,13 @@ class _Layer:
 
 
 def model_size(model: nn.Module, input_shape) -> tuple[int, int]:
-    """(parameters, MACs at batch 1) of ``model`` with prunelab's counters (:mod:`prunelab.measure`)."""
+    """(parameters, MACs at batch 1) of ``model`` with prunelab's counters (:mod:`prunelab.measure`);
+    ``input_shape`` is an :class:`~prunelab.models.inputs.InputSpec` or one float input's shape."""
     from prunelab.measure import count_macs, count_params
 
     was = model.training
     try:
-        return int(count_params(model).params), int(count_macs(model, tuple(input_shape)))
+        return int(count_params(model).params), int(count_macs(model, input_shape))
     finally:
         model.train(was)
 
@@ -108,7 +109,7 @@ class CostModel:
         dense = torch.ones(total, dtype=torch.bool)
         p0, m0 = self._layer_cost(dense)
         if params is None or macs is None:
-            mp, mm = model_size(model, groups.input_shape)
+            mp, mm = model_size(model, groups.spec)
             params = mp if params is None else params
             macs = mm if macs is None else macs
         self._params_rest = int(params) - p0

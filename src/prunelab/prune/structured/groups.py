@@ -44,6 +44,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.models.inputs import InputSpec, as_input_spec
 
 SCOPES = ("internal", "all")
 #: the Torch-Pruning releases this module is tested with (pyproject.toml bounds the dependency to them)
@@ -126,6 +127,13 @@ class GroupSet:
     input_shape: tuple[int, ...]
     layers: dict[str, LayerShape]
     skipped: list[dict] = field(default_factory=list)
+    #: the example inputs the model was traced with (None: one float tensor of ``input_shape``)
+    inputs: InputSpec | None = None
+
+    @property
+    def spec(self) -> InputSpec:
+        """The tracing inputs as an :class:`~prunelab.models.inputs.InputSpec`."""
+        return self.inputs if self.inputs is not None else as_input_spec(self.input_shape)
 
     def __iter__(self):
         return iter(self.groups)
@@ -141,11 +149,17 @@ class GroupSet:
         return sum(g.width for g in self.groups)
 
 
-def example_batch(input_shape: Sequence[int], batch: int = 1, device: torch.device | str = "cpu",
-                  seed: int = 0) -> torch.Tensor:
-    """A fixed random input used for tracing and for the compressed == masked check."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *input_shape), generator=gen).to(device)
+def example_batch(input_shape: InputSpec | Sequence[int], batch: int = 1, device: torch.device | str = "cpu",
+                  seed: int = 0):
+    """A fixed random input used for tracing and for the compressed == masked check: a tensor for an
+    ``input_shape`` (random normal, float32), else the spec's tuple or dict of tensors."""
+    return as_input_spec(input_shape).example(batch, seed=seed, device=device)
+
+
+def tp_example_inputs(example) -> tuple | dict:
+    """Example inputs in Torch-Pruning's ``example_inputs`` form: a dict (called with keywords) or a
+    tuple (called positionally)."""
+    return example if isinstance(example, dict | tuple) else (example,)
 
 
 def _module_device(model: nn.Module) -> torch.device:
@@ -172,7 +186,7 @@ class TracedModel:
         return self.graph.model
 
 
-def build_graph(model: nn.Module, input_shape: Sequence[int]) -> TracedModel:
+def build_graph(model: nn.Module, input_shape: InputSpec | Sequence[int]) -> TracedModel:
     """Trace ``model`` with Torch-Pruning on one example input; also record Conv / Linear / average-
     pool geometry for the cost model (positions summed over calls of a module used several times).
 
@@ -211,7 +225,8 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> TracedModel:
     try:
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=(example_batch(input_shape, 1, _module_device(model)),), verbose=False)
+                model, example_inputs=tp_example_inputs(example_batch(input_shape, 1, _module_device(model))),
+                verbose=False)
     except PrunelabError:
         raise
     except Exception as exc:  # tracing failures of Torch-Pruning are the user's model, not a bug here
@@ -475,17 +490,18 @@ def _check_patterns_match(model: nn.Module, patterns: Sequence[str]) -> None:
             raise PrunelabError(f"exclude pattern {p!r} matches no module path or class name of the model")
 
 
-def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "internal",
+def find_groups(model: nn.Module, input_shape: InputSpec | Sequence[int], scope: str = "internal",
                 exclude: Iterable[str] = (), spec=None, units=None) -> GroupSet:
     """The prunable channel groups of ``model`` (see the module docstring for scopes and exclusions).
 
     ``spec`` (an :class:`~prunelab.models.ArchSpec`) selects the zoo family's width units for scope
     ``internal``; ``units`` passes them directly. Without either, internal groups follow the generic rule.
+    ``input_shape`` is an :class:`~prunelab.models.inputs.InputSpec` or one float input's shape.
     """
     check_choice("scope", scope, SCOPES)
     patterns = [p for p in exclude if p]
     _check_patterns_match(model, patterns)
-    input_shape = tuple(int(d) for d in input_shape)
+    inputs = as_input_spec(input_shape)
     if units is None and spec is not None:
         from prunelab.models import width_units
 
@@ -493,7 +509,7 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
             units = width_units(model, spec)
         except PrunelabError:
             units = None
-    traced = build_graph(model, input_shape)
+    traced = build_graph(model, inputs)
     dg = traced.graph
     unit_by_conv = {u.conv: u for u in units or ()}
 
@@ -538,4 +554,4 @@ def find_groups(model: nn.Module, input_shape: Sequence[int], scope: str = "inte
             continue
         groups.append(make_group(traced, found, name, unit))
     groups.sort(key=lambda g: traced.order[g.root])
-    return GroupSet(groups, scope, input_shape, traced.layers, skipped)
+    return GroupSet(groups, scope, inputs.shape, traced.layers, skipped, None if inputs.is_plain else inputs)

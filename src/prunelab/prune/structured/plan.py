@@ -5,7 +5,8 @@ A plan is plain JSON::
     {"format": "prunelab-channel-plan", "version": 1,
      "base": {"family": ..., "kwargs": {...}},        # ArchSpec of the unpruned model (or None)
      "scope": "internal" | "all",
-     "input_shape": [C, H, W],                         # the tracing input
+     "input_shape": [C, H, W],                         # the tracing input (its first tensor)
+     "inputs": {...},                                  # InputSpec.to_dict(), when more than one float tensor
      "groups": [{"name": ..., "root": <layer path>, "width": W, "kept": [int, ...]}, ...]}
 
 Rebuilding (:func:`apply_plan`) constructs the base model from its constructor, asks Torch-Pruning
@@ -24,6 +25,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import CONV_TYPES
+from prunelab.models.inputs import spec_or_shape_of
 from prunelab.prune.structured.groups import GroupSet, build_graph, layer_group, make_group, read_group
 
 PLAN_FORMAT = "prunelab-channel-plan"
@@ -43,6 +45,8 @@ def make_plan(groups: GroupSet, keep: dict[str, list[int]], base: dict | None,
                         "unit": None if g.unit is None else {"key": g.unit.key, "index": g.unit.index}})
     plan = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "base": base, "scope": groups.scope,
             "input_shape": list(groups.input_shape), "groups": records}
+    if groups.inputs is not None:
+        plan["inputs"] = groups.inputs.to_dict()
     return compose(previous, plan) if previous else plan
 
 
@@ -91,8 +95,8 @@ def check_plan(plan: Any) -> dict:
 
 def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
     """Rebuild the plan's groups on a fresh base model, addressed by their root layers."""
-    input_shape = tuple(int(d) for d in plan["input_shape"])
-    traced = build_graph(model, input_shape)
+    inputs = spec_or_shape_of(plan)
+    traced = build_graph(model, inputs)
     groups = []
     for r in plan["groups"]:
         root = r["root"]
@@ -115,7 +119,8 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
         if found.problems:
             raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {found.problems[0]}")
         groups.append(make_group(traced, found, str(r.get("name", root))))
-    return GroupSet(groups, str(plan.get("scope", "all")), input_shape, traced.layers)
+    return GroupSet(groups, str(plan.get("scope", "all")), inputs.shape, traced.layers,
+                    inputs=None if inputs.is_plain else inputs)
 
 
 def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:

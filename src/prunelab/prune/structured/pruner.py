@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
+from prunelab.models.inputs import as_input_spec
 from prunelab.prune.structured.compress import compress
 from prunelab.prune.structured.cost import CostModel
 from prunelab.prune.structured.criterion import (
@@ -105,12 +106,15 @@ class StructuredPruner:
                  previous_plan: dict | None = None, groups: GroupSet | None = None) -> None:
         self.model = model
         self.config = config.validate()
-        self.input_shape = tuple(int(d) for d in input_shape)
+        self.inputs = as_input_spec(input_shape)
+        self.input_shape = self.inputs.shape  # the first input's shape (kept for callers that read it)
+        #: what measurements get: the plain shape for one float tensor (as before specs), else the spec
+        self.measured_inputs = self.inputs.shape if self.inputs.is_plain else self.inputs
         self.spec = spec
         self.previous_plan = previous_plan
         t0 = time.perf_counter()
         with stage("finding channel groups"):
-            self.groups = groups or find_groups(model, self.input_shape, config.scope, config.exclude, spec=spec)
+            self.groups = groups or find_groups(model, self.measured_inputs, config.scope, config.exclude, spec=spec)
         self.group_seconds = time.perf_counter() - t0
         if not len(self.groups):
             why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:3])
@@ -141,7 +145,7 @@ class StructuredPruner:
             pruned = self.masks.remaining < self.groups.total_channels
             with self.masks.detached():
                 small = compress(self.model, self.groups, masks=self.masks, check=False) if pruned else self.model
-                params, macs = model_size(small, self.input_shape)
+                params, macs = model_size(small, self.measured_inputs)
             return {"channels": self.masks.remaining, "params": params, "macs": macs}
         params, macs = self.cost.size(self.masks.alive)
         return {"channels": self.masks.remaining, "params": params, "macs": macs}
@@ -197,7 +201,7 @@ class StructuredPruner:
         if t is None:
             raise PrunelabError("no pruning target set")
         if t.kind == "latency_ms":
-            return measure_latency_ms(self.compress(check=False), self.input_shape, t)
+            return measure_latency_ms(self.compress(check=False), self.measured_inputs, t)
         return float(self.measure(exact=exact)[t.kind])
 
     def reached(self) -> bool:
