@@ -233,10 +233,18 @@ def test_no_private_names_cross_modules():
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
+#: what ``measure`` may import from the package: it counts and times models, and trains nothing
+MEASURE_USES = {"measure", "models", "devices", "resources", "io", ROOT, "errors"}
+
+
 def test_measure_is_a_leaf_for_counting_and_timing():
     """No ONNX Runtime and no plotting in ``measure`` (they live in ``export`` and ``report``): no import
-    of them and no module name handed to an importer (``require("matplotlib")``)."""
+    of them and no module name handed to an importer (``require("matplotlib")``); and no training,
+    pruning or export code (stricter than the layer order, which would allow ``train``)."""
     banned = {"onnx", "onnxruntime", "matplotlib"}
+    uses = [f"{e.importer}:{e.line} imports {e.imported}" for e in EDGES
+            if layer(e.importer) == "measure" and layer(e.imported) not in MEASURE_USES]
+    assert not uses, "measure is not a leaf:\n" + "\n".join(uses)
     for module, path in MODULES.items():
         if layer(module) != "measure":
             continue
