@@ -43,15 +43,13 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.models.common import BN_TYPES, CONV_TYPES, POOL_TYPES
 
 SCOPES = ("internal", "all")
 #: the Torch-Pruning releases this module is tested with (pyproject.toml bounds the dependency to them)
 TORCH_PRUNING_TESTED = ("1.5.3", "1.6.0", "1.6.1")
 
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
-POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-              nn.AdaptiveAvgPool3d)
 # Layers whose parameters are one value per channel (sliced with the channel, no mixing across channels).
 PER_CHANNEL_TYPES = (*BN_TYPES, nn.PReLU)
 
@@ -351,7 +349,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
         out = dg.is_out_channel_pruning_fn(dep.handler)
         if is_depthwise(module):
             kind = "depthwise"
-        elif isinstance(module, (*CONV_TYPES, nn.Linear)):
+        elif isinstance(module, PRODUCER_TYPES):
             kind = "out" if out else "in"
         elif isinstance(module, PER_CHANNEL_TYPES):
             kind = "out"
