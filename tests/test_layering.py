@@ -5,7 +5,7 @@ circle, and no module imports another module's ``_private`` names.
 The declared order (the package's layers, highest first)::
 
     cli -> report -> study -> protocols -> export -> checkpoint -> prune -> measure -> train
-        -> models, data -> io, devices, resources, track -> prunelab (the root: ``__version__``) -> errors
+        -> models, data -> io, autoload, devices, resources, track -> prunelab (the root: ``__version__``) -> errors
 
 Imports under ``if TYPE_CHECKING:`` are left out: they never run (they name a type for the checker).
 The walk reads the source with :mod:`ast`, so it sees imports in code paths no test executes.
@@ -26,8 +26,8 @@ ROOT = "prunelab"
 #: tiers, highest first: a module may import its own package and any package of a lower tier
 TIERS: tuple[tuple[str, ...], ...] = (
     ("__main__",), ("cli",), ("report",), ("study",), ("protocols",), ("export",), ("checkpoint",),
-    ("prune",), ("measure",), ("train",), ("models", "data"), ("io", "devices", "resources", "track"), (ROOT,),
-    ("errors",),
+    ("prune",), ("measure",), ("train",), ("models", "data"), ("io", "autoload", "devices", "resources", "track"),
+    (ROOT,), ("errors",),
 )
 RANK = {layer: i for i, tier in enumerate(TIERS) for layer in tier}
 
@@ -233,10 +233,18 @@ def test_no_private_names_cross_modules():
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
+#: what ``measure`` may import from the package: it counts and times models, and trains nothing
+MEASURE_USES = {"measure", "models", "devices", "resources", "io", ROOT, "errors"}
+
+
 def test_measure_is_a_leaf_for_counting_and_timing():
     """No ONNX Runtime and no plotting in ``measure`` (they live in ``export`` and ``report``): no import
-    of them and no module name handed to an importer (``require("matplotlib")``)."""
+    of them and no module name handed to an importer (``require("matplotlib")``); and no training,
+    pruning or export code (stricter than the layer order, which would allow ``train``)."""
     banned = {"onnx", "onnxruntime", "matplotlib"}
+    uses = [f"{e.importer}:{e.line} imports {e.imported}" for e in EDGES
+            if layer(e.importer) == "measure" and layer(e.imported) not in MEASURE_USES]
+    assert not uses, "measure is not a leaf:\n" + "\n".join(uses)
     for module, path in MODULES.items():
         if layer(module) != "measure":
             continue
@@ -267,3 +275,28 @@ def test_the_repository_cites_no_document_outside_it():
     found = [f"{p.relative_to(repo)}: {m.group()}" for p in files if p != Path(__file__).resolve()
              for pattern in outside for m in [pattern.search(p.read_text(errors="replace").lower())] if m]
     assert not found, "references to documents outside the repository:\n" + "\n".join(found)
+
+
+def test_a_package_loads_every_public_module_and_keeps_import_errors(tmp_path, monkeypatch):
+    """:func:`prunelab.autoload.import_modules`, which fills the model, dataset, criterion and study-kind
+    registries: public modules in name order, ``_private`` ones left out, a broken one kept as one line."""
+    from prunelab.autoload import import_modules
+
+    pkg = tmp_path / "autoload_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("ORDER = []\n")
+    (pkg / "b.py").write_text("from autoload_probe import ORDER\nORDER.append('b')\n")
+    (pkg / "a.py").write_text("from autoload_probe import ORDER\nORDER.append('a')\n")
+    (pkg / "_hidden.py").write_text("raise RuntimeError('private modules are not loaded')\n")
+    (pkg / "c.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import autoload_probe
+
+    errors: dict[str, str] = {}
+    import_modules("autoload_probe", autoload_probe.__path__, errors)
+    assert autoload_probe.ORDER == ["a", "b"]
+    assert list(errors) == ["autoload_probe.c"] and "no_such_module_anywhere" in errors["autoload_probe.c"]
+    with pytest.raises(ImportError, match="no_such_module_anywhere"):
+        import_modules("autoload_probe", autoload_probe.__path__)
+    for name in [m for m in sys.modules if m.startswith("autoload_probe")]:
+        monkeypatch.delitem(sys.modules, name)

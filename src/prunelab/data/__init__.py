@@ -12,18 +12,14 @@ Each loader module registers its names when imported (the registry imports no lo
 of this package is imported here, so a new format is one new file.
 """
 
-import importlib
-import pkgutil
-
+from prunelab.autoload import import_modules
 from prunelab.data.base import Augment, DataBundle, Split
 from prunelab.data.feed import Feed, batches
 from prunelab.data.pipeline import augment_batch
 from prunelab.data.registry import get_dataset_entry, list_datasets, load, register_dataset
 from prunelab.data.stream import StreamSplit, from_dataset
 
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_modules(__name__, __path__)
 
 __all__ = [
     "Augment",

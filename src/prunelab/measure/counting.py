@@ -68,13 +68,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunelab.errors import PrunelabError, PrunelabWarning
-from prunelab.models.common import CONV_TYPES, TRANSPOSED_CONV_TYPES
+from prunelab.models.common import CONV_TYPES, POOL_TYPES, TRANSPOSED_CONV_TYPES
 from prunelab.models.inputs import InputSpec, as_input_spec, call_model
 
 #: the layers whose weights are counted as weights (convolutions, transposed ones included, and Linear)
 WEIGHT_TYPES = (*CONV_TYPES, *TRANSPOSED_CONV_TYPES, nn.Linear)
-POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-              nn.AdaptiveAvgPool3d)
 
 
 @dataclass(frozen=True)

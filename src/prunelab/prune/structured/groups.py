@@ -43,7 +43,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.models.common import BN_TYPES, CONV_TYPES, POOL_TYPES
 from prunelab.models.inputs import InputSpec, as_input_spec
 
 SCOPES = ("internal", "all")
@@ -51,8 +51,6 @@ SCOPES = ("internal", "all")
 TORCH_PRUNING_TESTED = ("1.5.3", "1.6.0", "1.6.1")
 
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
-POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-              nn.AdaptiveAvgPool3d)
 # Layers whose parameters are one value per channel (sliced with the channel, no mixing across channels).
 PER_CHANNEL_TYPES = (*BN_TYPES, nn.PReLU)
 
@@ -366,7 +364,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
         out = dg.is_out_channel_pruning_fn(dep.handler)
         if is_depthwise(module):
             kind = "depthwise"
-        elif isinstance(module, (*CONV_TYPES, nn.Linear)):
+        elif isinstance(module, PRODUCER_TYPES):
             kind = "out" if out else "in"
         elif isinstance(module, PER_CHANNEL_TYPES):
             kind = "out"

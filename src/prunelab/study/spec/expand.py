@@ -186,26 +186,25 @@ def _unknown_model_kwargs(model: str, kwargs: dict[str, Any]) -> str | None:
 
 
 def _method_node(spec: StudySpec, name: str) -> Any:
-    doc = spec.nodes.get("doc")
-    if not isinstance(doc, LineMap):
-        return None
-    items = doc.get("methods") or []
-    for i, item in enumerate(items):
-        if isinstance(item, LineMap) and item.get("name") == name:
-            return item
-        if item == name and isinstance(items, LineSeq):
-            return at_line(items.item_lines[i])
-    return at_line(doc.key_lines.get("methods", doc.line))
+    """Where method ``name`` is listed (its mapping, or the line of its bare name)."""
+    return _axis_node(spec, "methods", name, ("name",))
 
 
 def _model_node(spec: StudySpec, label: str) -> Any:
+    """Where the model labelled ``label`` is listed (by its label or its zoo name)."""
+    return _axis_node(spec, "models", label, ("label", "name"))
+
+
+def _axis_node(spec: StudySpec, axis: str, value: str, keys: tuple[str, ...]) -> Any:
+    """The item of the study's ``axis`` list that names ``value`` under one of ``keys`` (or is ``value``),
+    for error lines; the list's own line when none does, None without a parsed document."""
     doc = spec.nodes.get("doc")
     if not isinstance(doc, LineMap):
         return None
-    items = doc.get("models") or []
+    items = doc.get(axis) or []
     for i, item in enumerate(items):
-        if isinstance(item, LineMap) and label in (item.get("label"), item.get("name")):
+        if isinstance(item, LineMap) and value in tuple(item.get(k) for k in keys):
             return item
-        if item == label and isinstance(items, LineSeq):
+        if item == value and isinstance(items, LineSeq):
             return at_line(items.item_lines[i])
-    return at_line(doc.key_lines.get("models", doc.line))
+    return at_line(doc.key_lines.get(axis, doc.line))
