@@ -134,7 +134,9 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if isinstance(value, str) and value:
             from prunelab.io import check_writable  # imported only when needed: it imports torch
 
-            check_writable(value, folder=action.metavar == "DIR")
+            # prune --hf writes a model folder to --out (save_pretrained)
+            folder = action.metavar == "DIR" or (action.dest == "out" and bool(getattr(args, "hf", None)))
+            check_writable(value, folder=folder)
 
 
 def _os_error_line(exc: OSError) -> str:

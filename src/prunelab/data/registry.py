@@ -109,3 +109,4 @@ def _ensure_loaded() -> None:
     import prunelab.data.imagestream  # noqa: F401
     import prunelab.data.shards  # noqa: F401
     import prunelab.data.synthetic  # noqa: F401
+    import prunelab.data.tokens  # noqa: F401
