@@ -92,13 +92,18 @@ def add_hf_arguments(parser) -> None:
                              "model's positions))")
 
 
+def check_hf_args(args) -> None:
+    """``--seq-len`` without ``--hf`` is refused (it would be ignored)."""
+    if getattr(args, "hf", None) is None and getattr(args, "seq_len", None) is not None:
+        raise PrunelabError("--seq-len applies to --hf models only")
+
+
 def hf_from_args(args):
     """The :class:`~prunelab.models.hf.HFModel` of ``--hf`` (None without it). MODEL and ``--hf``
     together are refused; ``--seq-len`` applies to ``--hf`` only."""
+    check_hf_args(args)
     folder = getattr(args, "hf", None)
     if folder is None:
-        if getattr(args, "seq_len", None) is not None:
-            raise PrunelabError("--seq-len applies to --hf models only")
         return None
     named = getattr(args, "model", None) or getattr(args, "checkpoint", None)
     if isinstance(named, list):

@@ -44,7 +44,7 @@ def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         except (ValueError, OSError) as exc:
             raise PrunelabError(f"token file {path} is not a NumPy array file: {exc}") from exc
         _check_size(path, tuple(array.shape))
-        return torch.from_numpy(np.ascontiguousarray(array)), None
+        return torch.from_numpy(np.array(array)), None
     if path.suffix not in (".pt", ".pth"):
         raise PrunelabError(f"token file {path} must be a .pt / .pth (torch) or .npy (NumPy) file")
     obj = torch_load(path, what="token file")
