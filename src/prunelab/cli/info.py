@@ -44,6 +44,13 @@ def _fit_input(spec, shape: tuple[int, ...]):
     return spec.with_kwargs(**overrides) if overrides else spec
 
 
+def is_user_family(family: str) -> bool:
+    """A family registered outside prunelab (a plugin's), whose layers the counting conventions may miss."""
+    from prunelab.models import get_family
+
+    return not getattr(get_family(family).build, "__module__", "").startswith("prunelab.")
+
+
 def describe(model_arg: str, num_classes: int | None = None, input_size: str | None = None, *,
              use_cache: bool = True) -> dict:
     """The report ``prunelab info`` prints, as a dict (a zoo name with its defaults from the counts
@@ -78,6 +85,10 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
         shape = shape or input_shape_of(spec)
     counts = count_params(loaded.model)
     rows = layer_table(loaded.model, shape)
+    if is_user_family(loaded.spec.family):  # conventions written for the zoo: check them on a user's model
+        from prunelab.measure import warn_if_miscounted
+
+        warn_if_miscounted(loaded.model, shape)
     dense = sum(r.macs_dense for r in rows)
     sparse = sum(r.macs_sparse for r in rows)
     cl = counts.conv_linear_weights
