@@ -5,7 +5,7 @@
 * ``params``: every ``nn.Parameter`` of the model, counted once (BN gamma/beta and biases included;
   BN running statistics, masks and other buffers excluded; a weight tied between an embedding and
   an LM head counts once). This is the "total params" column of torchvision, pytorch-prunes'
-  inference counter and seeds.md sec. 4.4.
+  inference counter and the seed papers' parameter counts.
 * ``conv_linear_weights``: the ``weight`` tensors of Conv1d/2d/3d (depthwise and 1x1 shortcuts
   included), Linear layers and Hugging Face's ``Conv1D`` (GPT-2's transposed Linear): the set Global
   MP prunes and its sparsity denominator (Gupta et al. 2022, sec. 3). Biases, BN and recurrent
