@@ -95,3 +95,44 @@ def test_a_plugin_that_does_not_import_is_one_line(argv, plugin, words, tmp_path
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+LORA_PLUGIN = '''
+import torch
+from torch import nn
+from prunelab.models import register_family
+
+
+class LoRALinear(nn.Linear):
+    def __init__(self, n):
+        super().__init__(n, n)
+        self.a, self.b = nn.Parameter(torch.zeros(n, 2)), nn.Parameter(torch.zeros(2, n))
+
+    def forward(self, x):
+        return super().forward(x) + x @ self.a @ self.b
+
+
+def build(in_features=16, num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 16), LoRALinear(16), nn.Linear(16, num_classes))
+
+
+register_family("lorafam", build, input_shape=(16,), task="vector")
+'''
+
+
+def test_info_warns_when_a_user_model_is_miscounted(tmp_path, monkeypatch, capsys):
+    from prunelab.io import save_checkpoint
+    from prunelab.models import create
+
+    (tmp_path / "lora_plugin.py").write_text(LORA_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lora_plugin  # noqa: F401
+
+    path = tmp_path / "lora.pt"
+    state = create({"family": "lorafam"}).state_dict()
+    save_checkpoint(path, arch={"family": "lorafam", "kwargs": {}}, state_dict=state)
+    assert main(["info", str(path), "--plugin", "lora_plugin"]) == 0
+    err = capsys.readouterr().err
+    # the LoRA products (16x2 + 2x16 per sample) are functional products inside a counted Linear
+    assert "warning: MAC count" in err and "modules: 2: 256 vs 320" in err and err.count("\n") == 1
+    assert main(["info", "cnn"]) == 0 and capsys.readouterr().err == ""

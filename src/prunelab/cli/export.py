@@ -20,7 +20,11 @@ OPTION_FORMATS = {"static_batch": ("onnx",), "opset": ("onnx",), "batch_size": (
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a prunelab checkpoint (or a zoo name)")
+    from prunelab.cli.common import add_hf_arguments
+
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                        help="a prunelab checkpoint (or a zoo name; or --hf FOLDER)")
+    add_hf_arguments(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, metavar="PATH")
     parser.add_argument("--input-size", default=None, metavar="CxHxW",
@@ -56,6 +60,10 @@ def run(args) -> int:
     for dest, formats in OPTION_FORMATS.items():
         if args.format not in formats and dest in (getattr(args, "given", None) or ()):
             raise PrunelabError(f"--{dest.replace('_', '-')} applies to --format {' / '.join(formats)} only")
+    if args.hf is not None:
+        return _run_hf(args)
+    if args.checkpoint is None:
+        raise PrunelabError("missing CHECKPOINT: give a prunelab checkpoint, a zoo name or --hf FOLDER")
     loaded = model_or_checkpoint(args.checkpoint)
     shape = input_shape_for(loaded, args.input_size)
     check_input(shape, max(1, args.batch_size if args.format in ("sparse", "deploy") else 1))
@@ -91,6 +99,30 @@ def run(args) -> int:
         emit_json(summary)
     else:
         print(text)
+    return 0
+
+
+def _run_hf(args) -> int:
+    """``export --hf FOLDER --format onnx``: the folder's model with one graph input per example
+    tensor (``input_ids`` for text, ``input`` for images) and its logits as ``output``."""
+    from prunelab.cli.common import emit_json, hf_from_args
+    from prunelab.errors import PrunelabError
+    from prunelab.export.onnx import DEFAULT_OPSET, to_onnx
+
+    if args.format != "onnx":
+        raise PrunelabError(f"--hf folders export to --format onnx (deploy and sparse take prunelab checkpoints of "
+                            f"convolutional networks), not {args.format}")
+    if args.input_size:
+        raise PrunelabError("--input-size does not apply to --hf (its inputs come from the config and --seq-len)")
+    loaded = hf_from_args(args)
+    result = to_onnx(loaded.model, loaded.inputs, args.out, dynamic_batch=not args.static_batch,
+                     opset=DEFAULT_OPSET if args.opset is None else args.opset)
+    if args.json:
+        emit_json(result.to_dict())
+    else:
+        print(f"wrote {result.path} ({result.bytes} bytes, opset {result.opset}, input {loaded.inputs.describe()}); "
+              f"ONNX Runtime vs PyTorch: max abs error {result.max_abs_error:.2e}, relative error "
+              f"{result.relative_error:.2e}")
     return 0
 
 

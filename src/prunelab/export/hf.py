@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.models.hf import MASKS_FILE, HFModel, load_folder
+from prunelab.models.hf import MASKS_FILE, HFModel, load_folder, quiet_transformers
 from prunelab.prune.unstructured.masks import mask_counts, set_mask, strip
 
 MASKS_FORMAT = "prunelab-hf-masks"
@@ -94,7 +94,8 @@ def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        plain.save_pretrained(str(tmp), safe_serialization=True)
+        with quiet_transformers():
+            plain.save_pretrained(str(tmp), safe_serialization=True)
         if record is not None:
             (tmp / MASKS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         old = None

@@ -19,6 +19,7 @@ Writing a (pruned) model back to a folder is :mod:`prunelab.export.hf`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,12 +62,17 @@ def register_head(head: Head) -> Head:
     return head
 
 
+def max_positions(config) -> int | None:
+    """The longest sequence a text config's position embeddings allow (None when it does not say)."""
+    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                 if isinstance(getattr(config, k, None), int)), None)
+
+
 def _text_inputs(config, seq_len: int | None) -> InputSpec:
     vocab = getattr(config, "vocab_size", None)
     if not isinstance(vocab, int) or vocab < 1:
         raise PrunelabError(f"the config of a {type(config).__name__} has no vocab_size to draw token ids from")
-    limit = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
-                  if isinstance(getattr(config, k, None), int)), None)
+    limit = max_positions(config)
     if seq_len is None:
         seq_len = min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
     if seq_len < 1 or (limit is not None and seq_len > limit):
@@ -107,6 +113,19 @@ class HFModel:
     @property
     def config(self):
         return self.model.config
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No ``transformers`` progress bars (loading / writing shards) inside the block."""
+    logging = _transformers().utils.logging
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 def _transformers():
@@ -156,7 +175,8 @@ def load_folder(path: str | os.PathLike, *, seq_len: int | None = None,
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = getattr(tf, head.auto_class).from_pretrained(str(folder), **kwargs)
+        with quiet_transformers():
+            model = getattr(tf, head.auto_class).from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # weights missing, corrupt or of another shape
         raise PrunelabError(f"Hugging Face folder {path}: cannot load the weights: {_first_line(exc)}") from exc
     model.eval()
