@@ -103,6 +103,7 @@ def _check_option_types(entry: DatasetEntry, options: dict[str, Any]) -> None:
 def _ensure_loaded() -> None:
     # Importing the loader modules registers every dataset name.
     import prunelab.data.cifar  # noqa: F401
+    import prunelab.data.corpus  # noqa: F401
     import prunelab.data.embedded  # noqa: F401
     import prunelab.data.har  # noqa: F401
     import prunelab.data.imagefolder  # noqa: F401
