@@ -46,6 +46,8 @@ TINY: dict[str, tuple[dict, tuple[int, ...]]] = {
     "gru": ({"hidden_size": 8}, (12, 1)),
     "vit": ({"image_size": 8, "in_channels": 1, "dim": 16, "depth": 2, "heads": 2, "head_dim": 8,
              "mlp_ratio": 1.5}, (1, 8, 8)),
+    "lm": ({"num_classes": 50, "seq_len": 12, "dim": 16, "depth": 2, "kv_heads": 2, "q_per_kv": 2, "head_dim": 4,
+            "mlp_ratio": 1.5}, (12,)),
 }
 
 

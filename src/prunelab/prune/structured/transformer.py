@@ -24,7 +24,8 @@ Units (each one :class:`~prunelab.prune.structured.groups.ChannelGroup` whose "c
 
 Layouts are a registry (:data:`ATTENTION_LAYOUTS`, :data:`MLP_LAYOUTS`), tried on every module: separate
 ``q_proj/k_proj/v_proj/o_proj`` (LLaMA, Mistral, Qwen, OPT-style ``out_proj``), ``query/key/value`` with a
-sibling ``output.dense`` (BERT, ViT, RoBERTa), fused ``c_attn``/``c_proj`` ``Conv1D`` (GPT-2); MLPs
+sibling ``output.dense`` (BERT, ViT, RoBERTa), fused ``c_attn``/``c_proj`` ``Conv1D`` (GPT-2), a fused
+``qkv`` Linear with ``proj`` (timm's ``Attention``, the zoo's ViT); MLPs
 ``gate_proj/up_proj/down_proj``, ``fc1/fc2``, ``c_fc/c_proj``, ``pwconv1/pwconv2`` (ConvNeXt) and
 ``intermediate.dense``/``output.dense``. After compression :func:`update_attributes` rewrites the head
 counts and sizes the modules' forwards read, and :func:`config_updates` gives the config fields of
@@ -225,6 +226,19 @@ def _fused_c_attn(path: str, module: nn.Module) -> AttentionUnit | None:
                          _join(path, "c_proj"), heads, kv, d, fused=True)
 
 
+def _fused_qkv_linear(path: str, module: nn.Module) -> AttentionUnit | None:
+    """timm's ``Attention`` (and the zoo's ViT): one ``qkv`` Linear whose outputs are q|k|v, then ``proj``."""
+    qkv, proj = _child(module, "qkv"), _child(module, "proj")
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)) or qkv.out_features % 3:
+        return None
+    e = qkv.out_features // 3
+    if proj.in_features != e:
+        return None
+    heads, kv, d = _head_geometry(path, module, e, e)
+    return AttentionUnit(path, path, _join(path, "qkv"), _join(path, "qkv"), _join(path, "qkv"), _join(path, "proj"),
+                         heads, kv, d, fused=True)
+
+
 def _mlp_pairs(path: str, module: nn.Module) -> MlpUnit | None:
     for ups, down in ((("up_proj", "gate_proj"), "down_proj"), (("fc1",), "fc2"), (("c_fc",), "c_proj"),
                       (("pwconv1",), "pwconv2"), (("w1", "w3"), "w2"), (("dense_h_to_4h",), "dense_4h_to_h")):
@@ -254,7 +268,7 @@ def _intermediate_output(path: str, module: nn.Module) -> MlpUnit | None:
 
 #: attention layouts, tried in order on every module (the first match wins)
 ATTENTION_LAYOUTS: list[Callable[[str, nn.Module], AttentionUnit | None]] = [
-    _separate_qkv, _query_key_value_with_output, _fused_c_attn]
+    _separate_qkv, _query_key_value_with_output, _fused_c_attn, _fused_qkv_linear]
 #: feed-forward layouts
 MLP_LAYOUTS: list[Callable[[str, nn.Module], MlpUnit | None]] = [_mlp_pairs, _intermediate_output]
 
