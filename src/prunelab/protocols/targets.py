@@ -18,6 +18,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models import ArchSpec, create
+from prunelab.models.inputs import InputSpec
 
 METRICS = ("params", "macs", "latency")
 
@@ -86,7 +87,8 @@ class LatencyOptions:
 class Measurer:
     """Measures specs (built fresh) in one metric, caching by spec so a search never re-counts.
 
-    ``input_shape`` excludes the batch dimension.
+    ``input_shape`` excludes the batch dimension, or is an :class:`~prunelab.models.inputs.InputSpec`
+    (token ids; not for latency, which times one float tensor).
     """
 
     metric: str
@@ -96,7 +98,8 @@ class Measurer:
 
     def __post_init__(self) -> None:
         check_choice("target metric", self.metric, METRICS)
-        self.input_shape = tuple(int(d) for d in self.input_shape)
+        if not isinstance(self.input_shape, InputSpec):
+            self.input_shape = tuple(int(d) for d in self.input_shape)
 
     def __call__(self, spec: ArchSpec) -> float:
         key = _spec_key(spec)
@@ -118,7 +121,12 @@ def measure(model: nn.Module, metric: str, input_shape: tuple[int, ...],
     if metric == "macs":
         from prunelab.measure import count_macs
 
-        return float(count_macs(model, tuple(input_shape)))
+        return float(count_macs(model, input_shape if isinstance(input_shape, InputSpec) else tuple(input_shape)))
+    if isinstance(input_shape, InputSpec):
+        if not input_shape.is_plain:
+            raise PrunelabError(f"latency targets time one float input tensor; this model takes "
+                                f"{input_shape.describe()}: aim at params or MACs instead")
+        input_shape = input_shape.shape
     return measure_latency_ms(model, tuple(input_shape), latency or LatencyOptions())
 
 

@@ -172,7 +172,7 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
     named = {n: m for p in pairs for n, m in ((p.first_name, p.first), (p.second_name, p.second))}
     layers = [PrunableLayer(n, m) for n, m in named.items()]
     report = build_report(model, layers, method="lowrank-columns", target_sparsity=target,
-                          input_shape=tuple(input_shape) if input_shape else None, details=details, warn=warn)
+                          input_shape=input_shape or None, details=details, warn=warn)
     report.details["components_total"] = total
     report.details["components_kept"] = sum(d["kept"] for d in details["ranks"].values())
     return report

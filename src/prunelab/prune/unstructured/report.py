@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.models.inputs import InputSpec, call_model, logits_of
 from prunelab.prune.unstructured.masks import get_mask
 from prunelab.prune.unstructured.selection import PrunableLayer, candidate_layers
 
@@ -178,7 +179,7 @@ def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]):
     pass; the totals equal ``count_macs(model, shape)`` and ``count_macs(model, shape, sparse=True)``."""
     from prunelab.measure import layer_table
 
-    rows = layer_table(model, tuple(input_shape))
+    rows = layer_table(model, input_shape if isinstance(input_shape, InputSpec) else tuple(input_shape))
     return {r.name: r for r in rows}, sum(r.macs_dense for r in rows), sum(r.macs_sparse for r in rows)
 
 
@@ -190,16 +191,17 @@ def outputs_connected(model: nn.Module, input_shape: tuple[int, ...], trials: in
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((trials, *input_shape), generator=gen).to(device=device, dtype=dtype)
+    if isinstance(input_shape, InputSpec):  # token ids or structured inputs: the spec's own examples
+        x = input_shape.example_for(model, trials, seed=seed)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn((trials, *input_shape), generator=gen).to(device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     try:
-        out = model(x)
+        out = logits_of(call_model(model, x))
     finally:
         model.train(was_training)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
     out = out.reshape(trials, -1)
     varies = (out != out[:1]).any(dim=0)
     return float(varies.float().mean()) if varies.numel() else 0.0

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import arch_spec, final_metrics, load_data, model_metrics
 from prunelab.study.context import RunContext
 from prunelab.study.run import RunConfig
@@ -146,7 +147,7 @@ def sizes(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(parameters, MACs at batch 1) by :mod:`prunelab.measure` conventions."""
     from prunelab.measure import count_macs, count_params
 
-    return int(count_params(model).params), int(count_macs(model, tuple(input_shape)))
+    return int(count_params(model).params), int(count_macs(model, input_shape))
 
 
 def size_target(target: Mapping[str, Any], base_params: int, base_macs: int) -> tuple[str, int]:
@@ -214,7 +215,7 @@ def trained_output(ctx: RunContext, run: RunConfig, model: nn.Module, base: nn.M
     """The :class:`RunOutput` of an architecture trained from scratch: test metrics of the trainer's
     final row, sizes against ``base``, its history as curves, its layers against the base, and (with
     ``save``) its checkpoint in the run folder."""
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     model.eval()
     metrics = final_metrics(result.final, data)
     metrics.update(architecture_metrics(model, base, shape, run))
@@ -259,7 +260,7 @@ def reduced(run: RunConfig, ctx: RunContext) -> RunOutput:
     data = load_data(run)
     spec = fitted_spec(run, data)
     base = fresh_model(spec)
-    metric, value = size_target(run.target, *sizes(base, tuple(data.input_shape)))
+    metric, value = size_target(run.target, *sizes(base, data_inputs(data)))
     found = reduced_network(spec, data, mode=p["mode"], target=SizeTarget(metric, float(value)),
                             round_to=p["round_to"], tol=p["tol"], max_multiplier=p["max_multiplier"], train=False)
     ctx.progress(phase="reduced", multiplier=found.value)
@@ -340,7 +341,7 @@ def _pfs_run(run: RunConfig, ctx: RunContext, trained: bool) -> RunOutput:
     from prunelab.study.common import dense_model
 
     data = load_data(run)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     default = fitted_spec(run, data)
     base = fresh_model(default)
     cfg = _pfs_config(run.params)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
 from prunelab.study.methods.protocols import (
@@ -168,7 +169,7 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
     from prunelab.train import Trainer, evaluate, resolve_device
 
     dense = dense_model(ctx, run, data)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     metric, value = size_target(target, *sizes(dense.model, shape))
     key = _prune_key(run, dense.spec, metric, value)
 
@@ -286,7 +287,7 @@ def _fine_tuned(ctx: RunContext, run: RunConfig, data, loaded, record: dict, bas
     from prunelab.prune.structured import save_pruned
     from prunelab.train import Trainer
 
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     model = loaded.model
     curves = [{**row, "phase": "pruning"} for row in record["history"]]
     epochs = int(run.params["finetune_epochs"])
@@ -331,7 +332,7 @@ def _copied(ctx: RunContext, run: RunConfig, data, folder: Path, base, extra: di
         source = shared_prune(ctx, run, data, p["profile_target"])
         artifacts["profile_prune"] = ctx.relative(source)
     profile = _profile(_read(source)[0].plan)
-    metric, value = size_target(run.target, *sizes(base, tuple(data.input_shape)))
+    metric, value = size_target(run.target, *sizes(base, data_inputs(data)))
     member = copy_profile(profile, data, target=SizeTarget(metric, float(value)), round_to=p["profile_round_to"],
                           tol=p["tol"], train=False)
     model, result = build_and_train(member.spec, data, run.train_config(), callbacks=[ctx.callback("copy-profile")])
