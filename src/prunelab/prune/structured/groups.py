@@ -294,6 +294,26 @@ def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> Tr
 
     handles = [m.register_forward_hook(record) for m in model.modules()
                if isinstance(m, (*PRODUCER_TYPES, *POOL_TYPES)) or is_conv1d(m)]
+    running: list[str] = []  # the modules whose forward is running (the innermost names a failure)
+
+    def enter(module, inputs) -> None:
+        running.append(names.get(module, type(module).__name__))
+
+    def leave(module, inputs, output) -> None:
+        if running:
+            running.pop()
+
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+
+    def where() -> str:
+        if not running:
+            return ""
+        name = running[-1] or "the model"
+        cls = type(model.get_submodule(running[-1])).__name__ if running[-1] else type(model).__name__
+        return f" in module {name} ({cls})"
+
     for unit in (units.attention if units else ()):
         handles.append(model.get_submodule(unit.o).register_forward_pre_hook(attention_hook(unit)))
     was_training = model.training
@@ -306,7 +326,7 @@ def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> Tr
     except PrunelabError:
         raise
     except Exception as exc:  # tracing failures of Torch-Pruning are the user's model, not a bug here
-        failure = PrunelabError(f"cannot trace the model's channel dependencies with Torch-Pruning: "
+        failure = PrunelabError(f"cannot trace the model's channel dependencies with Torch-Pruning{where()}: "
                                 f"{describe_exception(exc)}")
         failure.__cause__ = exc
         if not units:
@@ -314,12 +334,13 @@ def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> Tr
         # The transformer units do not need the graph: record the geometry with a plain forward.
         layers.clear()
         pool_inputs.clear()
+        running.clear()
         model.eval()
         try:
             with torch.no_grad():
                 call_model(model, spec.example_for(model, 1))
         except Exception as exc2:
-            raise PrunelabError(f"the model does not run on its example inputs ({spec.describe()}): "
+            raise PrunelabError(f"the model does not run on its example inputs ({spec.describe()}){where()}: "
                                 f"{describe_exception(exc2)}") from exc2
     finally:
         for h in handles:

@@ -151,13 +151,17 @@ class StructuredPruner:
                                    " (the model has no convolution or linear layer whose channels can be removed)"))
         self.floors = min_channel_floors(self.groups, config.min_channels)
         self.masks = ChannelMasks(model, self.groups)
-        self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
-        self.history: list[dict] = []
-        self.prunes = 0
-        self._cost: CostModel | None = None
-        self.initial = self.measure(exact=True)
-        self.confirmed: dict | None = None
-        self.check_target()
+        try:
+            self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
+            self.history: list[dict] = []
+            self.prunes = 0
+            self._cost: CostModel | None = None
+            self.initial = self.measure(exact=True)
+            self.confirmed: dict | None = None
+            self.check_target()
+        except BaseException:
+            self.masks.detach()  # a refused pruner leaves the model as it found it (a retry starts clean)
+            raise
 
     # -- sizes and targets -----------------------------------------------------------------------
     @property
@@ -317,6 +321,13 @@ class StructuredPruner:
         batches first, without updating weights, its gradients those of ``loss`` (a registered loss
         name; classification cross-entropy by default); BatchNorm running statistics are restored.
         """
+        try:
+            return self._prune_oneshot(data, batch_size, data_steps, device, loss)
+        except BaseException:
+            self.criterion.stop()
+            raise
+
+    def _prune_oneshot(self, data, batch_size, data_steps, device, loss) -> list[tuple[str, int]]:
         t = self.config.target
         if t is None:
             raise PrunelabError("one-shot pruning needs a target")

@@ -40,16 +40,14 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.models.common import is_conv1d
+
+__all__ = ["AttentionUnit", "MlpUnit", "Units", "find_units", "is_conv1d", "config_updates",
+           "apply_config_updates", "update_attributes"]
 
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "n_head")
 KV_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size")
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer with weight stored (in, out) and ``nf`` outputs."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
-        and module.weight.dim() == 2
 
 
 def is_linear_like(module: nn.Module) -> bool:

@@ -91,6 +91,9 @@ _COMMON = {
     "profile_round_to": Param(1, is_int(1), "a channel multiple >= 1"),
     "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
     "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
+    "min_channels": Param(None, lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and v > 0 and (v < 1 or v == int(v))),
+                          "null, a whole number of channels >= 1 or a fraction in (0, 1) of each group's width"),
 }
 _COST_TERM = {"fisher_beta": Param(0.0, is_number(0.0), "a cost weight >= 0 (0 = reference code)"),
               "fisher_cost": Param("macs", one_of("macs", "params"), "one of macs, params")}
@@ -121,6 +124,8 @@ def _resolve(run: RunConfig) -> RunConfig:
         p["profile_target"] = check_target(p["profile_target"])
     if p["scope"] != "internal" and run.protocol == "copy-profile":
         raise PrunelabError("copy-profile scales block-internal widths: use scope internal")
+    if p.get("min_channels") is None:  # absent unless given: the params (and ids) of earlier runs stay
+        p.pop("min_channels", None)
     _structured_config(run, None)
     return run
 
@@ -140,13 +145,13 @@ def _structured_config(run: RunConfig, target):
         criterion=_criterion(run), scope=p["scope"], exclude=tuple(p["exclude"]), schedule=p["schedule"],
         prune_every=p["prune_every"], channels_per_prune=p["channels_per_prune"], target=target,
         fisher_beta=float(p.get("fisher_beta", 0.0)), fisher_cost=p.get("fisher_cost", "macs"),
-        round_to=p["round_to"], finetune_steps=0, seed=run.seed).validate()
+        round_to=p["round_to"], finetune_steps=0, seed=run.seed, min_channels=p.get("min_channels")).validate()
 
 
 # ------------------------------------------------------------------------------------ the shared prune
 
 PRUNE_KEYS = ("scope", "exclude", "schedule", "prune_every", "channels_per_prune", "round_to", "finetune",
-              "fisher_beta", "fisher_cost", "signed")
+              "fisher_beta", "fisher_cost", "signed", "min_channels")
 
 
 def _prune_key(run: RunConfig, spec, metric: str, value: int) -> dict[str, Any]:
