@@ -18,6 +18,7 @@ from prunelab.models import (
     create,
     get_family,
     input_shape_of,
+    input_spec_of,
     list_families,
     list_models,
     resolve,
@@ -43,7 +44,18 @@ TINY: dict[str, tuple[dict, tuple[int, ...]]] = {
     "cnn": ({"widths": [4, 8, 8]}, (1, 8, 8)),
     "cnn1d": ({"widths": [4, 8]}, (1, 40)),
     "gru": ({"hidden_size": 8}, (12, 1)),
+    "vit": ({"image_size": 8, "in_channels": 1, "dim": 16, "depth": 2, "heads": 2, "head_dim": 8,
+             "mlp_ratio": 1.5}, (1, 8, 8)),
+    "lm": ({"num_classes": 50, "seq_len": 12, "dim": 16, "depth": 2, "kv_heads": 2, "q_per_kv": 2, "head_dim": 4,
+            "mlp_ratio": 1.5}, (12,)),
 }
+
+
+def example(spec: ArchSpec, shape: tuple[int, ...], batch: int, seed: int = 0):
+    """Example inputs of ``batch`` samples: random floats of ``shape``, or the family's token ids."""
+    if get_family(spec.family).inputs is not None:
+        return input_spec_of(spec).example(batch, seed=seed)
+    return torch.randn(batch, *shape)
 
 
 def tiny(family: str) -> tuple[ArchSpec, tuple[int, ...]]:
@@ -64,10 +76,10 @@ def test_forward_backward(family):
     torch.manual_seed(0)
     spec, shape = tiny(family)
     model = create(spec).train()
-    x = torch.randn(2, *shape)
-    out = model(x)
-    assert out.shape == (2, spec.kwargs.get("num_classes", 10 if family != "fastgrnn" else 2))
-    out.logsumexp(1).sum().backward()
+    out = model(example(spec, shape, 2))
+    classes = spec.kwargs.get("num_classes", 10 if family != "fastgrnn" else 2)
+    assert out.shape == ((2, shape[0], classes) if family == "lm" else (2, classes))  # the LM: logits per token
+    out.logsumexp(-1).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
@@ -79,9 +91,9 @@ def test_checkpoint_round_trip(family, tmp_path):
     spec, shape = tiny(family)
     model = create(spec)
     with torch.no_grad():  # move BN running statistics away from their defaults
-        model.train()(torch.randn(4, *shape))
+        model.train()(example(spec, shape, 4))
     model.eval()
-    x = torch.randn(3, *shape)
+    x = example(spec, shape, 3, seed=1)
     expected = model(x)
     path = save_checkpoint(tmp_path / f"{family}.pt", arch=json.loads(json.dumps(spec.to_dict())),
                            state_dict=model.state_dict(), meta={"input_shape": list(shape)})
@@ -101,9 +113,12 @@ def test_width_units_round_trip(family):
     assert units and all(u.width >= 1 for u in units)
     modules = dict(model.named_modules())
     for u in units:
-        assert u.conv in modules and (u.bn is None or isinstance(modules[u.bn], nn.modules.batchnorm._BatchNorm))
-        assert modules[u.conv].weight.shape[0] == u.width
-        if u.bn is not None:
+        assert u.conv in modules
+        assert modules[u.conv].weight.shape[0] == u.width * u.group_size
+        if u.kind == "heads":  # gates and masks act on the per-head output, one slice per head on u.axis
+            assert u.bn in modules and u.group_size > 1
+        elif u.bn is not None:
+            assert isinstance(modules[u.bn], nn.modules.batchnorm._BatchNorm)
             assert modules[u.bn].num_features == u.width
     same = create(spec_from_units(spec, units))
     assert _shapes(same) == _shapes(model)
@@ -113,7 +128,7 @@ def test_width_units_round_trip(family):
     spec2 = spec_from_units(spec, narrower)
     model2 = create(spec2)
     assert [u.width for u in width_units(model2, spec2)] == [u.width for u in narrower]
-    assert model2(torch.randn(2, *shape)).shape[0] == 2
+    assert model2(example(spec, shape, 2)).shape[0] == 2
     # read back from the narrow model alone, the spec rebuilds the same shapes
     assert _shapes(create(spec_from_units(spec, width_units(model2, spec2)))) == _shapes(model2)
 

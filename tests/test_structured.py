@@ -310,10 +310,11 @@ def test_exclusion_by_name_pattern_and_type():
     model = ConcatDepthwiseNet()
     groups = find_groups(model, (1, 8, 8), "all", exclude=["d1.*"])
     # the stem's channels pass through d1.bn1, which keeps its width, so the stem group goes too
-    assert {s["group"] for s in groups.skipped} == {"d1.conv1", "d1.conv2", "stem"}
+    # the logits layer is listed too: every group left out is reported with its reason
+    assert {s["group"] for s in groups.skipped} == {"d1.conv1", "d1.conv2", "stem", "fc"}
     assert {g.name for g in groups} == {"d2.conv1", "d2.conv2", "pw", "pw2"}
     groups = find_groups(model, (1, 8, 8), "all", exclude=["Conv2d"])
-    assert len(groups) == 0 and all("Conv2d" in s["reason"] for s in groups.skipped)
+    assert len(groups) == 0 and all("Conv2d" in s["reason"] for s in groups.skipped if s["group"] != "fc")
     with pytest.raises(PrunelabError, match="matches no module"):
         find_groups(model, (1, 8, 8), "all", exclude=["d9.*"])
 

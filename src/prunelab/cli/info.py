@@ -65,7 +65,7 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
             return data["info"][model_arg]
     from prunelab.checkpoint import LoadedModel, is_checkpoint_path, model_or_checkpoint
     from prunelab.measure import count_params, layer_table
-    from prunelab.models import create, input_shape_of, resolve
+    from prunelab.models import create, input_shape_of, input_spec_of, resolve
 
     shape = parse_shape(input_size)
     loaded = model_or_checkpoint(model_arg) if is_checkpoint_path(model_arg) else None
@@ -82,12 +82,14 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
             spec = _fit_input(spec, shape)
         loaded = LoadedModel(create(spec), spec)
         shape = shape or input_shape_of(spec)
+    # a family that takes token ids (the zoo's LM) is counted on its own example inputs
+    inputs = input_spec_of(loaded.spec) if tuple(shape) == input_shape_of(loaded.spec) else shape
     counts = count_params(loaded.model)
-    rows = layer_table(loaded.model, shape)
+    rows = layer_table(loaded.model, inputs)
     if is_user_family(loaded.spec.family):  # conventions written for the zoo: check them on a user's model
         from prunelab.measure import warn_if_miscounted
 
-        warn_if_miscounted(loaded.model, shape)
+        warn_if_miscounted(loaded.model, inputs)
     dense = sum(r.macs_dense for r in rows)
     sparse = sum(r.macs_sparse for r in rows)
     cl = counts.conv_linear_weights

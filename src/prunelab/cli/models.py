@@ -65,7 +65,7 @@ def live_zoo_rows(family: str | None = None) -> list[dict]:
     from prunelab.errors import check_choice
     from prunelab.measure import count_macs
     from prunelab.measure.counting import WEIGHT_TYPES
-    from prunelab.models import create, get_entry, input_shape_of, list_families, list_models
+    from prunelab.models import create, get_entry, input_shape_of, input_spec_of, list_families, list_models
 
     if family is not None:
         check_choice("model family", family, list_families())
@@ -74,14 +74,14 @@ def live_zoo_rows(family: str | None = None) -> list[dict]:
         entry = get_entry(name)
         if family is not None and entry.family != family:
             continue
-        shape = input_shape_of(entry.spec)
+        shape, inputs = input_shape_of(entry.spec), input_spec_of(entry.spec)
         try:
             with torch.device("meta"):
                 model = create(entry.spec)
-            macs = count_macs(model, shape)
+            macs = count_macs(model, inputs)
         except (RuntimeError, NotImplementedError):
             model = create(entry.spec)
-            macs = count_macs(model, shape)
+            macs = count_macs(model, inputs)
         params = sum(p.numel() for p in model.parameters())
         weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, WEIGHT_TYPES))
         rows.append({"name": name, "family": entry.family, "params": params, "conv_linear_weights": weights,

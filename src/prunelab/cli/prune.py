@@ -97,7 +97,11 @@ def add_arguments(parser) -> None:
                         "they stay pruned, the sparsity stays where it was, and a warning says how many)")
     g.add_argument("--keep-first-dense", action="store_true", help="leave the first Conv/Linear layer dense")
     g.add_argument("--keep-last-dense", action="store_true", help="leave the last Conv/Linear layer dense")
-    g.add_argument("--include-types", nargs="+", choices=sorted(LAYER_TYPES), default=["conv", "linear"])
+    g.add_argument("--include-types", nargs="+", choices=sorted(LAYER_TYPES), default=["conv", "linear"],
+                   help="layer types to prune (linear includes Hugging Face Conv1D; default: conv linear)")
+    g.add_argument("--include-embeddings", action="store_true",
+                   help="also prune a weight tied to an nn.Embedding (an LM head sharing the input embedding; "
+                        "counted and masked once). Default: embeddings stay dense")
     g.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
                    help="prune only layers whose module path matches one of these globs")
     g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -172,7 +176,8 @@ def _prune_config(args):
     from prunelab.prune.unstructured.selection import LayerSelection
 
     selection = LayerSelection(tuple(args.include_types), tuple(args.include), tuple(args.exclude),
-                               args.keep_first_dense, args.keep_last_dense)
+                               args.keep_first_dense, args.keep_last_dense,
+                               include_embeddings=bool(getattr(args, "include_embeddings", False)))
     layer_sparsity = _pairs(args.layer_sparsity, "--layer-sparsity", float)
     if args.method != "lowrank" and args.sparsity is None and not (args.method == "layerwise" and layer_sparsity):
         raise PrunelabError("--sparsity is required (a fraction in [0, 1), e.g. 0.9)")

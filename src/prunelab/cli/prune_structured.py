@@ -93,6 +93,9 @@ def add_arguments(parser) -> None:
                    help="what --fisher-beta charges (default: macs)")
     g.add_argument("--round-to", type=int, default=None, metavar="K",
                    help="keep every group's width a multiple of K (8 or 16 suit most CPUs and GPUs)")
+    g.add_argument("--min-channels", type=_min_channels, default=None, metavar="N|FRACTION",
+                   help="the fewest channels (heads, for attention) every group keeps: a whole number, or a "
+                        "fraction of each group's width such as 0.25 (default: 1, or 0 where a block may vanish)")
     g.add_argument("--finetune-steps", type=int, default=0, metavar="S",
                    help="iterative: keep fine-tuning S steps after the target is reached (default: 0)")
     g.add_argument("--checkpoint-every-prunes", type=int, default=None, metavar="N",
@@ -108,6 +111,16 @@ def _count(text: str) -> int:
     if not math.isfinite(value) or value < 1 or value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
     return int(value)
+
+
+def _min_channels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1 or a fraction in (0, 1)")
+    return int(value) if value >= 1 else value
 
 
 def _target(args):
@@ -133,7 +146,8 @@ def structured_config(args):
         schedule="oneshot" if args.oneshot else "iterative", prune_every=every,
         channels_per_prune=args.channels_per_prune, target=_target(args), fisher_beta=args.fisher_beta,
         fisher_cost=args.fisher_cost, round_to=args.round_to, finetune_steps=args.finetune_steps,
-        checkpoint_every=args.checkpoint_every_prunes, seed=args.seed).validate()
+        checkpoint_every=args.checkpoint_every_prunes, seed=args.seed,
+        min_channels=getattr(args, "min_channels", None)).validate()
 
 
 def _acc(metrics: dict | None) -> float | None:
@@ -145,6 +159,17 @@ def _sizes(model, input_shape) -> dict[str, int]:
 
     params, macs = model_size(model, input_shape)
     return {"params": params, "macs": macs}
+
+
+def _print_coverage(pruner) -> None:
+    """What the prune can touch, on stderr: prunable fractions in scope, and every group left out."""
+    cov = pruner.coverage()
+    sys.stderr.write(f"prunelab prune: {cov['groups']} prunable group(s) in scope {pruner.config.scope!r}: "
+                     f"{cov['params_in_prunable_layers']:.1%} of the parameters are in prunable layers; at most "
+                     f"{cov['params_removable']:.1%} of the parameters and {cov['macs_removable']:.1%} of the MACs "
+                     f"can be removed\n")
+    for s in cov["skipped"]:
+        sys.stderr.write(f"prunelab prune: not pruned: {s['group']}: {s['reason']}\n")
 
 
 def run(args) -> int:
@@ -196,6 +221,7 @@ def run(args) -> int:
 
     pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
                                                                               train_config.epochs)
+    _print_coverage(pruner)
     summary: dict[str, Any] = {
         "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
         "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,

@@ -26,12 +26,20 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     Each class contributes ``round(fraction * n_class)`` samples to the held-out part (at least one
     when ``fraction > 0`` and the class has two or more samples). Both parts are returned in
     ascending index order, so the split does not reorder the data.
+
+    Samples labelled with a sequence (``labels`` of shape ``(N, T)``: next-token blocks) have no class,
+    so ``fraction`` of them is held out uniformly at random (at least one of two or more).
     """
     labels = np.asarray(labels)
     fraction = check_fraction("val_fraction", fraction)
+    n = labels.shape[0] if labels.ndim else 0
     if fraction == 0.0 or labels.size == 0:
-        return np.arange(labels.size), np.arange(0)
+        return np.arange(n), np.arange(0)
     rng = np.random.default_rng(seed)
+    if labels.ndim > 1:
+        k = min(max(int(round(fraction * n)), 1), n - 1) if n >= 2 else 0
+        held_idx = np.sort(rng.permutation(n)[:k])
+        return np.setdiff1d(np.arange(n), held_idx), held_idx
     held = []
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)

@@ -27,6 +27,14 @@ POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn
               nn.AdaptiveAvgPool3d)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (``transformers.pytorch_utils.Conv1D``, GPT-2): a linear layer whose
+    weight is stored ``(in, out)``, with ``nf`` outputs. Recognised by shape, so transformers stays optional."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, torch.Tensor) \
+        and weight.dim() == 2
+
+
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, else a PrunelabError naming ``name``."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)

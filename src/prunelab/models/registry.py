@@ -69,7 +69,14 @@ class WidthUnit:
     ``bn``: module path of the BatchNorm whose output channels are the unit (mask/gate goes after it).
     ``conv``: module path of the convolution producing those channels.
     ``key``/``index``: the constructor keyword (and list index, or None for a scalar) setting the width.
-    ``width``: the current number of channels.
+    ``width``: the current number of channels (or heads).
+
+    Transformer units (:mod:`prunelab.models.vit`, :mod:`prunelab.models.lm`) add:
+    ``kind``: ``"channels"`` (one output channel of ``conv`` per unit element) or ``"heads"`` (whole
+    attention heads: ``group_size`` output rows of ``conv`` per element, e.g. 3 x head_dim of a fused
+    QKV); ``bn`` then names the module whose output carries one slice per head (gates and masks act
+    there). ``axis``: the dimension of that module's output holding the unit (1 for conv / BN channels
+    and per-head tensors ``(N, heads, T, d)``, -1 for a Linear on ``(N, T, F)``).
     """
 
     name: str
@@ -78,6 +85,9 @@ class WidthUnit:
     key: str
     index: int | None
     width: int
+    kind: str = "channels"
+    group_size: int = 1
+    axis: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,9 @@ class Family:
     expansion: str = "bottleneck"
     #: constructor keywords listing explicit per-block unit widths (their length follows the depth)
     width_keys: tuple[str, ...] = ()
+    #: ``inputs(kwargs) -> InputSpec``: what a spec's model takes when it is not one float tensor of
+    #: its input shape (a language model's token ids); None: ``InputSpec.tensor(input_shape)``
+    inputs: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,15 +142,18 @@ def register_family(name: str, build: Callable[..., nn.Module], *, units=None, i
                     input_shape: tuple[int, ...] = (3, 32, 32), task: str = "image", doc: str = "",
                     shape_of: Callable[[dict[str, Any]], tuple[int, ...]] | None = None,
                     scale_width: Callable[[ArchSpec, float, int], ArchSpec] | None = None,
-                    expansion: str = "bottleneck", width_keys: tuple[str, ...] = ()) -> None:
+                    expansion: str = "bottleneck", width_keys: tuple[str, ...] = (),
+                    inputs: Callable[[dict[str, Any]], Any] | None = None) -> None:
     """Register a family. ``init(model)`` re-initialises a built (possibly compressed) model in place
     with the family's rule computed from each layer's actual fan-in / fan-out. ``shape_of(kwargs)``
     gives a spec's input shape (e.g. ``(in_channels, 32, 32)``); ``input_shape`` is the default.
     ``units``, ``scale_width``, ``expansion`` and ``width_keys`` are the optional hooks of the module
-    docstring (a family without ``units`` still prunes with the generic channel groups)."""
+    docstring (a family without ``units`` still prunes with the generic channel groups). ``inputs(kwargs)``
+    gives an :class:`~prunelab.models.inputs.InputSpec` for families that take something other than
+    one float tensor (token ids)."""
     check_choice(f"expansion of family {name!r}", expansion, EXPANSIONS)
     _FAMILIES[name] = Family(name, build, units, init, tuple(input_shape), task, doc, shape_of, scale_width,
-                             expansion, tuple(width_keys))
+                             expansion, tuple(width_keys), inputs)
 
 
 def register_model(name: str, family: str, *, input_shape: tuple[int, ...] | None = None,
@@ -213,6 +229,17 @@ def input_shape_of(spec: ArchSpec) -> tuple[int, ...]:
     return tuple(fam.input_shape)
 
 
+def input_spec_of(spec: ArchSpec):
+    """The example inputs of a spec's model (:class:`~prunelab.models.inputs.InputSpec`): the family's
+    ``inputs`` hook (token ids of a language model), else one float tensor of :func:`input_shape_of`."""
+    from prunelab.models.inputs import InputSpec
+
+    fam = get_family(spec.family)
+    if fam.inputs is not None:
+        return fam.inputs(spec.kwargs)
+    return InputSpec.tensor(input_shape_of(spec))
+
+
 def spec_from_units(spec: ArchSpec | str | dict, units: list[WidthUnit]) -> ArchSpec:
     """The spec whose constructor rebuilds the widths in ``units`` (read from a possibly compressed
     model with :func:`width_units`): each unit's width is written into its keyword (and list index).
@@ -249,7 +276,8 @@ def fit_spec(spec: ArchSpec, num_classes: int | None, input_shape: tuple[int, ..
 
     A zoo model registered for CIFAR-10 (3x32x32, 10 classes) then builds for any data set: images and
     1-D signals are channels-first, so ``in_channels`` is ``input_shape[0]``; sequences are (T, F), so a
-    recurrent ``input_size`` is the features per step; ``in_features`` is the flattened size. A family
+    recurrent ``input_size`` is the features per step; a ViT's ``image_size`` is the image's (H, W) and
+    a language model's ``seq_len`` the length of its token blocks (T,); ``in_features`` is the flattened size. A family
     with a ``dims`` setting (1-D or 2-D convolutions) takes the data's: a (C, L) signal builds the 1-D
     network, a (C, H, W) image the 2-D one.
     """
@@ -272,6 +300,10 @@ def fit_spec(spec: ArchSpec, num_classes: int | None, input_shape: tuple[int, ..
             overrides["in_features"] = math.prod(shape)
         if "input_size" in params and len(shape) == 2:
             overrides["input_size"] = shape[-1]
+        if "image_size" in params and len(shape) == 3:  # a ViT's position table follows the image
+            overrides["image_size"] = shape[1] if shape[1] == shape[2] else [shape[1], shape[2]]
+        if "seq_len" in params and len(shape) == 1:  # a language model's token blocks
+            overrides["seq_len"] = shape[0]
         if "dims" in params and len(shape) in (2, 3):
             default = params["dims"].default
             if spec.kwargs.get("dims", default) != len(shape) - 1:

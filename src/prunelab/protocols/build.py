@@ -33,6 +33,17 @@ def fit_spec_to_data(spec: ArchSpec, data: DataBundle | None) -> ArchSpec:
     return fit_spec(spec, data.num_classes, data.input_shape)
 
 
+def data_inputs(data: DataBundle):
+    """What a model of ``data`` is measured on: its input shape, or for a bundle of token blocks
+    (``task == "tokens"``, e.g. the ``corpus`` data set) an :class:`~prunelab.models.inputs.InputSpec`
+    of token ids ``(N, T)`` below its vocabulary (the bundle's class count)."""
+    if data.task == "tokens":
+        from prunelab.models.inputs import InputSpec
+
+        return InputSpec.tokens(int(data.input_shape[0]), int(data.num_classes))
+    return tuple(data.input_shape)
+
+
 def reinitialise(model: nn.Module, spec: ArchSpec) -> nn.Module:
     """Re-initialise ``model`` in place with its family's rule for each layer's *actual* fan.
 

@@ -79,7 +79,8 @@ class GateBank(nn.Module):
 
 
 class _GateHook:
-    """Forward hook multiplying a BatchNorm output by its gate vector along the channel axis."""
+    """Forward hook multiplying a BatchNorm output (or a unit's gate point) by its gate vector along
+    the unit's axis."""
 
     def __init__(self, bank: GateBank, index: int) -> None:
         self.bank = bank
@@ -87,7 +88,8 @@ class _GateHook:
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         gate = self.bank.gates[self.index]
-        shape = (1, -1) + (1,) * (output.dim() - 2)
+        shape = [1] * output.dim()
+        shape[self.bank.units[self.index].axis] = -1  # channels (1), heads (1) or Linear features (-1)
         return output * gate.to(output.dtype).view(shape)
 
 

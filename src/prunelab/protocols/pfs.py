@@ -38,7 +38,7 @@ from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models import ArchSpec, WidthUnit, create, get_family, resolve, width_units
 from prunelab.models.widths import with_unit_widths
-from prunelab.protocols.build import fit_spec_to_data
+from prunelab.protocols.build import data_inputs, fit_spec_to_data
 from prunelab.protocols.gates import GateBank, GateClamp, GatePenalty
 from prunelab.protocols.targets import Measurer, format_metric
 from prunelab.train.callbacks import Callback
@@ -435,7 +435,7 @@ def pruning_from_scratch(spec: str | ArchSpec | dict, data: DataBundle, train_co
 
     pfs = (pfs or PFSConfig()).validate()
     default = fit_spec_to_data(resolve(spec), data)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     target, reference = budget_macs(default, shape, macs_ratio=macs_ratio, macs=macs)
     # Fail on an impossible budget before spending the gate-learning epochs.
     if init_from is not None:

@@ -27,9 +27,9 @@ from torch import nn
 
 from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError
-from prunelab.models import ArchSpec, WidthUnit, create, get_family, input_shape_of, resolve
+from prunelab.models import ArchSpec, WidthUnit, create, get_family, input_shape_of, input_spec_of, resolve
 from prunelab.models.widths import round_width, units_of, with_unit_widths
-from prunelab.protocols.build import build_and_train, fit_spec_to_data
+from prunelab.protocols.build import build_and_train, data_inputs, fit_spec_to_data
 from prunelab.protocols.search import SearchResult, SearchStep, bisect_scalar, not_within
 from prunelab.protocols.targets import Measurer, Target, measure
 
@@ -138,7 +138,7 @@ def _layout(spec: ArchSpec, units: list[WidthUnit]) -> dict[_Slot, list[WidthUni
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *_probe_shape(spec)))
+            model(_probe_input(spec))
     finally:
         for h in hooks:
             h.remove()
@@ -150,6 +150,13 @@ def _layout(spec: ArchSpec, units: list[WidthUnit]) -> dict[_Slot, list[WidthUni
         key = _Slot(".".join(parts[:cut]), sizes.get(u.name, ()), ".".join(parts[cut + 1:]))
         layout.setdefault(key, []).append(u)
     return layout
+
+
+def _probe_input(spec: ArchSpec):
+    """One example input of ``spec``'s model: the family's own (token ids), else zeros of the probe shape."""
+    if get_family(spec.family).inputs is not None:
+        return input_spec_of(spec).example(1, zeros=True)
+    return torch.zeros(1, *_probe_shape(spec))
 
 
 def _probe_shape(spec: ArchSpec) -> tuple[int, ...]:
@@ -299,7 +306,7 @@ def copy_profile(profile: WidthProfile, data: DataBundle, config=None, *, target
     profile = _fit_profile(profile, data)
     if onto is not None:
         profile = transfer_profile(profile, fit_spec_to_data(resolve(onto), data), round_to)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     search = None
     if target is not None:
         search = profile_to_target(profile, target, shape, round_to=round_to, tol=tol)

@@ -29,7 +29,7 @@ from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models import ArchSpec, create, get_family, list_families, resolve
 from prunelab.models.widths import scale_units
-from prunelab.protocols.build import build_and_train, fit_spec_to_data
+from prunelab.protocols.build import build_and_train, data_inputs, fit_spec_to_data
 from prunelab.protocols.profile import transfer_widths
 from prunelab.protocols.search import SearchResult, bisect_scalar, nearest_choice
 from prunelab.protocols.targets import LatencyOptions, Measurer, Target, measure
@@ -173,7 +173,7 @@ def reduced_network(spec: str | ArchSpec | dict, data: DataBundle, config=None, 
     if (value is None) == (target is None):
         raise PrunelabError("give exactly one of a multiplier/depth value or a target")
     base = fit_spec_to_data(resolve(spec), data)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     search = None
     if target is not None:
         search = reduce_to_target(base, mode, target, shape, round_to=round_to, tol=tol,

@@ -25,7 +25,7 @@ from torch import nn
 from prunelab.data.base import DataBundle
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models import ArchSpec, create, resolve
-from prunelab.protocols.build import build_and_train, fit_spec_to_data
+from prunelab.protocols.build import build_and_train, data_inputs, fit_spec_to_data
 from prunelab.protocols.targets import measure
 
 BUDGETS = ("E", "B")
@@ -221,7 +221,7 @@ def train_from_scratch(source: Any, data: DataBundle, config, *, budget: str = "
         # Crowley et al.'s slicing: build the base model (its full-width init) and compress it by the plan.
         arch = dataclasses.replace(arch, spec=ArchSpec.from_dict(arch.source_plan["base"]), plan=arch.source_plan)
     spec = fit_spec_to_data(arch.spec, data)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     probe = _probe_model(spec, arch.plan)
     macs = int(measure(probe, "macs", shape))
     params = int(measure(probe, "params", shape))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import arch_spec, final_metrics, model_metrics
 from prunelab.study.context import RunContext
 from prunelab.study.run import RunConfig
@@ -203,7 +204,7 @@ def trained_output(ctx: RunContext, run: RunConfig, model: nn.Module, base: nn.M
     """The :class:`RunOutput` of an architecture trained from scratch: test metrics of the trainer's
     final row, sizes against ``base``, its history as curves, its layers against the base, and (with
     ``save``) its checkpoint in the run folder."""
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     model.eval()
     metrics = final_metrics(result.final, data)
     metrics.update(architecture_metrics(model, base, shape, run))

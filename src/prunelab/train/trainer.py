@@ -125,6 +125,10 @@ class Trainer:
         self.model = model.to(self.device)
         self._image_input = len(data.input_shape) == 3
         self.loss = get_loss(self.config.loss)
+        wanted = data.info.get("loss") if isinstance(data.info, dict) else None
+        if wanted is not None and wanted != self.loss.name:  # e.g. token blocks trained as classification
+            raise PrunelabError(f"data set {data.name!r} is trained with the {wanted!r} loss, not "
+                                f"{self.loss.name!r}: set the training loss to {wanted} (train: {{loss: {wanted}}})")
         self._channels_last = bool(self.config.channels_last and self._image_input)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -487,8 +491,9 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size: int = 512,
              device: torch.device | str | None = None, loss: str | None = None) -> dict[str, float | None]:
-    """Mean loss (cross-entropy unless ``loss`` names another registered loss) and accuracy of
-    ``model`` on a split, per counted prediction (eval mode; the mode is restored after).
+    """Mean loss (cross-entropy unless ``loss`` names another registered loss, or the bundle names its
+    own in ``data.info["loss"]``: next-token for token blocks) and accuracy of ``model`` on a split,
+    per counted prediction (eval mode; the mode is restored after).
 
     ``device`` defaults to the device of the model's first parameter (or buffer, or the CPU).
     """
@@ -501,7 +506,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
         return {"loss": None, "acc": None}
     was_training = model.training
     model.eval()
-    loss_fn = get_loss(loss)
+    loss_fn = get_loss(loss if loss is not None else (data.info or {}).get("loss"))
     loss_sum, correct, n = 0.0, 0, 0
     try:
         for x, y in Feed(data, device, batch_size=batch_size).evaluation(split, batch_size, 0, 1):

@@ -22,8 +22,10 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.models.common import BN_TYPES, CONV_TYPES
 from prunelab.models.inputs import call_model, logits_of
-from prunelab.prune.structured.groups import ChannelGroup, GroupSet, example_batch, is_depthwise
+from prunelab.prune.structured.groups import ChannelGroup, GroupSet, describe_exception, is_depthwise
+from prunelab.prune.structured.layers import prune_conv1d_in_channels, prune_conv1d_out_channels
 from prunelab.prune.structured.masks import ChannelMasks
+from prunelab.prune.structured.transformer import AttentionUnit, is_conv1d, update_attributes
 from prunelab.prune.structured.zero import emptied
 
 RTOL = 1e-4
@@ -82,10 +84,14 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
         except PrunelabError:
             raise
         except Exception as exc:
-            raise PrunelabError(f"Torch-Pruning could not cut layer {name} ({type(exc).__name__}: {exc})") from exc
+            raise PrunelabError(f"could not cut the {side}put channels of layer {name} ({type(module).__name__}): "
+                                f"{describe_exception(exc)}") from exc
     for name, kept in keep.items():
         if not kept:
             _vanish(model, by_name[name])
+        unit = by_name[name].structure
+        if isinstance(unit, AttentionUnit) and len(kept) < by_name[name].width:
+            update_attributes(model, unit, len(kept))
     return model
 
 
@@ -96,6 +102,8 @@ def _prune_fn(module: nn.Module, side: str):
         return tp.prune_conv_out_channels if side == "out" else tp.prune_conv_in_channels
     if isinstance(module, nn.Linear):
         return tp.prune_linear_out_channels if side == "out" else tp.prune_linear_in_channels
+    if is_conv1d(module):
+        return prune_conv1d_out_channels if side == "out" else prune_conv1d_in_channels
     if isinstance(module, BN_TYPES):
         return tp.prune_batchnorm_out_channels
     if isinstance(module, nn.PReLU):
@@ -156,18 +164,17 @@ def verify(reference: nn.Module, small: nn.Module, groups: GroupSet, keep: dict[
     temp = None
     if masks is None:
         temp = ChannelMasks(reference, groups, keep)
-    x = example_batch(groups.spec, 2, _device(reference), seed=1234)
+    x = groups.example(2, reference, seed=1234)
     modes = (reference.training, small.training)
     reference.eval()
     small.eval()
     try:
         with torch.no_grad():
-            want = call_model(reference, x)
+            want = logits_of(call_model(reference, x))
             try:
-                got = call_model(small, x)
+                got = logits_of(call_model(small, x))
             except Exception as exc:
-                raise PrunelabError(f"the compressed model does not run ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                raise PrunelabError(f"the compressed model does not run ({describe_exception(exc)})") from exc
     finally:
         reference.train(modes[0])
         small.train(modes[1])

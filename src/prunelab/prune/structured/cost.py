@@ -22,6 +22,7 @@ from torch import nn
 
 from prunelab.models.common import BN_TYPES, CONV_TYPES
 from prunelab.prune.structured.groups import PER_CHANNEL_TYPES, PRODUCER_TYPES, GroupSet
+from prunelab.prune.structured.transformer import is_conv1d
 
 
 @dataclass
@@ -45,14 +46,16 @@ class _Layer:
     pool: bool = False  # an average pool: MACs = input elements
 
 
-def model_size(model: nn.Module, input_shape) -> tuple[int, int]:
+def model_size(model: nn.Module, inputs) -> tuple[int, int]:
     """(parameters, MACs at batch 1) of ``model`` with prunelab's counters (:mod:`prunelab.measure`);
-    ``input_shape`` is an :class:`~prunelab.models.inputs.InputSpec` or one float input's shape."""
+    ``inputs``: a shape or an :class:`~prunelab.models.inputs.InputSpec`."""
     from prunelab.measure import count_macs, count_params
+    from prunelab.models.inputs import as_input_spec
 
+    spec = as_input_spec(inputs)
     was = model.training
     try:
-        return int(count_params(model).params), int(count_macs(model, input_shape))
+        return int(count_params(model).params), int(count_macs(model, spec.shape if spec.is_plain else spec))
     finally:
         model.train(was)
 
@@ -92,7 +95,7 @@ class CostModel:
             if shape is not None and shape.kind == "pool":
                 self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), shape.out_channels), None, 0, 1,
                                           False, False, shape.positions, 0, pool=True))
-            elif isinstance(module, PRODUCER_TYPES):
+            elif isinstance(module, PRODUCER_TYPES) or is_conv1d(module):
                 shape = groups.layers.get(name)
                 if shape is None:
                     continue
@@ -106,10 +109,14 @@ class CostModel:
                 per = sum(p.numel() for p in module.parameters(recurse=False)) // max(n, 1)
                 self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), n), None, 0, 1, False, False, 0,
                                           per))
+        for name, shape in groups.layers.items():  # attention matmuls: MACs scale with the live heads
+            if shape.kind == "attention" and name in out_maps:
+                self.layers.append(_Layer(name, self._side(out_maps[name], shape.out_channels), None, 0, 1, False,
+                                          False, shape.positions, 0, pool=True))
         dense = torch.ones(total, dtype=torch.bool)
         p0, m0 = self._layer_cost(dense)
         if params is None or macs is None:
-            mp, mm = model_size(model, groups.spec)
+            mp, mm = model_size(model, groups.inputs)
             params = mp if params is None else params
             macs = mm if macs is None else macs
         self._params_rest = int(params) - p0

@@ -136,6 +136,13 @@ def channel_scores(name: str, model: nn.Module, groups: GroupSet, masks: Channel
 # ------------------------------------------------------------------------------ helpers for criteria
 
 
+def output_rows(module: nn.Module) -> torch.Tensor:
+    """The weight as one row per output channel (a Hugging Face ``Conv1D`` stores it transposed)."""
+    from prunelab.prune.structured.transformer import is_conv1d
+
+    return module.weight.t() if is_conv1d(module) else module.weight
+
+
 def producer(group: ChannelGroup, module: str) -> Member:
     """The member of ``group`` through which layer ``module`` produces (or normalises) its channels."""
     for m in group.members:
@@ -146,10 +153,12 @@ def producer(group: ChannelGroup, module: str) -> Member:
 
 def in_group_order(group: ChannelGroup, member: Member, per_channel: torch.Tensor) -> torch.Tensor:
     """A vector over the group's channels from ``per_channel`` (one value per output channel of the
-    member's layer): layer position ``member.idxs[k]`` goes to group channel ``member.channels[k]``."""
+    member's layer): layer position ``member.idxs[k]`` goes to group channel ``member.channels[k]``
+    (summed where a channel spans several positions, as a head spans ``head_dim`` of them)."""
     vec = torch.zeros(group.width, device=per_channel.device, dtype=per_channel.dtype)
-    vec[torch.tensor(member.channels, device=per_channel.device)] = \
-        per_channel[torch.tensor(member.idxs, device=per_channel.device)]
+    # Several positions may belong to one group channel (the head_dim rows of a head): they add up.
+    vec.index_add_(0, torch.tensor(member.channels, device=per_channel.device, dtype=torch.long),
+                   per_channel[torch.tensor(member.idxs, device=per_channel.device, dtype=torch.long)])
     return vec
 
 

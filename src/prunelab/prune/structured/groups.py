@@ -34,8 +34,12 @@ in :data:`TORCH_PRUNING_TESTED`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Iterable, Sequence
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +48,9 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models.common import BN_TYPES, CONV_TYPES, POOL_TYPES
-from prunelab.models.inputs import InputSpec, as_input_spec
+from prunelab.models.inputs import InputSpec, as_input_spec, call_model, logits_of
+from prunelab.prune.structured.transformer import AttentionUnit, MlpUnit, Units, find_units, is_conv1d
+from prunelab.train.progress import stage
 
 SCOPES = ("internal", "all")
 #: the Torch-Pruning releases this module is tested with (pyproject.toml bounds the dependency to them)
@@ -53,6 +59,11 @@ TORCH_PRUNING_TESTED = ("1.5.3", "1.6.0", "1.6.1")
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
 # Layers whose parameters are one value per channel (sliced with the channel, no mixing across channels).
 PER_CHANNEL_TYPES = (*BN_TYPES, nn.PReLU)
+
+
+def is_producer(module: nn.Module) -> bool:
+    """A layer producing channels: a convolution, ``nn.Linear`` or Hugging Face ``Conv1D``."""
+    return isinstance(module, PRODUCER_TYPES) or is_conv1d(module)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -97,6 +108,14 @@ class ChannelGroup:
     batchnorms: list[str]
     ops: list[str] = field(default_factory=list)
     unit: object | None = None
+    input_points: list[str] = field(default_factory=list)
+    structure: object | None = None
+
+    @property
+    def kind(self) -> str:
+        """``channels`` (a Torch-Pruning channel group or zoo width unit), ``heads`` or ``mlp``
+        (a transformer unit, :mod:`prunelab.prune.structured.transformer`)."""
+        return getattr(self.structure, "kind", "channels")
 
     def modules(self, kind: str | None = None) -> list[str]:
         return [m.module for m in self.members if kind is None or m.kind == kind]
@@ -107,12 +126,13 @@ class LayerShape:
     """Geometry of one Conv / Linear layer from the tracing forward pass (for the cost model)."""
 
     name: str
-    kind: str  # conv | linear | pool
+    kind: str  # conv | linear | pool | attention (the QK^T and AV matmuls of an attention block)
     in_channels: int
     out_channels: int
     groups: int
     kernel: int
-    positions: int  # output positions per sample (H_out*W_out; tokens for a Linear; input positions for a pool)
+    positions: int  # output positions per sample (H_out*W_out; tokens for a Linear; input positions for a pool;
+    # 2 * T_query * T_key for attention, per channel of the query projection)
     bias: bool
 
 
@@ -125,13 +145,21 @@ class GroupSet:
     input_shape: tuple[int, ...]
     layers: dict[str, LayerShape]
     skipped: list[dict] = field(default_factory=list)
-    #: the example inputs the model was traced with (None: one float tensor of ``input_shape``)
+    #: the example inputs the model was traced with (an InputSpec; given a shape only, one float tensor)
     inputs: InputSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            self.inputs = InputSpec.tensor(self.input_shape)
 
     @property
     def spec(self) -> InputSpec:
-        """The tracing inputs as an :class:`~prunelab.models.inputs.InputSpec`."""
-        return self.inputs if self.inputs is not None else as_input_spec(self.input_shape)
+        """The tracing inputs as an :class:`~prunelab.models.inputs.InputSpec` (same as ``inputs``)."""
+        return self.inputs
+
+    def example(self, batch: int, model: nn.Module, seed: int = 0):
+        """Example inputs (of the spec the groups were traced with) on the model's device."""
+        return self.inputs.example_for(model, batch, seed=seed)
 
     def __iter__(self):
         return iter(self.groups)
@@ -147,52 +175,82 @@ class GroupSet:
         return sum(g.width for g in self.groups)
 
 
-def example_batch(input_shape: InputSpec | Sequence[int], batch: int = 1, device: torch.device | str = "cpu",
-                  seed: int = 0):
-    """A fixed random input used for tracing and for the compressed == masked check: a tensor for an
-    ``input_shape`` (random normal, float32), else the spec's tuple or dict of tensors."""
-    return as_input_spec(input_shape).example(batch, seed=seed, device=device)
-
-
-def tp_example_inputs(example) -> tuple | dict:
-    """Example inputs in Torch-Pruning's ``example_inputs`` form: a dict (called with keywords) or a
-    tuple (called positionally)."""
-    return example if isinstance(example, dict | tuple) else (example,)
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 @dataclass
 class TracedModel:
     """Torch-Pruning's dependency graph of a model, and what prunelab records beside it: the
     Conv / Linear / average-pool geometry (:class:`LayerShape`), the graph node feeding each average
     pool (None where none was found), and module / parameter names."""
 
-    graph: tp.DependencyGraph
+    graph: tp.DependencyGraph | None
     layers: dict[str, LayerShape]
     pools: dict[str, object]
     names: dict[nn.Module, str]
     order: dict[str, int]  # module path -> position in named_modules order
     param_names: dict[nn.Parameter, str]
+    #: why Torch-Pruning could not trace the model (then ``graph`` is None and only the transformer
+    #: units, which need no graph, are prunable)
+    failure: str | None = None
 
     @property
     def model(self) -> nn.Module:
         return self.graph.model
 
 
-def build_graph(model: nn.Module, input_shape: InputSpec | Sequence[int]) -> TracedModel:
-    """Trace ``model`` with Torch-Pruning on one example input; also record Conv / Linear / average-
-    pool geometry for the cost model (positions summed over calls of a module used several times).
+#: seconds graph discovery (tracing plus grouping) may take before it stops with an error
+DISCOVERY_BUDGET_S = 300.0
+
+
+class DiscoveryTimeout(PrunelabError):
+    """Graph discovery ran past its time budget."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None, what: str) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` with :class:`DiscoveryTimeout` (main thread on POSIX,
+    where a signal timer can interrupt a call inside Torch-Pruning; elsewhere the loops check the clock)."""
+    usable = (seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expired(signum, frame):
+        raise DiscoveryTimeout(f"{what} ran past its time budget of {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def customized_pruners(model: nn.Module) -> dict:
+    """Torch-Pruning ``customized_pruners`` for the layer types it lacks (Hugging Face ``Conv1D``)."""
+    from prunelab.prune.structured.layers import Conv1DPruner
+
+    return {type(m): Conv1DPruner() for m in model.modules() if is_conv1d(m)}
+
+
+def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> TracedModel:
+    """Trace ``model`` with Torch-Pruning on one example input (``input_shape``: a shape or an
+    :class:`~prunelab.models.inputs.InputSpec`); also record Conv / Linear / ``Conv1D`` / average-pool
+    geometry and, for each attention unit, the sequence lengths its matmuls see (for the cost model;
+    positions summed over calls of a module used several times).
 
     The model's train/eval mode is restored afterwards (Torch-Pruning leaves it in eval mode).
     """
+    spec = as_input_spec(input_shape)
     names = {m: n for n, m in model.named_modules()}
     layers: dict[str, LayerShape] = {}
     pool_inputs: dict[str, object] = {}
+
+    def add(shape: LayerShape) -> None:
+        prev = layers.get(shape.name)
+        if prev is not None:
+            shape.positions += prev.positions
+        layers[shape.name] = shape
 
     def record(module: nn.Module, inputs, output) -> None:
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
@@ -202,43 +260,105 @@ def build_graph(model: nn.Module, input_shape: InputSpec | Sequence[int]) -> Tra
             shape = LayerShape(name, "conv", module.in_channels, module.out_channels, module.groups,
                                int(torch.tensor(module.kernel_size).prod()), int(output[0, 0].numel()),
                                module.bias is not None)
-        elif isinstance(module, nn.Linear):
-            pos = int(output.numel() // (output.shape[0] * module.out_features))
-            shape = LayerShape(name, "linear", module.in_features, module.out_features, 1, 1, pos,
-                               module.bias is not None)
+        elif isinstance(module, nn.Linear) or is_conv1d(module):
+            fin, fout = (module.in_features, module.out_features) if isinstance(module, nn.Linear) else \
+                (int(module.weight.shape[0]), int(module.weight.shape[1]))
+            pos = int(output.numel() // (output.shape[0] * fout))
+            shape = LayerShape(name, "linear", fin, fout, 1, 1, pos, getattr(module, "bias", None) is not None)
         else:  # average pooling: MACs = input numel (the counters' convention)
             x = inputs[0]
             if not isinstance(x, torch.Tensor) or x.dim() < 3:
                 return
             pool_inputs[name] = x.grad_fn
             shape = LayerShape(name, "pool", x.shape[1], x.shape[1], 1, 1, int(x[0, 0].numel()), False)
-        prev = layers.get(name)
-        if prev is not None:
-            shape.positions += prev.positions
-        layers[name] = shape
+        add(shape)
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (*PRODUCER_TYPES,
-                                                                                           *POOL_TYPES))]
+    def attention_hook(unit: AttentionUnit):
+        def hook(module: nn.Module, inputs) -> None:
+            x = inputs[0] if inputs else None
+            if not isinstance(x, torch.Tensor):
+                return
+            t = int(x.shape[-2]) if x.dim() >= 3 else 1
+            width = unit.heads * unit.head_dim
+            add(LayerShape(f"{unit.path}:attention", "attention", width, width, 1, 1, 2 * t * t, False))
+        return hook
+
+    handles = [m.register_forward_hook(record) for m in model.modules()
+               if isinstance(m, (*PRODUCER_TYPES, *POOL_TYPES)) or is_conv1d(m)]
+    running: list[str] = []  # the modules whose forward is running (the innermost names a failure)
+
+    def enter(module, inputs) -> None:
+        running.append(names.get(module, type(module).__name__))
+
+    def leave(module, inputs, output) -> None:
+        if running:
+            running.pop()
+
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+
+    def where() -> str:
+        if not running:
+            return ""
+        name = running[-1] or "the model"
+        cls = type(model.get_submodule(running[-1])).__name__ if running[-1] else type(model).__name__
+        return f" in module {name} ({cls})"
+
+    for unit in (units.attention if units else ()):
+        handles.append(model.get_submodule(unit.o).register_forward_pre_hook(attention_hook(unit)))
     was_training = model.training
+    failure = None
     try:
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=tp_example_inputs(example_batch(input_shape, 1, _module_device(model))),
-                verbose=False)
+                model, example_inputs=spec.example_for(model, 1), forward_fn=call_model,
+                output_transform=logits_of, customized_pruners=customized_pruners(model) or None, verbose=False)
     except PrunelabError:
         raise
     except Exception as exc:  # tracing failures of Torch-Pruning are the user's model, not a bug here
-        raise PrunelabError(f"cannot trace the model's channel dependencies with Torch-Pruning: "
-                            f"{type(exc).__name__}: {exc}") from exc
+        failure = PrunelabError(f"cannot trace the model's channel dependencies with Torch-Pruning{where()}: "
+                                f"{describe_exception(exc)}")
+        failure.__cause__ = exc
+        if not units:
+            raise failure from exc
+        # The transformer units do not need the graph: record the geometry with a plain forward.
+        layers.clear()
+        pool_inputs.clear()
+        running.clear()
+        model.eval()
+        try:
+            with torch.no_grad():
+                call_model(model, spec.example_for(model, 1))
+        except Exception as exc2:
+            raise PrunelabError(f"the model does not run on its example inputs ({spec.describe()}){where()}: "
+                                f"{describe_exception(exc2)}") from exc2
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    order = {n: i for i, n in enumerate(names.values())}
+    if failure is not None:
+        return TracedModel(None, layers, {}, names, order, {p: n for n, p in model.named_parameters()},
+                           str(failure))
     # An average pool is not a Torch-Pruning layer: find the graph node that feeds it.
     by_grad_fn = {id(node.grad_fn): node for node in dg.module2node.values() if node.grad_fn is not None}
     pools = {name: by_grad_fn.get(id(gf)) for name, gf in pool_inputs.items()}
-    order = {n: i for i, n in enumerate(names.values())}
     return TracedModel(dg, layers, pools, names, order, {p: n for n, p in model.named_parameters()})
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, with the innermost prunelab-unrelated frame (module and
+    function) where Python still has it: the one line a user reads instead of a traceback."""
+    import traceback
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    where = ""
+    tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    if tb:
+        frame = tb[-1]
+        where = f" (in {frame.name}, {frame.filename.rsplit('/', 2)[-2:][-1]}:{frame.lineno})"
+    return f"{type(exc).__name__}: {text}{where}"
 
 
 def out_channel_fn(module: nn.Module):
@@ -284,6 +404,8 @@ def _channel_dim_size(module: nn.Module, kind: str) -> int | None:
         return module.out_channels if kind in ("out", "depthwise") else module.in_channels
     if isinstance(module, nn.Linear):
         return module.out_features if kind == "out" else module.in_features
+    if is_conv1d(module):
+        return int(module.weight.shape[1] if kind == "out" else module.weight.shape[0])
     if isinstance(module, BN_TYPES):
         return module.num_features
     return None
@@ -364,7 +486,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
         out = dg.is_out_channel_pruning_fn(dep.handler)
         if is_depthwise(module):
             kind = "depthwise"
-        elif isinstance(module, PRODUCER_TYPES):
+        elif isinstance(module, PRODUCER_TYPES) or is_conv1d(module):
             kind = "out" if out else "in"
         elif isinstance(module, PER_CHANNEL_TYPES):
             kind = "out"
@@ -377,7 +499,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
             output = True
         _merge_member(members, name, kind, idxs, roots)
     producers = sorted((m for m in members.values() if m.kind in ("out", "depthwise")
-                        and isinstance(dg.model.get_submodule(m.module), PRODUCER_TYPES)),
+                        and is_producer(dg.model.get_submodule(m.module))),
                        key=lambda m: (m.kind == "depthwise", order[m.module]))
     if root_name is None:
         if not producers:
@@ -396,7 +518,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
         size = _channel_dim_size(module, m.kind)
         # A producer's outputs form one group unless a split/slice divides them (BatchNorms and
         # depthwise layers after a concat legitimately hold channels of several groups).
-        if m.kind == "out" and isinstance(module, PRODUCER_TYPES) and size != len(m.idxs) and not has_mapping_op:
+        if m.kind == "out" and is_producer(module) and size != len(m.idxs) and not has_mapping_op:
             problems.append(f"{m.module} covers {len(m.idxs)} of its {size} output channels")
     if len(root_member.idxs) != width:
         problems.append(f"{root_member.module} covers {len(root_member.idxs)} of its {width} output channels")
@@ -444,7 +566,7 @@ def vanishable(traced: TracedModel, members: list[Member], merge: bool) -> bool:
             if _is_merge(n):
                 reached = True
                 continue
-            if isinstance(n.module, PRODUCER_TYPES):
+            if isinstance(n.module, nn.Module) and is_producer(n.module):
                 return False
             frontier.extend(n.outputs)
         if not reached:
@@ -460,7 +582,7 @@ def make_group(traced: TracedModel, found: TracedGroup, name: str, unit=None) ->
         producers, bns = [unit.conv], [unit.bn] if unit.bn else []
     else:
         producers = [m.module for m in members
-                     if m.kind == "out" and isinstance(model.get_submodule(m.module), PRODUCER_TYPES)]
+                     if m.kind == "out" and is_producer(model.get_submodule(m.module))]
         if not producers:
             producers = [m.module for m in members if m.kind == "depthwise"]
         bns = [m.module for m in members if m.kind == "out" and isinstance(model.get_submodule(m.module), BN_TYPES)]
@@ -488,13 +610,83 @@ def _check_patterns_match(model: nn.Module, patterns: Sequence[str]) -> None:
             raise PrunelabError(f"exclude pattern {p!r} matches no module path or class name of the model")
 
 
-def find_groups(model: nn.Module, input_shape: InputSpec | Sequence[int], scope: str = "internal",
-                exclude: Iterable[str] = (), spec=None, units=None) -> GroupSet:
+def unit_group(unit: AttentionUnit | MlpUnit) -> ChannelGroup:
+    """The :class:`ChannelGroup` of a transformer unit (:mod:`prunelab.prune.structured.transformer`):
+    its channels are key/value heads (with their query groups) or MLP hidden units; the soft mask is a
+    gate on the input of the output (down) projection."""
+    if isinstance(unit, AttentionUnit):
+        qch, kvch = unit.query_channels(), unit.kv_channels()
+        nq = len(qch)
+        if unit.fused:
+            e = nq
+            members = [Member(unit.q, "out", [*range(nq), *range(e, e + len(kvch)), *range(2 * e, 2 * e + len(kvch))],
+                              [*qch, *kvch, *kvch])]
+            producers = [unit.q]
+        else:
+            members = [Member(unit.q, "out", list(range(nq)), qch), Member(unit.k, "out", list(range(len(kvch))), kvch),
+                       Member(unit.v, "out", list(range(len(kvch))), list(kvch))]
+            producers = [unit.q, unit.k, unit.v]
+        members.append(Member(unit.o, "in", list(range(nq)), list(qch)))
+        members.append(Member(f"{unit.path}:attention", "pool", list(range(nq)), list(qch)))
+        return ChannelGroup(name=unit.name, root=unit.q, width=unit.width, members=members, mask_points=[],
+                            vanishable=False, producers=producers, batchnorms=[], ops=[], input_points=[unit.o],
+                            structure=unit)
+    idx = list(range(unit.width))
+    members = [Member(p, "out", idx, list(idx)) for p in unit.producers]
+    members.append(Member(unit.down, "in", idx, list(idx)))
+    return ChannelGroup(name=unit.name, root=unit.producers[0], width=unit.width, members=members, mask_points=[],
+                        vanishable=False, producers=list(unit.producers), batchnorms=[], ops=[],
+                        input_points=[unit.down], structure=unit)
+
+
+def _out_fn(traced: TracedModel, module: nn.Module):
+    if is_conv1d(module):
+        return traced.graph.get_pruner_of_module(module).prune_out_channels
+    return out_channel_fn(module)
+
+
+def _width_of(module: nn.Module) -> int:
+    return _channel_dim_size(module, "depthwise" if is_depthwise(module) else "out")
+
+
+def torch_pruning_groups(traced: TracedModel, skip: set[str], deadline: float | None) -> list:
+    """Torch-Pruning's group of every producer not already covered by an earlier group's output
+    channels (``DependencyGraph.get_all_groups``' walk, with a clock and without the layers in ``skip``)."""
+    dg, names = traced.graph, traced.names
+    roots = [m for m in dg.module2node if isinstance(m, nn.Module) and is_producer(m) and names.get(m) not in skip]
+    covered: set[nn.Module] = set()
+    out = []
+    for i, m in enumerate(roots):
+        if m in covered:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            raise DiscoveryTimeout(f"graph discovery ran past its time budget after {i} of {len(roots)} layers "
+                                   f"(next: {names.get(m)})")
+        try:
+            g = dg.get_pruning_group(m, _out_fn(traced, m), list(range(_width_of(m))))
+        except PrunelabError:
+            raise
+        except Exception as exc:
+            raise PrunelabError(f"Torch-Pruning cannot group the channels of layer {names.get(m)} "
+                                f"({type(m).__name__}): {describe_exception(exc)}") from exc
+        for item in g.items:
+            if dg.is_out_channel_pruning_fn(item.dep.handler):
+                covered.add(item.dep.target.module)
+        out.append(g)
+    return out
+
+
+def find_groups(model: nn.Module, input_shape, scope: str = "internal",
+                exclude: Iterable[str] = (), spec=None, units=None,
+                budget_s: float | None = DISCOVERY_BUDGET_S) -> GroupSet:
     """The prunable channel groups of ``model`` (see the module docstring for scopes and exclusions).
 
+    ``input_shape``: the example input, a shape or an :class:`~prunelab.models.inputs.InputSpec`.
     ``spec`` (an :class:`~prunelab.models.ArchSpec`) selects the zoo family's width units for scope
     ``internal``; ``units`` passes them directly. Without either, internal groups follow the generic rule.
-    ``input_shape`` is an :class:`~prunelab.models.inputs.InputSpec` or one float input's shape.
+    Attention heads and MLP widths of transformer blocks are found from the modules
+    (:mod:`prunelab.prune.structured.transformer`), in either scope. ``budget_s`` bounds tracing plus
+    grouping (None: no bound); past it, discovery stops with one line naming where it was.
     """
     check_choice("scope", scope, SCOPES)
     patterns = [p for p in exclude if p]
@@ -507,25 +699,34 @@ def find_groups(model: nn.Module, input_shape: InputSpec | Sequence[int], scope:
             units = width_units(model, spec)
         except PrunelabError:
             units = None
-    traced = build_graph(model, inputs)
-    dg = traced.graph
-    unit_by_conv = {u.conv: u for u in units or ()}
+    structure = find_units(model)
+    deadline = None if budget_s is None else time.monotonic() + float(budget_s)
+    with time_budget(budget_s, "graph discovery"):
+        with stage("tracing the model with Torch-Pruning"):
+            traced = build_graph(model, inputs, structure)
+        dg = traced.graph
+        unit_by_conv = {u.conv: u for u in units or ()}
+        internal = structure.internal_producers()
 
-    raw: list[tuple[object, str | None, object]] = []  # (tp group, root name, unit)
-    if scope == "internal" and units is not None:
-        for u in units:
-            if u.width < 1:
-                continue
-            conv = model.get_submodule(u.conv)
-            if conv not in dg.module2node:
-                raise PrunelabError(f"width unit {u.name}: layer {u.conv} is not reached by the forward pass")
-            raw.append((layer_group(traced, conv, u.width), u.conv, u))
-    else:
-        for g in dg.get_all_groups(root_module_types=PRODUCER_TYPES):
-            raw.append((g, None, None))
+        raw: list[tuple[object, str | None, object]] = []  # (tp group, root name, unit)
+        with stage("grouping channels"):
+            if scope == "internal" and units is not None:
+                if dg is None:
+                    raise PrunelabError(traced.failure)
+                for u in units:
+                    if u.width < 1:
+                        continue
+                    conv = model.get_submodule(u.conv)
+                    if conv not in dg.module2node:
+                        raise PrunelabError(f"width unit {u.name}: layer {u.conv} is not reached by the forward pass")
+                    raw.append((layer_group(traced, conv, u.width), u.conv, u))
+            elif dg is not None:
+                raw.extend((g, None, None) for g in torch_pruning_groups(traced, internal, deadline))
 
     groups: list[ChannelGroup] = []
     skipped: list[dict] = []
+    if traced.failure:
+        skipped.append({"group": "(layers outside the attention and MLP units)", "reason": traced.failure})
     taken: set[str] = set()
     for tp_group, root_name, unit in raw:
         found = read_group(traced, tp_group, root_name)
@@ -537,9 +738,14 @@ def find_groups(model: nn.Module, input_shape: InputSpec | Sequence[int], scope:
         if name in taken:
             continue
         taken.add(name)
+        if internal.intersection(m.module for m in found.members if m.kind in ("out", "depthwise")):
+            continue  # channels of attention heads / MLP widths: the transformer units below
         if found.output:
-            continue  # the network's outputs (logits) are never pruned
+            skipped.append({"group": name, "reason": "its channels reach the network output (never pruned)"})
+            continue
         if scope == "internal" and units is None and found.merge:
+            skipped.append({"group": name, "reason": "its channels reach a residual add, multiply or concat "
+                                                     "(scope 'internal' keeps those streams; --scope all prunes them)"})
             continue
         if unit is not None and unit.bn and unit.bn not in {m.module for m in found.members}:
             found.problems.append(f"width unit BatchNorm {unit.bn} is not coupled to {unit.conv}")
@@ -551,5 +757,12 @@ def find_groups(model: nn.Module, input_shape: InputSpec | Sequence[int], scope:
             skipped.append({"group": name, "reason": f"excluded by {hit!r}"})
             continue
         groups.append(make_group(traced, found, name, unit))
-    groups.sort(key=lambda g: traced.order[g.root])
-    return GroupSet(groups, scope, inputs.shape, traced.layers, skipped, None if inputs.is_plain else inputs)
+    for t_unit in structure.all():
+        group = unit_group(t_unit)
+        hit = _excluded(model, group.members, patterns)
+        if hit is not None:
+            skipped.append({"group": group.name, "reason": f"excluded by {hit!r}"})
+            continue
+        groups.append(group)
+    groups.sort(key=lambda g: (traced.order[g.root], g.name))
+    return GroupSet(groups, scope, inputs.shape if inputs.is_plain else (), traced.layers, skipped, inputs)

@@ -45,15 +45,20 @@ class ChannelMasks:
         self._cache: dict[tuple[str, torch.device, torch.dtype], tuple[int, torch.Tensor]] = {}
         # mask point -> [(group, positions in the module's output, group channels)]
         # (identity: the module's outputs are exactly the group's channels, in order)
+        # Points are keyed "<module>" (its output is masked) or "<module>:input" (its input is: the
+        # gate of a transformer unit, before the output / down projection).
         self._points: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, bool]]] = {}
+        self._dims: dict[str, int] = {}
         for g in groups:
-            by_module = {m.module: m for m in g.members if m.kind in ("out", "depthwise")}
-            for point in g.mask_points:
-                m = by_module[point]
+            outs = {m.module: m for m in g.members if m.kind in ("out", "depthwise")}
+            ins = {m.module: m for m in g.members if m.kind == "in"}
+            for point, m in [*((p, outs[p]) for p in g.mask_points),
+                             *((f"{p}:input", ins[p]) for p in g.input_points)]:
                 identity = m.idxs == list(range(g.width)) and m.channels == list(range(g.width))
                 self._points.setdefault(point, []).append(
                     (g.name, torch.tensor(m.idxs, dtype=torch.long), torch.tensor(m.channels, dtype=torch.long),
                      identity))
+                self._dims[point] = _channel_dim(model.get_submodule(m.module), point.endswith(":input"))
         self._handles: list = []
         self.attach()
 
@@ -105,6 +110,12 @@ class ChannelMasks:
         """Hand every masked training-mode output of a mask point to ``observer`` (None: stop)."""
         self._observer = observer
 
+    def channels_first(self, point: str, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (an output seen by an observer) with the channel dimension of mask point ``point`` at
+        position 1 (a Linear on (B, T, F) has its channels last)."""
+        dim = self._dims.get(point, 1)
+        return t if dim == 1 or t.dim() <= 2 else t.movedim(dim, 1)
+
     def to_groups(self, point: str, values: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """``values`` (N x C, one column per output channel of mask point ``point``) as (group, N x width)
         pairs in each group's channel order; channels of a group the point does not carry are 0."""
@@ -121,8 +132,12 @@ class ChannelMasks:
         if self._handles:
             return
         for point in self._points:
-            module = self.model.get_submodule(point)
-            self._handles.append(module.register_forward_hook(self._make_hook(point)))
+            if point.endswith(":input"):
+                module = self.model.get_submodule(point.removesuffix(":input"))
+                self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(point)))
+            else:
+                module = self.model.get_submodule(point)
+                self._handles.append(module.register_forward_hook(self._make_hook(point)))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -145,21 +160,48 @@ class ChannelMasks:
         hit = self._cache.get(key)
         if hit is not None and hit[0] == self._version:
             return hit[1]
-        vec = torch.ones(like.shape[1], dtype=torch.bool)
+        vec = torch.ones(like.shape[self._dims.get(point, 1)], dtype=torch.bool)
         for name, idxs, channels, _ in self._points[point]:
             vec[idxs] = self.alive[name][channels]
         vec = vec.to(device=like.device, dtype=like.dtype)
         self._cache[key] = (self._version, vec)
         return vec
 
+    def _masked(self, point: str, t: torch.Tensor) -> torch.Tensor:
+        vec = self._vector(point, t)
+        dim = self._dims.get(point, 1)
+        if dim == 1 or t.dim() <= 2:
+            return t * vec.view(1, -1, *([1] * (t.dim() - 2)))
+        return t * vec
+
     def _make_hook(self, point: str):
         def hook(module: nn.Module, inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise PrunelabError(f"cannot mask {point}: its output is a {type(output).__name__}, not a tensor")
-            vec = self._vector(point, output)
-            y = output * vec.view(1, -1, *([1] * (output.dim() - 2)))
+            y = self._masked(point, output)
             if self._observer is not None and module.training:
                 self._observer(point, y)
             return y
 
         return hook
+
+    def _make_pre_hook(self, point: str):
+        def hook(module: nn.Module, inputs):
+            if not inputs or not isinstance(inputs[0], torch.Tensor):
+                raise PrunelabError(f"cannot mask the input of {point.removesuffix(':input')}: it is not a tensor")
+            y = self._masked(point, inputs[0])
+            if self._observer is not None and module.training:
+                self._observer(point, y)
+            return (y, *inputs[1:])
+
+        return hook
+
+
+def _channel_dim(module: nn.Module, input_side: bool) -> int:
+    """Where a mask point's channels are: dimension 1 for convolutions and BatchNorm (N x C x ...), the
+    last dimension for linear layers (``nn.Linear``, ``Conv1D``: N x ... x F) and their inputs."""
+    from prunelab.models.common import BN_TYPES, CONV_TYPES
+
+    if isinstance(module, (*CONV_TYPES, *BN_TYPES, nn.PReLU)):
+        return 1
+    return -1

@@ -25,7 +25,6 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import CONV_TYPES
-from prunelab.models.inputs import spec_or_shape_of
 from prunelab.prune.structured.groups import PRODUCER_TYPES, GroupSet, build_graph, layer_group, make_group, read_group
 
 PLAN_FORMAT = "prunelab-channel-plan"
@@ -41,11 +40,14 @@ def make_plan(groups: GroupSet, keep: dict[str, list[int]], base: dict | None,
     records = []
     for g in groups:
         kept = sorted(int(c) for c in keep.get(g.name, range(g.width)))
-        records.append({"name": g.name, "root": g.root, "width": g.width, "kept": kept,
-                        "unit": None if g.unit is None else {"key": g.unit.key, "index": g.unit.index}})
+        record = {"name": g.name, "root": g.root, "width": g.width, "kept": kept,
+                  "unit": None if g.unit is None else {"key": g.unit.key, "index": g.unit.index}}
+        if g.kind != "channels":  # a transformer unit: heads (key/value heads) or mlp (hidden units)
+            record["kind"] = g.kind
+        records.append(record)
     plan = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "base": base, "scope": groups.scope,
             "input_shape": list(groups.input_shape), "groups": records}
-    if groups.inputs is not None:
+    if not groups.inputs.is_plain:  # token ids, tuples, dicts: the full input spec
         plan["inputs"] = groups.inputs.to_dict()
     return compose(previous, plan) if previous else plan
 
@@ -88,18 +90,35 @@ def check_plan(plan: Any) -> dict:
         if len(set(kept)) != len(kept) or any(c < 0 or c >= int(g["width"]) for c in kept):
             raise PrunelabError(f"channel plan group {g.get('name', g['root'])!r}: kept channels must be distinct "
                                 f"and lie in [0, {g['width']})")
-    if not plan.get("input_shape"):
-        raise PrunelabError("channel plan has no 'input_shape'")
+    if not plan.get("input_shape") and not plan.get("inputs"):
+        raise PrunelabError("channel plan has no 'input_shape' (or 'inputs')")
     return plan
 
 
 def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
     """Rebuild the plan's groups on a fresh base model, addressed by their root layers."""
-    inputs = spec_or_shape_of(plan)
-    traced = build_graph(model, inputs)
+    from prunelab.models.inputs import InputSpec
+    from prunelab.prune.structured.groups import unit_group
+    from prunelab.prune.structured.transformer import find_units
+
+    input_shape = tuple(int(d) for d in plan.get("input_shape") or ())
+    inputs = InputSpec.from_dict(plan["inputs"]) if plan.get("inputs") else InputSpec.tensor(input_shape)
+    units = find_units(model)
+    by_unit = {u.name: u for u in units.all()}
+    traced = build_graph(model, inputs, units)
     groups = []
     for r in plan["groups"]:
         root = r["root"]
+        if r.get("kind") in ("heads", "mlp"):
+            unit = by_unit.get(str(r.get("name")))
+            if unit is None or unit.width != int(r["width"]):
+                raise PrunelabError(f"plan does not fit the base model: no {r['kind']} unit {r.get('name')!r} of "
+                                    f"width {r['width']}")
+            if len(r["kept"]) < unit.width:
+                groups.append(unit_group(unit))
+            continue
+        if traced.graph is None:
+            raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be rebuilt: {traced.failure}")
         try:
             module = model.get_submodule(root)
         except AttributeError:
@@ -119,8 +138,7 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
         if found.problems:
             raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {found.problems[0]}")
         groups.append(make_group(traced, found, str(r.get("name", root))))
-    return GroupSet(groups, str(plan.get("scope", "all")), inputs.shape, traced.layers,
-                    inputs=None if inputs.is_plain else inputs)
+    return GroupSet(groups, str(plan.get("scope", "all")), input_shape, traced.layers, inputs=inputs)
 
 
 def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:
@@ -133,7 +151,9 @@ def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:
 
     check_plan(plan)
     groups = _groups_for_plan(model, plan)
-    keep = {g.name: next(r["kept"] for r in plan["groups"] if r["root"] == g.root) for g in groups}
+    by_name = {str(r.get("name", r["root"])): r for r in plan["groups"]}
+    keep = {g.name: (by_name.get(g.name) or next(r for r in plan["groups"] if r["root"] == g.root))["kept"]
+            for g in groups}
     if not check:
         return prune_in_place(model, groups, keep)
     import copy

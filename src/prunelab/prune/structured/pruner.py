@@ -12,6 +12,7 @@ or ``pruner.prune_oneshot(data)`` then fine-tune the compressed model.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -51,7 +52,10 @@ class StructuredConfig:
     ``channels_per_prune`` (n) channels removed at each; ``fisher_beta`` weights the cost term of
     criteria that take one (Theis et al., eq. 7; 0 = reference code); ``round_to`` keeps widths at
     multiples of 8 or 16; ``finetune_steps`` continues fine-tuning after the target is reached
-    (iterative schedule); ``checkpoint_every`` calls the checkpoint hook every N prunes.
+    (iterative schedule); ``checkpoint_every`` calls the checkpoint hook every N prunes;
+    ``min_channels`` is the fewest channels (heads, for a heads group) every group keeps: a whole
+    number N >= 1, or a fraction in (0, 1) of the group's width (rounded up); None: no floor beyond
+    one channel (or none for a group that may vanish).
     """
 
     criterion: str = "fisher"
@@ -67,6 +71,7 @@ class StructuredConfig:
     finetune_steps: int = 0
     checkpoint_every: int | None = None
     seed: int = 0
+    min_channels: float | None = None
 
     def validate(self) -> StructuredConfig:
         check_choice("criterion", self.criterion, criterion_names())
@@ -87,6 +92,11 @@ class StructuredConfig:
             raise PrunelabError(f"finetune-steps must be >= 0, got {self.finetune_steps}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise PrunelabError(f"checkpoint-every must be >= 1 prune, got {self.checkpoint_every}")
+        m = self.min_channels
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0
+                              or (m >= 1 and m != int(m))):
+            raise PrunelabError(f"min-channels must be a whole number >= 1 or a fraction in (0, 1) of each "
+                                f"group's width, got {m!r}")
         if self.fisher_beta and not get_criterion(self.criterion).cost_term:
             takes = " / ".join(n for n in criterion_names() if get_criterion(n).cost_term)
             raise PrunelabError(f"fisher-beta applies to --criterion {takes} only")
@@ -96,7 +106,26 @@ class StructuredConfig:
         d = asdict(self)
         d["target"] = None if self.target is None else self.target.to_dict()
         d["exclude"] = list(self.exclude)
+        if self.min_channels is None:  # absent by default, so the configs of earlier runs are unchanged
+            d.pop("min_channels")
         return d
+
+
+def min_channel_floors(groups: GroupSet, min_channels: float | None) -> dict[str, int]:
+    """Each group's floor for ``min_channels`` (N channels, or a fraction of its width rounded up);
+    a floor above a group's width is refused with one line naming the group."""
+    if min_channels is None:
+        return {}
+    floors = {}
+    for g in groups:
+        n = math.ceil(min_channels * g.width) if min_channels < 1 else int(min_channels)
+        if n > g.width:
+            unit = "heads" if g.kind == "heads" else "channels"
+            raise PrunelabError(f"min-channels {int(min_channels)} is above the width of group {g.name} "
+                                f"({g.width} {unit}); the narrowest group has "
+                                f"{min(x.width for x in groups)}: give at most that, or a fraction such as 0.25")
+        floors[g.name] = n
+    return floors
 
 
 class StructuredPruner:
@@ -107,26 +136,32 @@ class StructuredPruner:
         self.model = model
         self.config = config.validate()
         self.inputs = as_input_spec(input_shape)
-        self.input_shape = self.inputs.shape  # the first input's shape (kept for callers that read it)
-        #: what measurements get: the plain shape for one float tensor (as before specs), else the spec
-        self.measured_inputs = self.inputs.shape if self.inputs.is_plain else self.inputs
+        self.input_shape = self.inputs.shape if self.inputs.is_plain else ()
         self.spec = spec
         self.previous_plan = previous_plan
         t0 = time.perf_counter()
         with stage("finding channel groups"):
-            self.groups = groups or find_groups(model, self.measured_inputs, config.scope, config.exclude, spec=spec)
+            self.groups = groups or find_groups(model, self.inputs, config.scope, config.exclude, spec=spec)
         self.group_seconds = time.perf_counter() - t0
         if not len(self.groups):
-            why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:3])
-            raise PrunelabError(f"no prunable channel groups in scope {config.scope!r}" + (f" ({why})" if why else ""))
+            why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:5])
+            more = len(self.groups.skipped) - 5
+            raise PrunelabError(f"no prunable channel groups in scope {config.scope!r}"
+                                + (f" ({why}{f'; and {more} more' if more > 0 else ''})" if why else
+                                   " (the model has no convolution or linear layer whose channels can be removed)"))
+        self.floors = min_channel_floors(self.groups, config.min_channels)
         self.masks = ChannelMasks(model, self.groups)
-        self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
-        self.history: list[dict] = []
-        self.prunes = 0
-        self._cost: CostModel | None = None
-        self.initial = self.measure(exact=True)
-        self.confirmed: dict | None = None
-        self.check_target()
+        try:
+            self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
+            self.history: list[dict] = []
+            self.prunes = 0
+            self._cost: CostModel | None = None
+            self.initial = self.measure(exact=True)
+            self.confirmed: dict | None = None
+            self.check_target()
+        except BaseException:
+            self.masks.detach()  # a refused pruner leaves the model as it found it (a retry starts clean)
+            raise
 
     # -- sizes and targets -----------------------------------------------------------------------
     @property
@@ -145,7 +180,7 @@ class StructuredPruner:
             pruned = self.masks.remaining < self.groups.total_channels
             with self.masks.detached():
                 small = compress(self.model, self.groups, masks=self.masks, check=False) if pruned else self.model
-                params, macs = model_size(small, self.measured_inputs)
+                params, macs = model_size(small, self.inputs)
             return {"channels": self.masks.remaining, "params": params, "macs": macs}
         params, macs = self.cost.size(self.masks.alive)
         return {"channels": self.masks.remaining, "params": params, "macs": macs}
@@ -154,7 +189,7 @@ class StructuredPruner:
         """Sizes with every group at its smallest allowed width."""
         alive = {k: v.clone() for k, v in self.masks.alive.items()}
         for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, alive, self.groups,
-                                  self.config.round_to):
+                                  self.config.round_to, self.floors):
             for name, c in unit:
                 alive[name][c] = False
         params, macs = self.cost.size(alive)
@@ -173,8 +208,12 @@ class StructuredPruner:
                                 f"nothing to prune")
         low = self.minimum()[t.kind]
         if t.value < low:
-            raise PrunelabError(f"target {t.describe()} is unreachable: removing every prunable channel in scope "
-                                f"{self.config.scope!r} leaves {low:,} {t.kind}")
+            frac = (now - low) / now if now else 0.0
+            skipped = f"; {len(self.groups.skipped)} group(s) not prunable (see the coverage report)" \
+                if self.groups.skipped else ""
+            raise PrunelabError(f"target {t.describe()} is unreachable: only {frac:.1%} of the model's {t.kind} is "
+                                f"prunable in scope {self.config.scope!r} (removing every prunable channel leaves "
+                                f"{low:,}){skipped}")
 
     def _check_latency_target(self) -> None:
         """Measure the model now and at its smallest allowed widths: a latency target outside that
@@ -187,7 +226,7 @@ class StructuredPruner:
         saved = {k: v.clone() for k, v in self.masks.alive.items()}
         try:
             for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
-                                      self.groups, self.config.round_to):
+                                      self.groups, self.config.round_to, self.floors):
                 self.masks.remove(list(unit))
             low = self.current()
         finally:
@@ -201,7 +240,8 @@ class StructuredPruner:
         if t is None:
             raise PrunelabError("no pruning target set")
         if t.kind == "latency_ms":
-            return measure_latency_ms(self.compress(check=False), self.measured_inputs, t)
+            return measure_latency_ms(self.compress(check=False), self.input_shape if self.inputs.is_plain
+                                      else self.inputs, t)
         return float(self.measure(exact=exact)[t.kind])
 
     def reached(self) -> bool:
@@ -220,6 +260,24 @@ class StructuredPruner:
         exact = self.measure(exact=True)
         self.confirmed = exact
         return t.met(exact[t.kind])
+
+    def coverage(self) -> dict:
+        """What this prune can touch: the fraction of parameters in layers of a prunable group, the
+        fraction of parameters and MACs that removing every prunable channel would free, and each
+        group left out with its reason."""
+        model_params = self.initial["params"]
+        touched = {m.module for g in self.groups for m in g.members if m.kind != "pool"}
+        names = dict(self.model.named_modules())
+        in_scope = sum(p.numel() for n in touched if n in names for p in names[n].parameters(recurse=False))
+        low = self.minimum()
+
+        def frac(a: int, b: int) -> float:
+            return a / b if b else 0.0
+
+        return {"groups": len(self.groups), "params_in_prunable_layers": frac(in_scope, model_params),
+                "params_removable": frac(model_params - low["params"], model_params),
+                "macs_removable": frac(self.initial["macs"] - low["macs"], self.initial["macs"]),
+                "skipped": list(self.groups.skipped)}
 
     # -- scores and pruning -------------------------------------------------------------------------
     def scores(self) -> dict[str, torch.Tensor]:
@@ -241,7 +299,8 @@ class StructuredPruner:
         t = self.config.target
         if t is not None and t.kind == "channels":
             n = min(n, max(self.masks.remaining - int(t.value), 0))
-        chosen = select(self.scores(), self.masks.alive, self.groups, n, self.config.round_to) if n else []
+        chosen = select(self.scores(), self.masks.alive, self.groups, n, self.config.round_to,
+                        self.floors) if n else []
         self.masks.remove(chosen)
         self.criterion.reset()
         if chosen:
@@ -252,7 +311,7 @@ class StructuredPruner:
 
     def exhausted(self) -> bool:
         return next(removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
-                                  self.groups, self.config.round_to), None) is None
+                                  self.groups, self.config.round_to, self.floors), None) is None
 
     def prune_oneshot(self, data=None, batch_size: int = 128, data_steps: int | None = None,
                       device: str | torch.device | None = None, loss: str | None = None) -> list[tuple[str, int]]:
@@ -262,6 +321,13 @@ class StructuredPruner:
         batches first, without updating weights, its gradients those of ``loss`` (a registered loss
         name; classification cross-entropy by default); BatchNorm running statistics are restored.
         """
+        try:
+            return self._prune_oneshot(data, batch_size, data_steps, device, loss)
+        except BaseException:
+            self.criterion.stop()
+            raise
+
+    def _prune_oneshot(self, data, batch_size, data_steps, device, loss) -> list[tuple[str, int]]:
         t = self.config.target
         if t is None:
             raise PrunelabError("one-shot pruning needs a target")
@@ -272,7 +338,7 @@ class StructuredPruner:
             with stage(f"accumulating the {self.config.criterion} scores"):
                 accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size,
                            device, loss=loss)
-        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to))
+        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to, self.floors))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 
         def apply(k: int) -> None:

@@ -28,9 +28,11 @@ def _min_width(vanishable: bool, round_to: int | None, width: int) -> int:
 
 
 def removal_order(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], groups: GroupSet,
-                  round_to: int | None = None) -> Iterator[list[tuple[str, int]]]:
+                  round_to: int | None = None,
+                  floors: dict[str, int] | None = None) -> Iterator[list[tuple[str, int]]]:
     """Yield removal units (lists of (group, channel)) in increasing score order, as long as any group
-    can still lose channels. Scores are read once (static ranking)."""
+    can still lose channels. Scores are read once (static ranking). ``floors``: the fewest channels
+    each group keeps (``--min-channels``)."""
     heap: list[tuple[float, int, str, list[int]]] = []
     state: dict[str, tuple[list[int], int]] = {}
     tie = 0
@@ -39,7 +41,7 @@ def removal_order(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor
         live = torch.nonzero(alive[g.name]).flatten().tolist()
         s = scores[g.name].double()
         live.sort(key=lambda c: (float(s[c]), c))
-        floor = _min_width(g.vanishable, round_to, len(live))
+        floor = max(_min_width(g.vanishable, round_to, len(live)), (floors or {}).get(g.name, 0))
         state[g.name] = (live, floor)
         unit = _next_unit(live, floor, r)
         if unit:
@@ -68,10 +70,10 @@ def _next_unit(live: list[int], floor: int, r: int) -> list[int]:
 
 
 def select(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], groups: GroupSet, n: int,
-           round_to: int | None = None) -> list[tuple[str, int]]:
+           round_to: int | None = None, floors: dict[str, int] | None = None) -> list[tuple[str, int]]:
     """The ``n`` (or, with ``round_to``, at least ``n``) lowest-scoring live channels that may go."""
     chosen: list[tuple[str, int]] = []
-    for unit in removal_order(scores, alive, groups, round_to):
+    for unit in removal_order(scores, alive, groups, round_to, floors):
         if len(chosen) >= n:
             break
         chosen.extend(unit)

@@ -20,10 +20,17 @@ def _as_tuple(v, n: int) -> tuple[int, ...]:
 
 
 class _Geometry(nn.Module):
-    """Output spatial size of a convolution, from its kernel, stride, padding and dilation."""
+    """Output spatial size of a convolution, from its kernel, stride, padding and dilation. The
+    attributes callers read from a convolution (``in_channels``, ``out_channels``, ``kernel_size``,
+    ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``transposed``) are kept as
+    the stand-in's, with the channel counts it really has."""
 
     def __init__(self, conv: nn.modules.conv._ConvNd) -> None:
         super().__init__()
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode", "transposed", "output_padding"):
+            if hasattr(conv, attr):
+                setattr(self, attr, getattr(conv, attr))
         nd = len(conv.kernel_size)
         self.kernel = _as_tuple(conv.kernel_size, nd)
         self.stride = _as_tuple(conv.stride, nd)
@@ -60,6 +67,7 @@ class EmptyConv(_Geometry):
         super().__init__(conv)
         self.out_channels = 0
         self.register_buffer("weight", torch.zeros(0, *conv.weight.shape[1:]), persistent=False)
+        self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros((x.shape[0], 0, *self.spatial(x)))
@@ -70,14 +78,17 @@ class ZeroConv(_Geometry):
 
     def __init__(self, conv: nn.modules.conv._ConvNd) -> None:
         super().__init__(conv)
+        self.in_channels = 0
         self.out_channels = conv.out_channels
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (x.shape[0], self.out_channels, *self.spatial(x))
+        out = x.new_zeros(shape)
         if self.bias is None:
-            return x.new_zeros(shape)
-        return self.bias.view(1, -1, *([1] * (len(shape) - 2))).expand(shape)
+            return out
+        # a fresh tensor (not an expanded view of the bias): callers may add into it in place
+        return out + self.bias.view(1, -1, *([1] * (len(shape) - 2)))
 
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}, " + super().extra_repr()
@@ -88,8 +99,10 @@ class EmptyLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
+        self.in_features = linear.in_features
         self.out_features = 0
         self.register_buffer("weight", torch.zeros(0, linear.in_features), persistent=False)
+        self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros((*x.shape[:-1], 0))
@@ -100,12 +113,13 @@ class ZeroLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
+        self.in_features = 0
         self.out_features = linear.out_features
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (*x.shape[:-1], self.out_features)
-        return x.new_zeros(shape) if self.bias is None else self.bias.expand(shape)
+        out = x.new_zeros((*x.shape[:-1], self.out_features))
+        return out if self.bias is None else out + self.bias  # fresh, never a view of the bias
 
 
 def emptied(module: nn.Module, kind: str) -> nn.Module:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.models.inputs import InputSpec, as_input_spec, call_model, logits_of
+from prunelab.models.inputs import InputSpec, call_model, logits_of
 from prunelab.prune.unstructured.masks import get_mask
 from prunelab.prune.unstructured.selection import PrunableLayer, candidate_layers
 
@@ -179,7 +179,7 @@ def _layer_macs(model: nn.Module, input_shape: InputSpec | tuple[int, ...]):
     pass; the totals equal ``count_macs(model, shape)`` and ``count_macs(model, shape, sparse=True)``."""
     from prunelab.measure import layer_table
 
-    rows = layer_table(model, input_shape)
+    rows = layer_table(model, input_shape if isinstance(input_shape, InputSpec) else tuple(input_shape))
     return {r.name: r for r in rows}, sum(r.macs_dense for r in rows), sum(r.macs_sparse for r in rows)
 
 
@@ -192,7 +192,11 @@ def outputs_connected(model: nn.Module, input_shape: InputSpec | tuple[int, ...]
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    x = as_input_spec(input_shape).example(trials, seed=seed, device=device, dtype=dtype)
+    if isinstance(input_shape, InputSpec):  # token ids or structured inputs: the spec's own examples
+        x = input_shape.example_for(model, trials, seed=seed)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn((trials, *input_shape), generator=gen).to(device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     try:

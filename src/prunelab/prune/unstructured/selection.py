@@ -9,6 +9,11 @@ selection by module type or by name pattern (shell-style globs on module paths, 
 
 "First" and "last" mean the first and last candidate layer in module registration order, which is
 the stem and the classifier for every model in the zoo.
+
+Transformers: "linear" covers Hugging Face's ``Conv1D`` too (GPT-2 stores its projections that way),
+so Global MP over "all Linear weights" means all of them. A weight shared with an ``nn.Embedding``
+(an LM head tied to the input embedding) is an embedding table, not a layer's weights: it is left
+out unless ``include_embeddings`` is set, and a tied tensor is listed (counted, ranked, masked) once.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from prunelab.errors import PrunelabError, unknown_choice
-from prunelab.models.common import CONV_TYPES
+from prunelab.models.common import CONV_TYPES, is_conv1d
 
 #: module-type names accepted by ``include_types``
 LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
@@ -69,20 +74,24 @@ class LayerSelection:
     exclude: tuple[str, ...] = ()
     keep_first_dense: bool = False
     keep_last_dense: bool = False
+    include_embeddings: bool = False
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "include_types": list(self.include_types),
             "include": list(self.include),
             "exclude": list(self.exclude),
             "keep_first_dense": self.keep_first_dense,
             "keep_last_dense": self.keep_last_dense,
         }
+        if self.include_embeddings:  # absent by default: earlier runs keep their configs (and ids)
+            d["include_embeddings"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LayerSelection:
         d = dict(d or {})
-        valid = {"include_types", "include", "exclude", "keep_first_dense", "keep_last_dense"}
+        valid = {"include_types", "include", "exclude", "keep_first_dense", "keep_last_dense", "include_embeddings"}
         unknown = sorted(set(d) - valid)
         if unknown:
             raise PrunelabError(f"unknown layer selection key(s) {unknown}; valid: {', '.join(sorted(valid))}")
@@ -95,20 +104,31 @@ class LayerSelection:
 DEFAULT_SELECTION = LayerSelection()
 
 
-def candidate_layers(model: nn.Module, types: Sequence[str] = ("conv", "linear")) -> list[PrunableLayer]:
-    """Every Conv/Linear module (of ``types``) with a weight, in registration order.
+def embedding_weights(model: nn.Module) -> set[int]:
+    """ids of the weight tensors of the model's ``nn.Embedding`` tables (shared by a tied LM head)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)
+            and isinstance(getattr(m, "weight", None), nn.Parameter)}
 
-    A weight tensor shared by several modules (tied weights) is listed once, under its first path.
+
+def candidate_layers(model: nn.Module, types: Sequence[str] = ("conv", "linear"),
+                     include_embeddings: bool = False) -> list[PrunableLayer]:
+    """Every Conv/Linear (and Hugging Face ``Conv1D``, a "linear") module of ``types`` with a weight,
+    in registration order.
+
+    A weight tensor shared by several modules (tied weights) is listed once, under its first path; one
+    shared with an ``nn.Embedding`` is left out unless ``include_embeddings``.
     """
     classes: tuple[type[nn.Module], ...] = ()
     for t in types:
         if t not in LAYER_TYPES:
             raise unknown_choice("layer type", t, LAYER_TYPES)
         classes += LAYER_TYPES[t]
-    seen: set[int] = set()
+    hf_linear = "linear" in types
+    seen: set[int] = set() if include_embeddings else embedding_weights(model)
     layers = []
     for name, module in model.named_modules():
-        if not isinstance(module, classes) or not isinstance(getattr(module, "weight", None), nn.Parameter):
+        if not (isinstance(module, classes) or (hf_linear and is_conv1d(module))) \
+                or not isinstance(getattr(module, "weight", None), nn.Parameter):
             continue
         if id(module.weight) in seen:
             continue
@@ -136,13 +156,13 @@ def select_layers(model: nn.Module, selection: LayerSelection | None = None) -> 
     sel = selection or DEFAULT_SELECTION
     if not isinstance(sel, LayerSelection):
         raise PrunelabError(f"selection must be a LayerSelection, got {type(sel).__name__}")
-    all_layers = candidate_layers(model, ("conv", "linear"))
+    all_layers = candidate_layers(model, ("conv", "linear"), sel.include_embeddings)
     if not all_layers:
         raise PrunelabError(f"model {type(model).__name__} has no Conv or Linear layer to prune")
     names = [layer.name for layer in all_layers]
     _check_patterns(sel.include, names, "include")
     _check_patterns(sel.exclude, names, "exclude")
-    layers = candidate_layers(model, sel.include_types)
+    layers = candidate_layers(model, sel.include_types, sel.include_embeddings)
     if not layers:
         raise PrunelabError(f"model {type(model).__name__} has no layer of type(s) {', '.join(sel.include_types)}")
     dense: set[str] = set()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import load_data
 from prunelab.study.context import RunContext
 from prunelab.study.method_tools import (
@@ -65,7 +66,7 @@ def reduced(run: RunConfig, ctx: RunContext) -> RunOutput:
     data = load_data(run)
     spec = fitted_spec(run, data)
     base = fresh_model(spec)
-    metric, value = size_target(run.target, *sizes(base, tuple(data.input_shape)))
+    metric, value = size_target(run.target, *sizes(base, data_inputs(data)))
     found = reduced_network(spec, data, mode=p["mode"], target=SizeTarget(metric, float(value)),
                             round_to=p["round_to"], tol=p["tol"], max_multiplier=p["max_multiplier"], train=False)
     ctx.progress(phase="reduced", multiplier=found.value)
@@ -145,7 +146,7 @@ def _pfs_run(run: RunConfig, ctx: RunContext, trained: bool) -> RunOutput:
     from prunelab.study.common import dense_model
 
     data = load_data(run)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     default = fitted_spec(run, data)
     base = fresh_model(default)
     cfg = _pfs_config(run.params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.run import RunConfig
 from prunelab.study.tasks import RunOutput, register
@@ -22,8 +23,8 @@ def dense(run: RunConfig, ctx) -> RunOutput:
     data = load_data(run)
     trained = dense_model(ctx, run, data)
     metrics = final_metrics(trained.final, data)
-    metrics.update(model_metrics(trained.model, data.input_shape, run))
+    metrics.update(model_metrics(trained.model, data_inputs(data), run))
     kwargs = ", ".join(f"{k}={v}" for k, v in sorted(trained.spec.kwargs.items()))
     metrics["architecture"] = f"{trained.spec.family}({kwargs})"  # the exact network, as fitted to the data
-    return RunOutput(metrics=metrics, curves=trained.history, layers=layer_rows(trained.model, data.input_shape),
+    return RunOutput(metrics=metrics, curves=trained.history, layers=layer_rows(trained.model, data_inputs(data)),
                      artifacts={"checkpoint": ctx.relative(trained.checkpoint)})

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
 from prunelab.study.method_tools import (
@@ -90,6 +91,9 @@ _COMMON = {
     "profile_round_to": Param(1, is_int(1), "a channel multiple >= 1"),
     "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
     "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
+    "min_channels": Param(None, lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and v > 0 and (v < 1 or v == int(v))),
+                          "null, a whole number of channels >= 1 or a fraction in (0, 1) of each group's width"),
 }
 _COST_TERM = {"fisher_beta": Param(0.0, is_number(0.0), "a cost weight >= 0 (0 = reference code)"),
               "fisher_cost": Param("macs", one_of("macs", "params"), "one of macs, params")}
@@ -120,6 +124,8 @@ def _resolve(run: RunConfig) -> RunConfig:
         p["profile_target"] = check_target(p["profile_target"])
     if p["scope"] != "internal" and run.protocol == "copy-profile":
         raise PrunelabError("copy-profile scales block-internal widths: use scope internal")
+    if p.get("min_channels") is None:  # absent unless given: the params (and ids) of earlier runs stay
+        p.pop("min_channels", None)
     _structured_config(run, None)
     return run
 
@@ -139,13 +145,13 @@ def _structured_config(run: RunConfig, target):
         criterion=_criterion(run), scope=p["scope"], exclude=tuple(p["exclude"]), schedule=p["schedule"],
         prune_every=p["prune_every"], channels_per_prune=p["channels_per_prune"], target=target,
         fisher_beta=float(p.get("fisher_beta", 0.0)), fisher_cost=p.get("fisher_cost", "macs"),
-        round_to=p["round_to"], finetune_steps=0, seed=run.seed).validate()
+        round_to=p["round_to"], finetune_steps=0, seed=run.seed, min_channels=p.get("min_channels")).validate()
 
 
 # ------------------------------------------------------------------------------------ the shared prune
 
 PRUNE_KEYS = ("scope", "exclude", "schedule", "prune_every", "channels_per_prune", "round_to", "finetune",
-              "fisher_beta", "fisher_cost", "signed")
+              "fisher_beta", "fisher_cost", "signed", "min_channels")
 
 
 def _prune_key(run: RunConfig, spec, metric: str, value: int) -> dict[str, Any]:
@@ -168,7 +174,7 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
     from prunelab.train import Trainer, evaluate, resolve_device
 
     dense = dense_model(ctx, run, data)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     metric, value = size_target(target, *sizes(dense.model, shape))
     key = _prune_key(run, dense.spec, metric, value)
 
@@ -286,7 +292,7 @@ def _fine_tuned(ctx: RunContext, run: RunConfig, data, loaded, record: dict, bas
     from prunelab.prune.structured import save_pruned
     from prunelab.train import Trainer
 
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     model = loaded.model
     curves = [{**row, "phase": "pruning"} for row in record["history"]]
     epochs = int(run.params["finetune_epochs"])
@@ -331,7 +337,7 @@ def _copied(ctx: RunContext, run: RunConfig, data, folder: Path, base, extra: di
         source = shared_prune(ctx, run, data, p["profile_target"])
         artifacts["profile_prune"] = ctx.relative(source)
     profile = _profile(_read(source)[0].plan)
-    metric, value = size_target(run.target, *sizes(base, tuple(data.input_shape)))
+    metric, value = size_target(run.target, *sizes(base, data_inputs(data)))
     member = copy_profile(profile, data, target=SizeTarget(metric, float(value)), round_to=p["profile_round_to"],
                           tol=p["tol"], train=False)
     model, result = build_and_train(member.spec, data, run.train_config(), callbacks=[ctx.callback("copy-profile")])

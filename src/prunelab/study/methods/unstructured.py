@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.study.common import arch_spec, dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.context import RunContext
 from prunelab.study.method_tools import (
@@ -173,7 +174,7 @@ def _save(ctx: RunContext, run: RunConfig, model: nn.Module, spec, report, artif
 
 def _output(ctx: RunContext, run: RunConfig, model: nn.Module, spec, data, final: dict, curves: list[dict],
             report, extra: dict[str, Any]) -> RunOutput:
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     model.eval()
     metrics = final_metrics(final, data)
     metrics.update(model_metrics(model, shape, run))
@@ -204,7 +205,7 @@ def _scratch(ctx: RunContext, run: RunConfig, pruned: nn.Module, spec, data, ini
     from prunelab.protocols.scratch import scratch_b_factor
     from prunelab.prune.unstructured import apply_masks_, get_mask, set_mask
 
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     if init_model is None:
         seed = run.seed if run.params["reinit"] == "original" else run.seed + REINIT_SEED_OFFSET
         init_model = build_model(spec, seed=seed)
@@ -233,7 +234,7 @@ def unstructured(run: RunConfig, ctx: RunContext) -> RunOutput:
 
     p = run.params
     data = load_data(run)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     config = prune_config(run)
     snip = run.kind == "snip"
 
@@ -328,7 +329,7 @@ def lowrank(run: RunConfig, ctx: RunContext) -> RunOutput:
     from prunelab.train import evaluate
 
     data = load_data(run)
-    shape = tuple(data.input_shape)
+    shape = data_inputs(data)
     dense = dense_model(ctx, run, data)
     model = dense.model
     sparsity = None if run.target is None else float(run.target["sparsity"])

@@ -48,7 +48,7 @@ class APoZ(Criterion):
 
     def _observe(self, point: str, output: torch.Tensor) -> None:
         with torch.no_grad():
-            y = output.detach()
+            y = self.masks.channels_first(point, output.detach())
             zero = (y <= 0).float()
             zero = zero.flatten(2).sum(2) if zero.dim() > 2 else zero
             count = zero.sum(0, keepdim=True)  # 1 x C

@@ -115,6 +115,7 @@ class Fisher(Criterion):
             output.register_hook(lambda grad: self._record(point, act, grad))
 
     def _record(self, point: str, act: torch.Tensor, grad: torch.Tensor) -> None:
+        act, grad = self.masks.channels_first(point, act), self.masks.channels_first(point, grad)
         for name, terms in self.masks.to_groups(point, per_sample_terms(act, grad)):
             self.accumulator.add_terms(name, terms)
 

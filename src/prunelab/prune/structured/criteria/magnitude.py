@@ -27,6 +27,7 @@ from prunelab.prune.structured.criterion import (
     Criterion,
     in_group_order,
     mean_over_layers,
+    output_rows,
     producer,
     register_criterion,
 )
@@ -38,7 +39,7 @@ def filter_scores(model, groups, signed: bool = False) -> dict[str, torch.Tensor
     for g in groups:
         values = []
         for name in g.producers:
-            flat = model.get_submodule(name).weight.detach().float().flatten(1)
+            flat = output_rows(model.get_submodule(name)).detach().float().flatten(1)
             per = flat.sum(1) if signed else flat.abs().sum(1)
             values.append(in_group_order(g, producer(g, name), per).cpu())
         out[g.name] = mean_over_layers(values, g.width)

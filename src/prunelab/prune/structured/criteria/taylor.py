@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from prunelab.prune.structured.criterion import Criterion, in_group_order, producer, register_criterion
+from prunelab.prune.structured.transformer import is_conv1d
 
 
 @register_criterion
@@ -57,6 +58,8 @@ class Taylor(Criterion):
                     if param is None or param.grad is None:
                         continue
                     prod = (param.detach().float() * param.grad.detach().float())
+                    if prod.dim() == 2 and is_conv1d(module):  # Conv1D stores (in, out)
+                        prod = prod.t()
                     per = prod if prod.dim() == 1 else prod.flatten(1).sum(1)
                     vec = in_group_order(g, member, per)
                     total = vec if total is None else total + vec
