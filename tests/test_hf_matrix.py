@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_tiny import MODELS
+from hf_matrix_models import MODELS
 from prunelab.models.inputs import LogitsModule, call_model, logits_of, positional
 from prunelab.prune.structured import ChannelMasks, compress, find_groups, make_plan
 from prunelab.prune.structured.plan import apply_plan

@@ -202,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"prunelab.cli.{COMMANDS[args.command][0]}")
     try:
         check_outputs(parser, args)
+        from prunelab.cli.common import import_plugins_from_args
         from prunelab.train.progress import reporting
+
+        import_plugins_from_args(args)  # before anything is loaded: a plugin may register the model's family
 
         # stage lines for the commands that take --quiet (those that train or prune), from one rank only
         report = hasattr(args, "quiet") and not args.quiet and os.environ.get("RANK", "0") == "0"

@@ -49,6 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--out", default=None, metavar="PATH", help="also write the results as JSON")
+    from prunelab.cli.common import add_plugin_argument
+
+    add_plugin_argument(parser)
 
 
 def input_shape_for(loaded, text: str | None) -> tuple[int, ...]:

@@ -78,9 +78,16 @@ def add_data_arguments(parser, required: bool = True) -> None:
                         help="dataset option, repeatable (e.g. val_size=5000, binary=true, size=64, shape=3x32x32)")
     parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
                         help="share of the training data held out for validation (default: the dataset's)")
+    add_plugin_argument(parser)
+
+
+def add_plugin_argument(parser) -> None:
+    """``--plugin MODULE`` (repeatable): imported before the command loads anything (see
+    :func:`import_plugins_from_args`), as a study's ``plugins:`` are."""
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (repeatable): it may register datasets (prunelab.data."
-                             "register_dataset), models or trackers")
+                        help="import MODULE first (repeatable): it may register model families "
+                             "(prunelab.models.register_family, so their checkpoints load), datasets "
+                             "(prunelab.data.register_dataset), losses, criteria or trackers")
 
 
 def data_options_from_args(args) -> dict[str, Any]:

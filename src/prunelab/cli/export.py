@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
                         help="deploy, structured models: pad channel counts with zero channels to a multiple of N "
                              "where measured faster (outputs unchanged)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    from prunelab.cli.common import add_plugin_argument
+
+    add_plugin_argument(parser)
 
 
 def run(args) -> int:

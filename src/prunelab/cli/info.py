@@ -20,6 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input-size", metavar="SHAPE", default=None,
                         help="input shape without the batch, e.g. 3x32x32 or 128x9 (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from prunelab.cli.common import add_plugin_argument
+
+    add_plugin_argument(parser)
 
 
 def _fit_input(spec, shape: tuple[int, ...]):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.models.inputs import InputSpec, as_input_spec
 
 #: the most timed rounds and the most seconds a caller may ask one measurement for
 MAX_REPEATS = 100_000
@@ -277,11 +278,16 @@ def spread_warning(name: str, stats: Mapping[str, float]) -> str | None:
     return None
 
 
-def example_input(input_shape: Sequence[int], batch_size: int, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    """A fixed random batch ``(batch_size, *input_shape)`` (same seed, same tensor)."""
+def example_input(input_shape: InputSpec | Sequence[int], batch_size: int, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A fixed random batch ``(batch_size, *input_shape)`` (same seed, same tensor); for an
+    :class:`~prunelab.models.inputs.InputSpec` of token ids, tuples or dicts, its example inputs
+    (``dtype`` applies to the float tensors)."""
+    spec = as_input_spec(input_shape)
+    if not spec.is_plain:
+        return spec.example(batch_size, seed=seed, device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch_size, *tuple(input_shape)), generator=gen, dtype=dtype).to(device)
+    return torch.randn((batch_size, *spec.shape), generator=gen, dtype=dtype).to(device)
 
 
 def input_dtype(model: nn.Module) -> torch.dtype:
@@ -316,13 +322,19 @@ def prepared(model: nn.Module, device: str) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def trial_call(call: Callable[[], object], input_shape: Sequence[int], batch_size: int) -> None:
+def trial_call(call: Callable[[], object], input_shape: InputSpec | Sequence[int], batch_size: int) -> None:
     """One untimed call, so that an input the model cannot take is a one-line error, not a traceback."""
     try:
         call()
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        if isinstance(exc, PrunelabError):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        shape = "x".join(str(d) for d in (batch_size, *input_shape))
-        raise PrunelabError(f"the model cannot run on input of shape {shape}: {first}") from exc
+        spec = as_input_spec(input_shape)
+        if spec.is_plain:
+            what = "of shape " + "x".join(str(d) for d in (batch_size, *spec.shape))
+        else:
+            what = f"{spec.describe()} (batch {batch_size})"
+        raise PrunelabError(f"the model cannot run on input {what}: {first}") from exc
 
 

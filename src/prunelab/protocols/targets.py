@@ -18,6 +18,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models import ArchSpec, create
+from prunelab.models.inputs import InputSpec
 
 METRICS = ("params", "macs", "latency")
 
@@ -86,17 +87,18 @@ class LatencyOptions:
 class Measurer:
     """Measures specs (built fresh) in one metric, caching by spec so a search never re-counts.
 
-    ``input_shape`` excludes the batch dimension.
+    ``input_shape`` excludes the batch dimension (or is an :class:`~prunelab.models.inputs.InputSpec`).
     """
 
     metric: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | InputSpec
     latency: LatencyOptions = field(default_factory=LatencyOptions)
     _cache: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_choice("target metric", self.metric, METRICS)
-        self.input_shape = tuple(int(d) for d in self.input_shape)
+        if not isinstance(self.input_shape, InputSpec):
+            self.input_shape = tuple(int(d) for d in self.input_shape)
 
     def __call__(self, spec: ArchSpec) -> float:
         key = _spec_key(spec)
@@ -118,8 +120,8 @@ def measure(model: nn.Module, metric: str, input_shape: tuple[int, ...],
     if metric == "macs":
         from prunelab.measure import count_macs
 
-        return float(count_macs(model, tuple(input_shape)))
-    return measure_latency_ms(model, tuple(input_shape), latency or LatencyOptions())
+        return float(count_macs(model, input_shape))
+    return measure_latency_ms(model, input_shape, latency or LatencyOptions())
 
 
 def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], opts: LatencyOptions) -> float:
@@ -129,7 +131,7 @@ def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], opts: Lat
         from prunelab.measure.latency import latency_of
     except ImportError:
         raise PrunelabError("latency targets need prunelab.measure.latency, which is not available") from None
-    return float(latency_of(model, tuple(input_shape), batch_size=opts.batch_size, threads=opts.threads,
+    return float(latency_of(model, input_shape, batch_size=opts.batch_size, threads=opts.threads,
                             device=opts.device, repeats=opts.repeats, min_time_s=opts.min_time_s))
 
 

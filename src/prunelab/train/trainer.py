@@ -522,7 +522,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
             loss_sum += float(loss_fn(out.float(), y, reduction="sum"))
             right, counted = loss_fn.correct(out, y)
             correct += int(right)
-            n += counted
+            n += int(counted)
     finally:
         model.train(was_training)
     n = max(n, 1)

@@ -153,6 +153,11 @@ class GroupSet:
         if self.inputs is None:
             self.inputs = InputSpec.tensor(self.input_shape)
 
+    @property
+    def spec(self) -> InputSpec:
+        """The tracing inputs as an :class:`~prunelab.models.inputs.InputSpec`."""
+        return self.inputs
+
     def example(self, batch: int, model: nn.Module, seed: int = 0):
         """Example inputs (of the spec the groups were traced with) on the model's device."""
         return self.inputs.example_for(model, batch, seed=seed)
@@ -171,11 +176,11 @@ class GroupSet:
         return sum(g.width for g in self.groups)
 
 
-def example_batch(input_shape: Sequence[int], batch: int = 1, device: torch.device | str = "cpu",
-                  seed: int = 0) -> torch.Tensor:
-    """A fixed random input used for tracing and for the compressed == masked check."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *input_shape), generator=gen).to(device)
+def example_batch(input_shape: InputSpec | Sequence[int], batch: int = 1, device: torch.device | str = "cpu",
+                  seed: int = 0):
+    """A fixed random input used for tracing and for the compressed == masked check: a tensor for an
+    ``input_shape`` (random normal, float32), else the spec's tuple or dict of tensors."""
+    return as_input_spec(input_shape).example(batch, seed=seed, device=device)
 
 
 def _module_device(model: nn.Module) -> torch.device:
@@ -774,4 +779,4 @@ def find_groups(model: nn.Module, input_shape, scope: str = "internal",
             continue
         groups.append(group)
     groups.sort(key=lambda g: (traced.order[g.root], g.name))
-    return GroupSet(groups, scope, inputs.shape if inputs.is_plain else (), traced.layers, skipped, inputs)
+    return GroupSet(groups, scope, inputs.shape, traced.layers, skipped, inputs)

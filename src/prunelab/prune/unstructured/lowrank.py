@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.models.inputs import as_input_spec, call_model
 from prunelab.prune.unstructured.allocation import check_sparsity, kept_count
 from prunelab.prune.unstructured.masks import get_mask, set_mask
 from prunelab.prune.unstructured.report import PruneReport, build_report
@@ -90,7 +91,8 @@ def find_lowrank_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[Low
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((2, *input_shape), dtype=param.dtype, device=param.device))
+            call_model(model, as_input_spec(input_shape).example(2, device=param.device, dtype=param.dtype,
+                                                                 zeros=True))
     finally:
         model.train(was_training)
         for h in handles:
@@ -172,7 +174,7 @@ def prune_lowrank_columns(model: nn.Module, *, sparsity: float | None = None, ra
     named = {n: m for p in pairs for n, m in ((p.first_name, p.first), (p.second_name, p.second))}
     layers = [PrunableLayer(n, m) for n, m in named.items()]
     report = build_report(model, layers, method="lowrank-columns", target_sparsity=target,
-                          input_shape=tuple(input_shape) if input_shape else None, details=details, warn=warn)
+                          input_shape=input_shape or None, details=details, warn=warn)
     report.details["components_total"] = total
     report.details["components_kept"] = sum(d["kept"] for d in details["ranks"].values())
     return report

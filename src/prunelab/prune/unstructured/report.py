@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.models.inputs import InputSpec, as_input_spec, call_model, logits_of
 from prunelab.prune.unstructured.masks import get_mask
 from prunelab.prune.unstructured.selection import PrunableLayer, candidate_layers
 
@@ -173,33 +174,31 @@ def _fmt(x: int | None) -> str:
     return "-" if x is None else f"{x:,}"
 
 
-def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]):
+def _layer_macs(model: nn.Module, input_shape: InputSpec | tuple[int, ...]):
     """Per-layer rows and model totals (dense, sparse-aware) from one :func:`prunelab.measure.layer_table`
     pass; the totals equal ``count_macs(model, shape)`` and ``count_macs(model, shape, sparse=True)``."""
     from prunelab.measure import layer_table
 
-    rows = layer_table(model, tuple(input_shape))
+    rows = layer_table(model, input_shape)
     return {r.name: r for r in rows}, sum(r.macs_dense for r in rows), sum(r.macs_sparse for r in rows)
 
 
 @torch.no_grad()
-def outputs_connected(model: nn.Module, input_shape: tuple[int, ...], trials: int = 4, seed: int = 0) -> float:
+def outputs_connected(model: nn.Module, input_shape: InputSpec | tuple[int, ...], trials: int = 4,
+                      seed: int = 0) -> float:
     """Fraction of output units that change between random inputs (0.0: the output no longer
     depends on the input, i.e. no input-to-output path survives). Evaluated in eval mode; the
     model's mode is restored."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((trials, *input_shape), generator=gen).to(device=device, dtype=dtype)
+    x = as_input_spec(input_shape).example(trials, seed=seed, device=device, dtype=dtype)
     was_training = model.training
     model.eval()
     try:
-        out = model(x)
+        out = logits_of(call_model(model, x))
     finally:
         model.train(was_training)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
     out = out.reshape(trials, -1)
     varies = (out != out[:1]).any(dim=0)
     return float(varies.float().mean()) if varies.numel() else 0.0

@@ -261,7 +261,7 @@ def prune_iterative(model: nn.Module, data, train_config, config: PruneConfig, *
     snapshot = WeightSnapshot(rewind_epoch) if rewind_epoch is not None and rewind_state is None else None
     for r, target in enumerate(iterative_sparsities(config.sparsity, rounds), start=1):
         report = prune(model, config.with_sparsity(target), batch=batch,
-                       input_shape=tuple(input_shape) if input_shape else None, warn=False)
+                       input_shape=input_shape or None, warn=False)
         if rewind_state is not None:
             rewind_(model, rewind_state)
         result = RoundResult(r, target, report)

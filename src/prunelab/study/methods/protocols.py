@@ -146,7 +146,7 @@ def sizes(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(parameters, MACs at batch 1) by :mod:`prunelab.measure` conventions."""
     from prunelab.measure import count_macs, count_params
 
-    return int(count_params(model).params), int(count_macs(model, tuple(input_shape)))
+    return int(count_params(model).params), int(count_macs(model, input_shape))
 
 
 def size_target(target: Mapping[str, Any], base_params: int, base_macs: int) -> tuple[str, int]:
