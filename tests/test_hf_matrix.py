@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from hf_matrix_models import MODELS
+from prunelab.errors import PrunelabError
+from prunelab.export.hf import write_folder
 from prunelab.models.inputs import LogitsModule, call_model, logits_of, positional
 from prunelab.prune.structured import ChannelMasks, compress, find_groups, make_plan
 from prunelab.prune.structured.plan import apply_plan
-from prunelab.prune.structured.transformer import apply_config_updates
+from prunelab.prune.structured.transformer import config_updates
 
 TRANSFORMERS = ("bert", "vit", "gpt2", "llama-gqa")
 #: where prunelab's exact (compressed == masked) scope prunes less than Torch-Pruning's graph claims:
@@ -132,12 +134,24 @@ def test_hugging_face_folder_round_trip(name, tmp_path):
     chosen = [g for g in groups if g.kind == "mlp" or name == "llama-gqa"]
     keep = _uniform(chosen)
     small = compress(model, groups, keep)
-    updates = apply_config_updates(small)
+    updates = config_updates(small)
     assert updates.get("intermediate_size", updates.get("n_inner")) == chosen[-1].width // 2
-    small.save_pretrained(tmp_path)
-    loaded = type(model).from_pretrained(tmp_path, local_files_only=True).eval()
+    if name == "llama-gqa":
+        assert (updates["num_attention_heads"], updates["num_key_value_heads"], updates["head_dim"]) == (2, 1, 8)
+    write_folder(small, tmp_path / "out")  # save_pretrained with the config rules (prunelab.export.hf)
+    loaded = type(model).from_pretrained(tmp_path / "out", local_files_only=True).eval()
     x = spec.example(2, seed=3)
     assert (_logits(loaded, x) - _logits(small, x)).abs().max() <= 1e-5
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def test_non_uniform_heads_cannot_become_a_folder(tmp_path):
+    model, spec = _build("llama-gqa")
+    groups = find_groups(model, spec)
+    small = compress(model, groups, {"model.layers.0.self_attn:heads": [1]})
+    with pytest.raises(PrunelabError, match="different numbers of heads"):
+        write_folder(small, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 #: GPT-2's and LLaMA's causal-mask code (transformers 5) calls aten::diff, which the TorchScript ONNX
