@@ -778,5 +778,12 @@ def find_groups(model: nn.Module, input_shape, scope: str = "internal",
             skipped.append({"group": group.name, "reason": f"excluded by {hit!r}"})
             continue
         groups.append(group)
+    if scope == "internal" and units is not None:  # the family's units only: list every other layer too
+        covered = {m.module for g in groups for m in g.members if m.kind in ("out", "depthwise")}
+        covered.update(s["group"] for s in skipped)
+        for name, module in model.named_modules():
+            if is_producer(module) and name not in covered and name in traced.layers:
+                skipped.append({"group": name, "reason": "not a width unit of the family (scope 'internal' prunes "
+                                                         "block-internal widths; --scope all prunes the rest)"})
     groups.sort(key=lambda g: (traced.order[g.root], g.name))
     return GroupSet(groups, scope, inputs.shape, traced.layers, skipped, inputs)
