@@ -202,3 +202,22 @@ def test_macs_of_the_compressed_model_match_flop_counter_and_the_cost_model(name
     for g in groups:
         alive[g.name][keep[g.name]] = True
     assert CostModel(model, groups).size(alive) == (count_params(small).params, got)
+
+
+def test_an_emptied_mobilenet_v2_block_reduces_to_its_shortcut():
+    """Every expansion channel of an inverted residual removed: its convolutions become stand-ins that
+    keep the attributes HF's layers read (kernel_size, stride, ...), and the block is its shortcut."""
+    model, spec = _build("mobilenet-v2")
+    groups = find_groups(model, spec)
+    name = next(g.name for g in groups if g.vanishable)
+    small = compress(model, groups, {name: []})  # checked against the masked model
+    assert small.get_submodule(name).out_channels == 0
+    assert small.get_submodule(name).kernel_size == model.get_submodule(name).kernel_size
+
+
+def test_a_model_with_nothing_prunable_says_why():
+    from prunelab.prune.structured import StructuredConfig, StructuredPruner, Target
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(PrunelabError, match=r"no prunable channel groups.*1: its channels reach the network output"):
+        StructuredPruner(model, StructuredConfig(criterion="l1", target=Target("params", 10)), (3, 4))
