@@ -413,6 +413,16 @@ _UNMAPPABLE = ("Permute", "Transpose", "IndexSelect", "Gather", "Index", "Roll",
                "Matmul", "Addmm", "Baddbmm", "Einsum", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Repeat")
 
 
+def _inside_linear(node) -> bool:
+    """An ``addmm`` / ``mm`` whose only consumer is a Linear (or ``Conv1D``) node: on an N-D input the
+    layer runs as view -> matmul -> view, and Torch-Pruning records the matmul as an operation of its own."""
+    op = _op_name(node)
+    if not op.startswith(("AddmmBackward", "MmBackward")) or len(node.outputs) != 1:
+        return False
+    out = node.outputs[0].module
+    return isinstance(out, nn.Module) and (isinstance(out, nn.Linear) or is_conv1d(out))
+
+
 def _channel_dim_size(module: nn.Module, kind: str) -> int | None:
     if isinstance(module, CONV_TYPES):
         return module.out_channels if kind in ("out", "depthwise") else module.in_channels
@@ -491,6 +501,8 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
                 has_mapping_op = True
             if _pads_channels(node):
                 problems.append(f"channel padding ({op})")
+            elif _inside_linear(node):
+                pass  # the matmul of a Linear applied to an (N, ..., F) input: part of the layer itself
             elif any(op.startswith(u) for u in _UNMAPPABLE):
                 problems.append(op)
             if not node.outputs:
