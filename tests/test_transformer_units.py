@@ -222,3 +222,11 @@ def test_global_magnitude_on_gpt2_prunes_conv1d_and_keeps_the_tied_embedding():
     c_attn = model.transformer.h[0].attn.c_attn.weight
     assert 0.5 < float((c_attn == 0).float().mean()) < 1.0
     assert torch.equal(model.transformer.wte.weight, wte)  # tied to lm_head, left out by default
+
+
+def test_graph_discovery_has_a_time_budget():
+    model, spec = bert()
+    with pytest.raises(PrunelabError, match="ran past its time budget"):
+        find_groups(model, spec, "all", budget_s=1e-4)
+    groups = find_groups(model, spec, "all", budget_s=60)  # and the model is left as it was
+    assert len(groups) and _hooks(model) == 0
