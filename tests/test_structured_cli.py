@@ -108,11 +108,26 @@ def _assert_rejected(argv, tmp_path, capsys, match: str) -> None:
     assert not any(p.name.startswith(("never", ".never")) for p in tmp_path.iterdir())
 
 
+def test_every_prune_reports_its_coverage_and_what_it_left_out(checkpoints, tmp_path, capsys):
+    src, params = checkpoints["densenet"]
+    out = tmp_path / "p.pt"
+    assert _run(str(src), "--data", "digits", "--structured", "--criterion", "l1", "--oneshot", "--min-channels",
+                "0.5", "--target-params", str(int(params * 0.9)), "--out", str(out), *FAST) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "prunable group(s)" in x)
+    assert "of the parameters are in prunable layers" in line and "of the MACs" in line
+    assert "not pruned:" in err  # DenseNet's concatenated growth channels, each with its reason
+
+
 def test_bad_input_exits_2_and_writes_nothing(checkpoints, tmp_path, capsys):
     src, params = checkpoints["wrn"]
     base = [str(src), "--data", "digits", "--structured", *FAST]
     _assert_rejected([*base, "--target-params", str(params + 1)], tmp_path, capsys, "not below")
-    _assert_rejected([*base, "--target-params", "10"], tmp_path, capsys, "unreachable")
+    _assert_rejected([*base, "--target-params", "10"], tmp_path, capsys, "of the model's params is prunable")
+    _assert_rejected([*base, "--target-params", "1000", "--min-channels", "1000"], tmp_path, capsys,
+                     "is above the width of group")
+    _assert_rejected([*base, "--target-params", "1000", "--min-channels", "1.5"], tmp_path, capsys,
+                     "--min-channels")
     _assert_rejected([*base, "--target-params", "1000", "--criterion", "obd"], tmp_path, capsys, "--criterion")
     _assert_rejected([*base, "--target-params", "1000", "--scope", "everything"], tmp_path, capsys, "--scope")
     _assert_rejected(base, tmp_path, capsys, "a target is required")

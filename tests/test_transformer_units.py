@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_tiny import bert, gpt2, llama, vit
+from hf_matrix_models import bert, gpt2, llama, vit
 from prunelab.errors import PrunelabError
 from prunelab.models.inputs import call_model, logits_of
 from prunelab.prune.structured import ChannelMasks, StructuredConfig, StructuredPruner, Target, compress, find_groups
@@ -196,3 +196,37 @@ def test_global_magnitude_covers_conv1d_and_leaves_tied_embeddings_out_by_defaul
     assert "lm_head" not in names  # tied to transformer.wte
     with_emb = [layer.name for layer in select_layers(model, LayerSelection(include_embeddings=True))]
     assert with_emb.count("lm_head") == 1 and len(with_emb) == len(names) + 1
+
+
+def test_linear_layers_on_sequences_are_masked_on_their_feature_dimension():
+    """A Linear on (N, T, F) has its channels last: the generic Torch-Pruning group of a plain MLP on
+    token features compresses to what its mask computes."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)).eval()
+    groups = find_groups(model, (5, 8), "all")
+    assert {g.kind for g in groups} == {"channels"} and len(groups) == 2
+    keep = {g.name: [1, 3, 4, 9] for g in groups}
+    x = torch.randn(3, 5, 8)
+    masks = ChannelMasks(model, groups, keep)
+    masked = _logits(model, x)
+    masks.detach()
+    small = compress(model, groups, keep)
+    assert small[0].out_features == 4 and (small(x) - masked).abs().max() <= 1e-6
+
+
+def test_global_magnitude_on_gpt2_prunes_conv1d_and_keeps_the_tied_embedding():
+    from prunelab.prune.unstructured.pruner import prune_global
+
+    model, _ = gpt2()
+    wte = model.transformer.wte.weight.detach().clone()
+    prune_global(model, 0.9)
+    c_attn = model.transformer.h[0].attn.c_attn.weight
+    assert 0.5 < float((c_attn == 0).float().mean()) < 1.0
+    assert torch.equal(model.transformer.wte.weight, wte)  # tied to lm_head, left out by default
+
+
+def test_graph_discovery_has_a_time_budget():
+    model, spec = bert()
+    with pytest.raises(PrunelabError, match="ran past its time budget"):
+        find_groups(model, spec, "all", budget_s=1e-4)
+    groups = find_groups(model, spec, "all", budget_s=60)  # and the model is left as it was
+    assert len(groups) and _hooks(model) == 0

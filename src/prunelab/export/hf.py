@@ -48,6 +48,17 @@ def register_config_rule(rule: Callable[[nn.Module], Mapping[str, Any]]) -> Call
     return rule
 
 
+def _structure_rule(model: nn.Module) -> Mapping[str, Any]:
+    """Heads, key/value heads, head size and MLP width of a structurally pruned transformer
+    (:func:`prunelab.prune.structured.transformer.config_updates`; uniform widths only)."""
+    from prunelab.prune.structured.transformer import config_updates
+
+    return config_updates(model)
+
+
+register_config_rule(_structure_rule)
+
+
 def set_config_fields(config, fields: Mapping[str, Any]) -> None:
     """Set ``config.<field> = value`` for each item; a dotted field walks nested configs. A field the
     config (or a nested one) does not have is one :class:`PrunelabError` line."""

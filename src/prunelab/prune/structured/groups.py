@@ -399,6 +399,16 @@ _UNMAPPABLE = ("Permute", "Transpose", "IndexSelect", "Gather", "Index", "Roll",
                "Matmul", "Addmm", "Baddbmm", "Einsum", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Repeat")
 
 
+def _inside_linear(node) -> bool:
+    """An ``addmm`` / ``mm`` whose only consumer is a Linear (or ``Conv1D``) node: on an N-D input the
+    layer runs as view -> matmul -> view, and Torch-Pruning records the matmul as an operation of its own."""
+    op = _op_name(node)
+    if not op.startswith(("AddmmBackward", "MmBackward")) or len(node.outputs) != 1:
+        return False
+    out = node.outputs[0].module
+    return isinstance(out, nn.Module) and (isinstance(out, nn.Linear) or is_conv1d(out))
+
+
 def _channel_dim_size(module: nn.Module, kind: str) -> int | None:
     if isinstance(module, CONV_TYPES):
         return module.out_channels if kind in ("out", "depthwise") else module.in_channels
@@ -477,6 +487,8 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
                 has_mapping_op = True
             if _pads_channels(node):
                 problems.append(f"channel padding ({op})")
+            elif _inside_linear(node):
+                pass  # the matmul of a Linear applied to an (N, ..., F) input: part of the layer itself
             elif any(op.startswith(u) for u in _UNMAPPABLE):
                 problems.append(op)
             if not node.outputs:
@@ -764,5 +776,12 @@ def find_groups(model: nn.Module, input_shape, scope: str = "internal",
             skipped.append({"group": group.name, "reason": f"excluded by {hit!r}"})
             continue
         groups.append(group)
+    if scope == "internal" and units is not None:  # the family's units only: list every other layer too
+        covered = {m.module for g in groups for m in g.members if m.kind in ("out", "depthwise")}
+        covered.update(s["group"] for s in skipped)
+        for name, module in model.named_modules():
+            if is_producer(module) and name not in covered and name in traced.layers:
+                skipped.append({"group": name, "reason": "not a width unit of the family (scope 'internal' prunes "
+                                                         "block-internal widths; --scope all prunes the rest)"})
     groups.sort(key=lambda g: (traced.order[g.root], g.name))
-    return GroupSet(groups, scope, inputs.shape if inputs.is_plain else (), traced.layers, skipped, inputs)
+    return GroupSet(groups, scope, inputs.shape, traced.layers, skipped, inputs)

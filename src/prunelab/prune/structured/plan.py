@@ -25,6 +25,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import CONV_TYPES
+from prunelab.models.inputs import spec_or_shape_of
 from prunelab.prune.structured.groups import PRODUCER_TYPES, GroupSet, build_graph, layer_group, make_group, read_group
 
 PLAN_FORMAT = "prunelab-channel-plan"
@@ -97,12 +98,10 @@ def check_plan(plan: Any) -> dict:
 
 def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
     """Rebuild the plan's groups on a fresh base model, addressed by their root layers."""
-    from prunelab.models.inputs import InputSpec
     from prunelab.prune.structured.groups import unit_group
     from prunelab.prune.structured.transformer import find_units
 
-    input_shape = tuple(int(d) for d in plan.get("input_shape") or ())
-    inputs = InputSpec.from_dict(plan["inputs"]) if plan.get("inputs") else InputSpec.tensor(input_shape)
+    inputs = spec_or_shape_of(plan)
     units = find_units(model)
     by_unit = {u.name: u for u in units.all()}
     traced = build_graph(model, inputs, units)
@@ -138,7 +137,8 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
         if found.problems:
             raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {found.problems[0]}")
         groups.append(make_group(traced, found, str(r.get("name", root))))
-    return GroupSet(groups, str(plan.get("scope", "all")), input_shape, traced.layers, inputs=inputs)
+    return GroupSet(groups, str(plan.get("scope", "all")), inputs.shape, traced.layers,
+                    inputs=None if inputs.is_plain else inputs)
 
 
 def apply_plan(model: nn.Module, plan: dict, check: bool = True) -> nn.Module:

@@ -136,12 +136,14 @@ class StructuredPruner:
         self.model = model
         self.config = config.validate()
         self.inputs = as_input_spec(input_shape)
-        self.input_shape = self.inputs.shape if self.inputs.is_plain else ()
+        self.input_shape = self.inputs.shape  # the first input's shape (kept for callers that read it)
+        #: what measurements get: the plain shape for one float tensor (as before specs), else the spec
+        self.measured_inputs = self.inputs.shape if self.inputs.is_plain else self.inputs
         self.spec = spec
         self.previous_plan = previous_plan
         t0 = time.perf_counter()
         with stage("finding channel groups"):
-            self.groups = groups or find_groups(model, self.inputs, config.scope, config.exclude, spec=spec)
+            self.groups = groups or find_groups(model, self.measured_inputs, config.scope, config.exclude, spec=spec)
         self.group_seconds = time.perf_counter() - t0
         if not len(self.groups):
             why = "; ".join(f"{s['group']}: {s['reason']}" for s in self.groups.skipped[:5])
@@ -180,7 +182,7 @@ class StructuredPruner:
             pruned = self.masks.remaining < self.groups.total_channels
             with self.masks.detached():
                 small = compress(self.model, self.groups, masks=self.masks, check=False) if pruned else self.model
-                params, macs = model_size(small, self.inputs)
+                params, macs = model_size(small, self.measured_inputs)
             return {"channels": self.masks.remaining, "params": params, "macs": macs}
         params, macs = self.cost.size(self.masks.alive)
         return {"channels": self.masks.remaining, "params": params, "macs": macs}
@@ -240,8 +242,7 @@ class StructuredPruner:
         if t is None:
             raise PrunelabError("no pruning target set")
         if t.kind == "latency_ms":
-            return measure_latency_ms(self.compress(check=False), self.input_shape if self.inputs.is_plain
-                                      else self.inputs, t)
+            return measure_latency_ms(self.compress(check=False), self.measured_inputs, t)
         return float(self.measure(exact=exact)[t.kind])
 
     def reached(self) -> bool:

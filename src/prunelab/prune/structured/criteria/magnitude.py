@@ -16,7 +16,10 @@
   large negative sums go first).
 
 For a zoo width unit the filter is the unit's conv, as in the reference code. A generic group with
-several producers (a residual stream) scores the mean over them.
+several producers (a residual stream) scores the mean over them. A transformer head scores the mean
+over Q, K and V of the sum |w| of its head_dim rows (a key/value head adds its query group's rows), so
+unnormalised ``l1`` ranks whole heads far above single MLP units; ``l1-normalized`` compares each
+within its own group.
 """
 
 from __future__ import annotations
