@@ -12,7 +12,8 @@ from prunelab.errors import PrunelabError
 from prunelab.models.inputs import InputSpec, logits_of, run_logits
 
 transformers = pytest.importorskip("transformers")
-from hf_tiny import VOCAB, tiny  # noqa: E402
+from hf_tiny import COUNTING_VOCAB as VOCAB  # noqa: E402
+from hf_tiny import tiny  # noqa: E402
 from prunelab.export.hf import load_hf, register_config_rule, write_folder  # noqa: E402
 from prunelab.models.hf import MASKS_FILE, load_folder  # noqa: E402
 
