@@ -153,3 +153,33 @@ def test_bad_hf_input_is_one_line_exit_2_nothing_written(folders, token_file, tm
         assert words in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.onnx").exists()
 
+
+
+def test_train_cli_on_token_data_uses_next_token_and_records_the_inputs(token_file, tmp_path, monkeypatch, capsys):
+    """A user family of a tiny LM trains on a token file: the loss defaults to next-token, the
+    checkpoint records token inputs, and info counts it on them."""
+    path, _ = token_file
+    (tmp_path / "tiny_lm_plugin.py").write_text(
+        "from torch import nn\n"
+        "from prunelab.models import register_family\n"
+        "def build(vocab=8, d=16, num_classes=8):\n"
+        "    return nn.Sequential(nn.Embedding(vocab, d), nn.Linear(d, vocab))\n"
+        "register_family('tinylm', build, input_shape=(16,), task='tokens')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tiny_lm_plugin  # noqa: F401
+
+    from prunelab.io import save_checkpoint
+    from prunelab.models import ArchSpec, create
+
+    ckpt = tmp_path / "lm0.pt"
+    save_checkpoint(ckpt, arch=ArchSpec("tinylm").to_dict(), state_dict=create(ArchSpec("tinylm")).state_dict())
+    out = tmp_path / "lm.pt"
+    assert main(["train", str(ckpt), "--plugin", "tiny_lm_plugin", "--data", "tokens", "--data-path", str(path),
+                 "--epochs", "3", "--batch-size", "8", "--lr", "0.5", "--device", "cpu", "--out", str(out),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["test_acc"] > 0.9 and summary["macs"] == 16 * 16 * 8
+    assert summary["inputs"]["tensors"][0]["vocab_size"] == 8
+    assert main(["info", str(out), "--plugin", "tiny_lm_plugin", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["macs"] == 16 * 16 * 8

@@ -93,6 +93,13 @@ def _check_fields(ckpt: dict, path) -> None:
             raise PrunelabError(f"checkpoint {path}: meta 'input_shape' must be 1 to {MAX_INPUT_DIMS} positive "
                                 f"sizes, got {_kind(shape, 60)}")
         check_tensor(f"checkpoint {path}: one input of its recorded shape {'x'.join(map(str, shape))}", shape)
+    if (meta or {}).get("inputs") is not None:
+        from prunelab.models.inputs import InputSpec
+
+        try:
+            InputSpec.from_dict(meta["inputs"])
+        except PrunelabError as exc:
+            raise PrunelabError(f"checkpoint {path}: meta 'inputs' is not an input spec: {exc}") from None
 
 
 def _kind(value, limit: int = 40) -> str:

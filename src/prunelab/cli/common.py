@@ -252,6 +252,9 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     g.add_argument("--on-nonfinite", choices=NONFINITE_ACTIONS, default=d["on_nonfinite"],
                    help="a NaN or infinite loss or weight (checked at every epoch end): stop with one line "
                         "(exit 2, nothing written), or warn and train on")
+    g.add_argument("--loss", default=None, metavar="NAME",
+                   help="the training loss: cross-entropy (classification) or next-token (causal language "
+                        "models); default: next-token for --data tokens without labels, else cross-entropy")
 
 
 def seed(text: str) -> int:
@@ -279,6 +282,8 @@ def train_config_from_args(args) -> Any:
     from prunelab.train.config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if values.get("loss") is None:
+        values.pop("loss", None)  # the data decides (see loss_for_data)
     if "progress" in values and not values["progress"] and not getattr(args, "quiet", False):
         from prunelab.train.progress import stderr_is_terminal
 
@@ -288,10 +293,24 @@ def train_config_from_args(args) -> Any:
     return TrainConfig(**values).validate()
 
 
+def loss_for_data(config, data, args):
+    """``config`` with the loss the data needs when ``--loss`` was not given (``next-token`` for a
+    token set whose labels are its ids)."""
+    from dataclasses import replace
+
+    from prunelab.models.inputs import default_loss_of_data
+
+    if getattr(args, "loss", None) is not None:
+        return config
+    return replace(config, loss=default_loss_of_data(data))
+
+
 def data_meta(data) -> dict[str, Any]:
     """What a checkpoint records about its data so a later command can check it: the input shape and,
     where the dataset names them (image folders, tar shards), the class names."""
-    meta: dict[str, Any] = {"input_shape": list(data.input_shape)}
+    from prunelab.models.inputs import input_meta, input_spec_of_data
+
+    meta: dict[str, Any] = input_meta(input_spec_of_data(data))
     names = (data.info or {}).get("class_names")
     if names:
         meta["class_names"] = list(names)

@@ -66,14 +66,18 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
     from prunelab.checkpoint import LoadedModel, is_checkpoint_path, model_or_checkpoint
     from prunelab.measure import count_params, layer_table
     from prunelab.models import create, input_shape_of, input_spec_of, resolve
+    from prunelab.models.inputs import InputSpec
 
     shape = parse_shape(input_size)
     loaded = model_or_checkpoint(model_arg) if is_checkpoint_path(model_arg) else None
     if loaded is not None:
         if num_classes is not None:
             raise PrunelabError("--num-classes applies to zoo names; a checkpoint keeps its own classifier")
-        meta_shape = loaded.meta.get("input_shape")
-        shape = shape or (tuple(int(d) for d in meta_shape) if meta_shape else input_shape_of(loaded.spec))
+        from prunelab.models.inputs import spec_or_shape_of
+
+        recorded = spec_or_shape_of(loaded.meta)  # the checkpoint's inputs (token ids, ...) where it says
+        shape = shape or (recorded if recorded is not None and not recorded.is_plain else
+                          recorded.shape if recorded is not None else input_shape_of(loaded.spec))
     else:
         if num_classes is not None and num_classes < 1:
             raise PrunelabError(f"--num-classes must be >= 1, got {num_classes}")
@@ -82,14 +86,16 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
             spec = _fit_input(spec, shape)
         loaded = LoadedModel(create(spec), spec)
         shape = shape or input_shape_of(spec)
-    # a family that takes token ids (the zoo's LM) is counted on its own example inputs
-    inputs = input_spec_of(loaded.spec) if tuple(shape) == input_shape_of(loaded.spec) else shape
+    if not isinstance(shape, InputSpec) and tuple(shape) == input_shape_of(loaded.spec):
+        shape = input_spec_of(loaded.spec)  # a family that takes token ids (the zoo's LM): its own inputs
     counts = count_params(loaded.model)
-    rows = layer_table(loaded.model, inputs)
+    rows = layer_table(loaded.model, shape)
     if is_user_family(loaded.spec.family):  # conventions written for the zoo: check them on a user's model
         from prunelab.measure import warn_if_miscounted
 
-        warn_if_miscounted(loaded.model, inputs)
+        warn_if_miscounted(loaded.model, shape)
+    inputs = shape if isinstance(shape, InputSpec) and not shape.is_plain else None
+    shape = shape.shape if isinstance(shape, InputSpec) else shape
     dense = sum(r.macs_dense for r in rows)
     sparse = sum(r.macs_sparse for r in rows)
     cl = counts.conv_linear_weights
@@ -99,6 +105,7 @@ def describe(model_arg: str, num_classes: int | None = None, input_size: str | N
         "arch": loaded.spec.to_dict(),
         "structured_plan": loaded.plan is not None,
         "input_shape": list(shape),
+        **({"inputs": inputs.to_dict()} if inputs is not None else {}),
         **counts.to_dict(),
         "sparsity": 1.0 - counts.nonzero_conv_linear / cl if cl else 0.0,
         "macs": dense,

@@ -265,7 +265,7 @@ def _run_hf(args) -> int:
     train_config = None
     data = None
     if args.data is not None:
-        train_config = replace(train_config_from_args(args), loss=loaded.loss)
+        train_config = replace(train_config_from_args(args), loss=args.loss or loaded.loss)
         data = data_from_args(args, seed=train_config.seed)
         _check_hf_fits(model, data, loaded)
     else:

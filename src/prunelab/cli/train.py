@@ -30,6 +30,7 @@ from prunelab.cli.common import (
     data_options_from_args,
     emit_json,
     fit_overrides,
+    loss_for_data,
     model_from_args,
     track_command,
     train_config_from_args,
@@ -91,12 +92,14 @@ def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import save_checkpoint
     from prunelab.models import input_shape_of
+    from prunelab.models.inputs import input_spec_of_data
     from prunelab.train import Trainer
 
     model_from_args(args)
     config = train_config_from_args(args)
     check_tracker_args(args)
     data = data_from_args(args, seed=0)
+    config = loss_for_data(config, data, args)
     torch.manual_seed(config.seed)
     is_zoo_name = not is_checkpoint_path(args.model)
     loaded = model_or_checkpoint(args.model, **(fit_overrides(args.model, data) if is_zoo_name else {}))
@@ -104,7 +107,8 @@ def run(args) -> int:
     check_recorded_classes(loaded, data, args.model)
     # the shape a checkpoint was trained on, where it says; else the architecture's declared one
     trained_on = (loaded.meta or {}).get("input_shape") if not is_zoo_name else None
-    check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
+    if config.loss == "cross-entropy":  # other losses read other outputs (next-token: (N, T, V) logits)
+        check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
     trainer = Trainer(model, data, config)
     if trainer.world_size > 1:
         sys.stdout.write(f"data-parallel on {trainer.world_size} processes: global batch {trainer.global_batch_size} "
@@ -122,7 +126,7 @@ def run(args) -> int:
         "data_options": data_options_from_args(args),
         **data_meta(data),
         "num_classes": data.num_classes,
-        **_counts(model, tuple(data.input_shape)),
+        **_counts(model, input_spec_of_data(data)),
         "val_acc": final.get("val_acc"),
         "test_acc": final.get("test_acc"),
         "val_loss": final.get("val_loss"),

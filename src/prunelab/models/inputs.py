@@ -298,6 +298,22 @@ def as_input_spec(inputs: InputSpec | Sequence[int] | Mapping[str, Any]) -> Inpu
     return InputSpec.tensor(shape)
 
 
+def input_spec_of_data(data) -> InputSpec:
+    """The inputs of a data set (a :class:`~prunelab.data.DataBundle`, read by its attributes): token
+    ids ``(T,)`` below ``info["vocab_size"]`` for a ``tokens`` set, else one float tensor of its
+    ``input_shape``."""
+    info = getattr(data, "info", None) or {}
+    if getattr(data, "task", None) == "tokens" and info.get("vocab_size"):
+        return InputSpec.tokens(int(data.input_shape[-1]), int(info["vocab_size"]))
+    return InputSpec.tensor(tuple(data.input_shape))
+
+
+def default_loss_of_data(data) -> str:
+    """``next-token`` for a data set whose labels are its token ids, else ``cross-entropy``."""
+    info = getattr(data, "info", None) or {}
+    return "next-token" if info.get("labels") == "next-token" else "cross-entropy"
+
+
 def spec_or_shape_of(meta: Mapping[str, Any] | None) -> InputSpec | None:
     """The input spec recorded in checkpoint / plan metadata: ``inputs`` (an :class:`InputSpec`
     dict) wins over the older ``input_shape``; None when neither is there."""
