@@ -91,13 +91,12 @@ def test_compressed_model_with_config_fields(folders, tmp_path):
             new_down.weight.copy_(down.weight[:, keep])
             new_down.bias.copy_(down.bias)
         layer.intermediate.dense, layer.output.dense = new_up, new_down
-    with pytest.raises(Exception):  # noqa: B017 - without the config field the folder does not load
-        write_folder(model, tmp_path / "bad")
-        transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "bad"))
-    out = write_folder(model, tmp_path / "small", config_fields={"intermediate_size": 32})
-    again = transformers.AutoModelForSequenceClassification.from_pretrained(str(out), local_files_only=True).eval()
-    assert again.config.intermediate_size == 32 and _max_diff(again, model, loaded.inputs) <= 1e-5
-    assert not (out / MASKS_FILE).exists()
+    # given explicitly, or read off the layers by the structure rule (heads, head size, MLP width)
+    for name, fields in (("given", {"intermediate_size": 32}), ("read", None)):
+        out = write_folder(model, tmp_path / name, config_fields=fields)
+        again = transformers.AutoModelForSequenceClassification.from_pretrained(str(out), local_files_only=True)
+        assert again.eval().config.intermediate_size == 32 and _max_diff(again, model, loaded.inputs) <= 1e-5
+        assert not (out / MASKS_FILE).exists()
 
 
 def test_config_rules_and_bad_fields(folders, tmp_path):
