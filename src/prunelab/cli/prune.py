@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,6 @@ from prunelab.errors import PrunelabError
 from prunelab.io import check_writable
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
-#: methods that rank trained weights: a zoo model is trained dense first unless told otherwise
-_TRAINED_WEIGHT_METHODS = ("global", "uniform", "layerwise", "lowrank")
 
 
 def _structured_module():
@@ -235,14 +232,6 @@ def _check_fits(model, data, name: str) -> None:
                             f"{data.num_classes} classes")
 
 
-def _snip_batch(data, size: int, seed: int):
-    from prunelab.data import Feed
-
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train), generator=g)[:size]
-    return Feed(data).take("train", idx)
-
-
 def _acc(metrics: dict | None) -> float | None:
     return None if metrics is None else metrics.get("acc")
 
@@ -257,18 +246,10 @@ def run(args) -> int:
 
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import atomic_write_json, save_checkpoint
-    from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
-    from prunelab.prune.unstructured.pruner import check_feasible, prune
-    from prunelab.prune.unstructured.report import build_report
-    from prunelab.prune.unstructured.schedules import (
-        GradualPruning,
-        GradualSchedule,
-        WeightSnapshot,
-        prune_iterative,
-    )
+    from prunelab.protocols.unstructured import LowRank, WeightPruning, default_pretrain_epochs, run_weight_pruning
+    from prunelab.prune.unstructured.pruner import check_feasible
+    from prunelab.prune.unstructured.schedules import GradualSchedule
     from prunelab.prune.unstructured.selection import select_layers
-    from prunelab.train import Trainer, evaluate
-    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     _check_args(args, train_config)
@@ -278,6 +259,9 @@ def run(args) -> int:
         schedule = GradualSchedule(args.sparsity, args.prune_start, args.prune_end, args.prune_every,
                                    args.initial_sparsity, args.prune_unit).validate()
     ranks = _pairs(args.ranks, "--ranks", int) if args.ranks else None
+    pruning = WeightPruning(prune_config, args.prune_schedule, schedule, rounds=args.rounds,
+                            rewind_epoch=args.rewind_epoch, snip_batch=args.snip_batch,
+                            lowrank=LowRank(args.sparsity, ranks) if args.method == "lowrank" else None).validate()
 
     check_tracker_args(args)
     data = data_from_args(args, seed=train_config.seed)
@@ -287,7 +271,6 @@ def run(args) -> int:
     model, spec = loaded.model, loaded.spec
     _check_fits(model, data, args.model)
     check_recorded_classes(loaded, data, args.model)
-    input_shape = tuple(data.input_shape)
     if prune_config is not None:
         check_feasible(model, prune_config)
     else:
@@ -295,13 +278,9 @@ def run(args) -> int:
 
     pretrain = args.pretrain_epochs
     if pretrain is None:
-        pretrain = (train_config.epochs if not is_checkpoint and args.method in _TRAINED_WEIGHT_METHODS
-                    and args.prune_schedule != "gradual" else 0)
-    if args.rewind_epoch is not None:
-        limit = pretrain if pretrain > 0 else train_config.epochs
-        if not 0 <= args.rewind_epoch < max(limit, 1):
-            raise PrunelabError(f"--rewind-epoch {args.rewind_epoch} must be in [0, {limit}) "
-                                f"(epochs of the first training run)")
+        pretrain = default_pretrain_epochs(args.method, args.prune_schedule, train_config.epochs, is_checkpoint)
+    outcome = run_weight_pruning(model, data, pruning, train_config, pretrain_epochs=pretrain)
+    result, report = outcome.result, outcome.result.report
     summary: dict[str, Any] = {
         "model": args.model,
         "arch": spec.to_dict(),
@@ -311,56 +290,18 @@ def run(args) -> int:
         {"method": "lowrank", "sparsity": args.sparsity, "ranks": ranks, "selection": selection.to_dict()},
         "train": train_config.to_dict(),
         "pretrain_epochs": pretrain,
-        "accuracy": {},
+        "accuracy": {"before": outcome.acc_dense},
     }
-    rewind_state = None
-    if pretrain > 0:
-        snapshot = WeightSnapshot(args.rewind_epoch) if args.rewind_epoch is not None else None
-        with stage(f"dense pre-training ({pretrain} epochs)"):
-            Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
-                    callbacks=[snapshot] if snapshot else []).fit()
-        rewind_state = snapshot.state if snapshot else None
-    summary["accuracy"]["before"] = _acc(evaluate(model, data))
-    curves: list[dict] = []
-
-    batch = _snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
-    if args.method == "lowrank":
-        report = prune_lowrank_columns(model, sparsity=args.sparsity, ranks=ranks, input_shape=input_shape,
-                                       warn=False)
-        summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
-        if train_config.epochs > 0:
-            with stage("fine-tuning"):
-                curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
-    elif args.prune_schedule == "oneshot":
-        report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
-        summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
-        if train_config.epochs > 0:
-            with stage("fine-tuning"):
-                curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
-    elif args.prune_schedule == "gradual":
-        gradual = GradualPruning(prune_config, schedule)
-        with stage("training with gradual pruning"):
-            curves += Trainer(model, data, train_config, callbacks=[gradual]).fit().history
-        summary["gradual"] = {"schedule": gradual.schedule.to_dict(), "updates": gradual.history}
-        report = build_report(model, select_layers(model, selection), method=prune_config.method,
-                              target_sparsity=args.sparsity, input_shape=input_shape,
-                              sigma=prune_config.sigma(sum(x.numel for x in select_layers(model, selection))),
-                              details=gradual.last_report.details if gradual.last_report else {}, warn=False)
+    curves = result.curves
+    if result.gradual is not None:
+        summary["gradual"] = result.gradual
     else:
-        with stage(f"iterative pruning ({args.rounds} rounds)"):
-            rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
-                                     rewind_state=rewind_state,
-                                     rewind_epoch=args.rewind_epoch if pretrain == 0 else None, batch=batch,
-                                     input_shape=input_shape)
-        curves += [{**row, "round": r.round} for r in rounds for row in r.history]
+        summary["accuracy"]["pruned"] = result.acc_pruned
+    if result.rounds:
         summary["rounds"] = [{"round": r.round, "target": r.target, "sparsity": r.report.sparsity,
                               "acc_pruned": _acc(r.pruned_metrics), "acc_finetuned": _acc(r.finetuned_metrics)}
-                             for r in rounds]
-        summary["accuracy"]["pruned"] = _acc(rounds[-1].pruned_metrics)
-        report = build_report(model, select_layers(model, selection), method=prune_config.method,
-                              target_sparsity=prune_config.sparsity, input_shape=input_shape,
-                              sigma=rounds[-1].report.sigma, details=rounds[-1].report.details, warn=False)
-    summary["accuracy"]["after"] = _acc(evaluate(model, data))
+                             for r in result.rounds]
+    summary["accuracy"]["after"] = result.acc
     summary["report"] = report.to_dict()
     summary.update(sparsity=report.sparsity, macs_dense=report.macs_dense, macs_sparse=report.macs_sparse,
                    flops_pruned=report.flops_pruned)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,17 +135,6 @@ def structured_config(args):
         checkpoint_every=args.checkpoint_every_prunes, seed=args.seed).validate()
 
 
-def _acc(metrics: dict | None) -> float | None:
-    return None if metrics is None else metrics.get("acc")
-
-
-def _sizes(model, input_shape) -> dict[str, int]:
-    from prunelab.prune.structured.cost import model_size
-
-    params, macs = model_size(model, input_shape)
-    return {"params": params, "macs": macs}
-
-
 def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.cli.common import (
@@ -160,9 +148,8 @@ def run(args) -> int:
         train_config_from_args,
     )
     from prunelab.io import atomic_write_json, check_writable
+    from prunelab.protocols.structured import run_channel_pruning
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
-    from prunelab.train import Trainer, evaluate, resolve_device
-    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     cfg = structured_config(args)
@@ -191,66 +178,29 @@ def run(args) -> int:
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
     input_shape = tuple(data.input_shape)
-    device = resolve_device(train_config.device)
     pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)
-
     pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
                                                                               train_config.epochs)
-    summary: dict[str, Any] = {
-        "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
-        "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,
-        "skipped_groups": pruner.groups.skipped, "accuracy": {},
-    }
-    if pretrain > 0:
-        pruner.detach()
-        dense_config = replace(train_config, epochs=pretrain, checkpoint=None, resume=False)
-        with stage(f"dense pre-training ({pretrain} epochs)"):
-            Trainer(model, data, dense_config).fit()
-        pruner.masks.attach()
-    summary["accuracy"]["before"] = _acc(evaluate(model, data))
-    before = pruner.initial
-
     written: list[str] = []
 
     def checkpoint(p) -> None:
         path = out.with_name(f"{out.stem}.prune{p.prunes}{out.suffix}")
-        small = p.compress()
-        save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
-                                                 **data_meta(data)})
+        save_pruned(path, p.compress(), p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
+                                                        **data_meta(data)})
         written.append(str(path))
 
-    steps = 0
-    curves: list[dict] = []
+    outcome = run_channel_pruning(pruner, data, train_config, pretrain_epochs=pretrain,
+                                  on_checkpoint=checkpoint if cfg.checkpoint_every else None)
+    small, before, after, reached = outcome.model, outcome.before, outcome.after, outcome.reached
+    summary: dict[str, Any] = {
+        "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
+        "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,
+        "skipped_groups": pruner.groups.skipped, "accuracy": {"before": outcome.acc_dense},
+    }
     if cfg.schedule == "oneshot":
-        model.to(device)
-        pruner.prune_oneshot(data, batch_size=train_config.batch_size, device=device)
-        small = pruner.compress()
-        summary["accuracy"]["pruned"] = _acc(evaluate(small, data))
-        pruner.detach()
-        if train_config.epochs > 0:
-            trainer = Trainer(small, data, train_config)
-            with stage("fine-tuning the compressed model"):
-                curves += trainer.fit().history
-            steps = trainer.step
-    else:
-        callback = pruner.callback(checkpoint if cfg.checkpoint_every else None)
-        trainer = Trainer(model, data, train_config, callbacks=[callback])
-        with stage(f"fine-tuning and pruning {cfg.channels_per_prune} channel(s) every {cfg.prune_every} steps "
-                   f"({cfg.criterion}) to {cfg.target.describe()}"):
-            curves += trainer.fit().history
-        steps = trainer.step
-        small = pruner.compress()
-        pruner.detach()
-    small.eval()
-
-    reached = pruner.reached() if cfg.target.kind != "latency_ms" else None
-    after = {"channels": pruner.masks.remaining, **_sizes(small, input_shape)}
-    if cfg.target.kind == "latency_ms":
-        from prunelab.prune.structured.targets import measure_latency_ms
-
-        after["latency_ms"] = measure_latency_ms(small, input_shape, cfg.target)
-        reached = cfg.target.met(after["latency_ms"])
-    summary["accuracy"]["after"] = _acc(evaluate(small, data))
+        summary["accuracy"]["pruned"] = outcome.pruning.acc_pruned
+    summary["accuracy"]["after"] = outcome.acc
+    steps, curves = outcome.steps, outcome.curves
     summary.update(
         target={**cfg.target.to_dict(), "reached": bool(reached)},
         channels={"before": before["channels"], "after": after["channels"]},
@@ -261,7 +211,7 @@ def run(args) -> int:
     )
     if "latency_ms" in after:
         summary["latency_ms"] = after["latency_ms"]
-    plan = pruner.plan()
+    plan = outcome.pruning.plan
     try:
         summary["compressed_spec"] = spec_of_compressed(plan).to_dict()
     except PrunelabError:

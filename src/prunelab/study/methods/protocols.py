@@ -200,14 +200,6 @@ def layers_against(model: nn.Module, base: nn.Module, input_shape: tuple[int, ..
     return rows
 
 
-def evaluate_final(model: nn.Module, data) -> dict[str, Any]:
-    """Test and validation loss / accuracy of ``model``, shaped like a trainer's final row."""
-    from prunelab.train import evaluate
-
-    test, val = evaluate(model, data, "test"), evaluate(model, data, "val")
-    return {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"], "val_loss": val["loss"]}
-
-
 def trained_output(ctx: RunContext, run: RunConfig, model: nn.Module, base: nn.Module, data, result,
                    extra: Mapping[str, Any] | None = None, artifacts: Mapping[str, Any] | None = None,
                    save: bool = True, spec=None, plan: dict | None = None) -> RunOutput:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.finetune import fine_tune
 from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
 from prunelab.study.methods.protocols import (
@@ -41,7 +42,6 @@ from prunelab.study.methods.protocols import (
     Param,
     architecture_metrics,
     check_finetune,
-    evaluate_final,
     finetune_config,
     fresh_model,
     is_bool,
@@ -164,8 +164,8 @@ def _epoch_bound(data, config, channels: int, per_prune: int, every: int) -> int
 def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) -> Path:
     """The artifact folder of the prune of ``run``'s dense model to ``target``: ``model.pt`` (the
     compressed model, its plan and weights) and ``prune.json`` (history, accuracies, widths)."""
+    from prunelab.protocols.structured import prune_channels
     from prunelab.prune.structured import StructuredPruner, Target, save_pruned
-    from prunelab.train import Trainer, evaluate, resolve_device
 
     dense = dense_model(ctx, run, data)
     shape = tuple(data.input_shape)
@@ -178,8 +178,6 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
         model = dense.model
         cfg = _structured_config(run, Target(metric, float(value)))
         pruner = StructuredPruner(model, cfg, shape, spec=dense.spec)
-        history: list[dict[str, Any]] = []
-        steps = 0
         ctx.progress(phase=f"pruning to {metric} {value:,}")
         if cfg.schedule == "iterative":
             bound = _epoch_bound(data, run.train_config(), pruner.groups.total_channels, cfg.channels_per_prune,
@@ -189,26 +187,18 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
             if "max_steps" not in run.params["finetune"]:
                 overrides["max_steps"] = None
             tcfg = finetune_config(run, **overrides)
-            callback = pruner.callback()
-            trainer = Trainer(model, data, tcfg, callbacks=[callback, ctx.callback("pruning")])
-            result = trainer.fit()
-            history, steps = list(result.history), int(trainer.step)
-            if callback.reached_at is None:
-                raise PrunelabError(f"pruning to {metric} {value:,} stopped after {steps} steps at "
-                                    f"{pruner.measure(exact=True)[metric]:,} {metric}; raise finetune max_steps "
-                                    f"or channels_per_prune")
         else:
             tcfg = finetune_config(run)
-            pruner.prune_oneshot(data, batch_size=tcfg.batch_size, device=resolve_device(tcfg.device))
-        small = pruner.compress()
-        pruner.detach()
-        plan = pruner.plan()
-        save_pruned(folder / "model.pt", small, plan, meta={"structured": cfg.to_dict(), "dense_acc":
-                                                            dense.final.get("test_acc")})
-        small.eval()
+        pruning = prune_channels(pruner, data, tcfg, callbacks=[ctx.callback("pruning")])
+        if cfg.schedule == "iterative" and pruning.reached_at is None:
+            raise PrunelabError(f"pruning to {metric} {value:,} stopped after {pruning.steps} steps at "
+                                f"{pruner.measure(exact=True)[metric]:,} {metric}; raise finetune max_steps "
+                                f"or channels_per_prune")
+        save_pruned(folder / "model.pt", pruning.model, pruning.plan,
+                    meta={"structured": cfg.to_dict(), "dense_acc": dense.final.get("test_acc")})
         atomic_write_json(folder / "prune.json", {
-            "acc_dense": dense.final.get("test_acc"), "acc_pruned": evaluate(small, data)["acc"],
-            "history": history, "prunes": len(pruner.history), "steps": steps,
+            "acc_dense": dense.final.get("test_acc"), "acc_pruned": pruning.acc_pruned,
+            "history": pruning.history, "prunes": len(pruner.history), "steps": pruning.steps,
             "channels_before": pruner.initial["channels"], "channels_after": pruner.masks.remaining,
             "widths": pruner.widths(), "target": {metric: value}})
 
@@ -284,19 +274,14 @@ def _fine_tuned(ctx: RunContext, run: RunConfig, data, loaded, record: dict, bas
                 artifacts: dict) -> RunOutput:
     """The pruned network itself, after ``finetune_epochs`` more epochs of fine-tuning."""
     from prunelab.prune.structured import save_pruned
-    from prunelab.train import Trainer
 
     shape = tuple(data.input_shape)
     model = loaded.model
     curves = [{**row, "phase": "pruning"} for row in record["history"]]
     epochs = int(run.params["finetune_epochs"])
-    if epochs > 0:
-        result = Trainer(model, data, finetune_config(run, epochs=epochs), callbacks=[ctx.callback("finetune")]).fit()
-        offset = float(curves[-1]["epoch"]) if curves else 0.0
-        curves += [{**row, "epoch": offset + float(row["epoch"]), "phase": "finetune"} for row in result.history]
-        final = result.final
-    else:
-        final = evaluate_final(model, data)
+    final, history = fine_tune(model, data, finetune_config(run, epochs=epochs), callbacks=[ctx.callback("finetune")])
+    offset = float(curves[-1]["epoch"]) if curves else 0.0
+    curves += [{**row, "epoch": offset + float(row["epoch"]), "phase": "finetune"} for row in history]
     model.eval()
     metrics = final_metrics(final, data)
     metrics.update(architecture_metrics(model, base, shape, run))
