@@ -239,6 +239,49 @@ def train_config_from_args(args) -> Any:
     return TrainConfig(**values).validate()
 
 
+def load_model_and_data(args, seed: int):
+    """The dataset of ``--data`` and the MODEL of ``args.model``: a zoo name built under ``seed`` and
+    fitted to the data, or a checkpoint whose classes must be the data's; one forward pass shows the
+    model takes the data. The first step of every command that trains or prunes a model (the tracker
+    flags are checked before it). Returns ``(loaded, data, is_checkpoint)``."""
+    import torch
+
+    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
+
+    check_tracker_args(args)
+    data = data_from_args(args, seed=seed)
+    torch.manual_seed(seed)
+    is_checkpoint = is_checkpoint_path(args.model)
+    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
+    check_fits(loaded.model, data, args.model)
+    check_recorded_classes(loaded, data, args.model)
+    return loaded, data, is_checkpoint
+
+
+def check_fits(model, data, name: str) -> None:
+    """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
+    import torch
+
+    from prunelab.data import Feed
+
+    split = "test" if len(data.test) else "train"
+    x, _ = Feed(data).take(split, range(min(2, len(data.split(split)))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunelabError(f"model {name} does not accept {data.name} inputs of shape "
+                            f"{tuple(data.input_shape)}: {detail}") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise PrunelabError(f"model {name} outputs shape {tuple(out.shape[1:])} but {data.name} has "
+                            f"{data.num_classes} classes")
+
+
 def data_meta(data) -> dict[str, Any]:
     """What a checkpoint records about its data so a later command can check it: the input shape and,
     where the dataset names them (image folders, tar shards), the class names."""

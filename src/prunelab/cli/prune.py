@@ -14,18 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prunelab.cli.common import (
     add_data_arguments,
     add_tracker_arguments,
     add_train_arguments,
-    check_recorded_classes,
-    check_tracker_args,
-    data_from_args,
     data_meta,
     emit_json,
-    fit_overrides,
+    load_model_and_data,
     track_command,
     train_config_from_args,
 )
@@ -210,28 +205,6 @@ def _check_args(args, train_config) -> None:
         raise PrunelabError(f"--snip-batch must be >= 1, got {args.snip_batch}")
 
 
-def _check_fits(model, data, name: str) -> None:
-    """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
-    from prunelab.data import Feed
-
-    split = "test" if len(data.test) else "train"
-    x, _ = Feed(data).take(split, range(min(2, len(data.split(split)))))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PrunelabError(f"model {name} does not accept {data.name} inputs of shape "
-                            f"{tuple(data.input_shape)}: {detail}") from None
-    finally:
-        model.train(was_training)
-    if out.ndim != 2 or out.shape[1] != data.num_classes:
-        raise PrunelabError(f"model {name} outputs shape {tuple(out.shape[1:])} but {data.name} has "
-                            f"{data.num_classes} classes")
-
-
 def _acc(metrics: dict | None) -> float | None:
     return None if metrics is None else metrics.get("acc")
 
@@ -244,7 +217,6 @@ def run(args) -> int:
             raise PrunelabError("structured pruning (--structured) is not available in this installation")
         return structured.run(args)
 
-    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import atomic_write_json, save_checkpoint
     from prunelab.protocols.unstructured import LowRank, WeightPruning, default_pretrain_epochs, run_weight_pruning
     from prunelab.prune.unstructured.pruner import check_feasible
@@ -263,14 +235,8 @@ def run(args) -> int:
                             rewind_epoch=args.rewind_epoch, snip_batch=args.snip_batch,
                             lowrank=LowRank(args.sparsity, ranks) if args.method == "lowrank" else None).validate()
 
-    check_tracker_args(args)
-    data = data_from_args(args, seed=train_config.seed)
-    torch.manual_seed(train_config.seed)
-    is_checkpoint = is_checkpoint_path(args.model)
-    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
+    loaded, data, is_checkpoint = load_model_and_data(args, train_config.seed)
     model, spec = loaded.model, loaded.spec
-    _check_fits(model, data, args.model)
-    check_recorded_classes(loaded, data, args.model)
     if prune_config is not None:
         check_feasible(model, prune_config)
     else:

@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prunelab.errors import PrunelabError
 
 #: steps between prunes when --prune-every is not given (pytorch-prunes: one channel every 100 steps)
@@ -136,17 +134,7 @@ def structured_config(args):
 
 
 def run(args) -> int:
-    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
-    from prunelab.cli.common import (
-        check_recorded_classes,
-        check_tracker_args,
-        data_from_args,
-        data_meta,
-        emit_json,
-        fit_overrides,
-        track_command,
-        train_config_from_args,
-    )
+    from prunelab.cli.common import data_meta, emit_json, load_model_and_data, track_command, train_config_from_args
     from prunelab.io import atomic_write_json, check_writable
     from prunelab.protocols.structured import run_channel_pruning
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
@@ -165,13 +153,8 @@ def run(args) -> int:
     if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
         raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
 
-    check_tracker_args(args)
-    data = data_from_args(args, seed=args.seed)
-    torch.manual_seed(train_config.seed)
-    is_checkpoint = is_checkpoint_path(args.model)
-    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
+    loaded, data, is_checkpoint = load_model_and_data(args, train_config.seed)
     model, spec = loaded.model, loaded.spec
-    check_recorded_classes(loaded, data, args.model)
     from prunelab.prune.unstructured.masks import carries_masks
 
     if carries_masks(model.state_dict()):
