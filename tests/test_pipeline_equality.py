@@ -203,3 +203,18 @@ def test_lowrank_cli_equals_study(tmp_path, one_thread):
     assert summary["accuracy"]["after"] == metrics["acc"]
     assert summary["accuracy"]["pruned"] == metrics["acc_pruned"]
     assert summary["accuracy"]["before"] == metrics["acc_dense"]
+
+
+def test_ratio_target_in_prune_equals_the_study(structured_study, tmp_path):
+    """``--target-params-ratio`` is the study's ``params_ratio``: a fraction of the unpruned model's
+    parameters, counted the same way (the fisher run above aims at 12,000 of cnn's 24,170)."""
+    from prunelab.measure import count_params
+    from prunelab.models import create, resolve
+
+    ratio = 12000 / count_params(create(resolve("cnn"))).params
+    study, runs = structured_study
+    saved, summary = _cli(tmp_path, "fisher-ratio", "cnn", [*STRUCTURED_CLI, "--criterion", "fisher", *ITER,
+                                                           "--target-params-ratio", repr(ratio)])
+    assert summary["target"]["value"] == 12000
+    stored = torch.load(study / runs["fisher"][1]["checkpoint"], map_location="cpu", weights_only=True)
+    _assert_same_state(saved["state_dict"], stored["state_dict"])

@@ -35,6 +35,31 @@ def check_input(shape: tuple[int, ...], batch: int = 1) -> None:
     check_tensor(f"an input batch {'x'.join(str(int(d)) for d in (batch, *shape))}", (batch, *shape))
 
 
+class _DeprecatedAlias:
+    """Marker base; see :func:`add_alias`."""
+
+
+def add_alias(container, old: str, new: str) -> None:
+    """Accept the old spelling ``old`` of the option ``new`` (already added to ``container``): it stores
+    into the same destination and leaves a note in ``args.deprecated_notes`` (the CLI prints each as one
+    line naming the new spelling). Hidden from --help."""
+    import argparse
+
+    target = container._option_string_actions[new]
+
+    class Alias(argparse.Action, _DeprecatedAlias):
+        def __call__(self, parser, namespace, values, option_string=None):
+            notes = getattr(namespace, "deprecated_notes", None) or []
+            namespace.deprecated_notes = [*notes, f"{option_string} is deprecated; use {new}"]
+            if target.nargs == 0:
+                values = target.const if target.const is not None else True
+            setattr(namespace, self.dest, values)
+
+    container.add_argument(old, dest=target.dest, action=Alias, nargs=target.nargs, type=target.type,
+                           choices=target.choices, metavar=target.metavar, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+
+
 def emit_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (plain data without importing torch; tensors and NaN through
     :func:`prunelab.io.to_json`)."""
@@ -160,7 +185,15 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     d.update(defaults or {})
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d["epochs"])
-    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="samples per optimiser step; under torchrun the global batch, split over the processes "
+                        "(see --batch-scaling)")
+    from prunelab.train.distributed import BATCH_SCALINGS
+
+    g.add_argument("--batch-scaling", choices=BATCH_SCALINGS, default="keep-global",
+                   help="under torchrun: keep-global splits --batch-size over the processes (the single-process "
+                        "steps and learning rate); scale-lr gives every process --batch-size and multiplies --lr "
+                        "by the world size (linear scaling rule)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"])
     g.add_argument("--lr", type=float, default=d["lr"])
     g.add_argument("--momentum", type=float, default=d["momentum"])
@@ -236,7 +269,18 @@ def train_config_from_args(args) -> Any:
         values["progress"] = stderr_is_terminal() and os.environ.get("RANK", "0") == "0"
     if "lr" in values and not values["lr"] > 0:
         raise PrunelabError(f"--lr must be a positive number, got {values['lr']}")
-    return TrainConfig(**values).validate()
+    config = TrainConfig(**values).validate()
+    from prunelab.train.distributed import env_world_size, scale_for_world
+
+    world = env_world_size()
+    if world <= 1:
+        return config
+    scaling = getattr(args, "batch_scaling", "keep-global")
+    scaled = scale_for_world(config, world, scaling)
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"prunelab: distributed: world size {world}, per-process batch {scaled.batch_size}, global "
+                         f"batch {scaled.batch_size * world}, lr {scaled.lr:g} (--batch-scaling {scaling})\n")
+    return scaled
 
 
 def load_model_and_data(args, seed: int):
@@ -280,6 +324,12 @@ def check_fits(model, data, name: str) -> None:
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise PrunelabError(f"model {name} outputs shape {tuple(out.shape[1:])} but {data.name} has "
                             f"{data.num_classes} classes")
+
+
+def print_written(command: str, *paths) -> None:
+    """Say on stderr (rank 0 only; stdout stays for tables and ``--json``) which files a command wrote."""
+    if paths and os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"prunelab {command}: wrote {', '.join(str(p) for p in paths)}\n")
 
 
 def data_meta(data) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from prunelab.cli.common import (
     data_meta,
     emit_json,
     load_model_and_data,
+    print_written,
     track_command,
     train_config_from_args,
 )
@@ -286,6 +287,7 @@ def run(args) -> int:
                         meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")},
                               **data_meta(data)})
         atomic_write_json(out.with_suffix(".json"), summary)
+        print_written("prune", out, out.with_suffix(".json"))
     from prunelab.measure import count_params
 
     counts = count_params(model)

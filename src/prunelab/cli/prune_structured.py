@@ -76,9 +76,16 @@ def add_arguments(parser) -> None:
     t.add_argument("--target-channels", type=_count, metavar="N", help="channels left in the pruned groups")
     t.add_argument("--target-params", type=_count, metavar="N", help="parameters of the compressed model")
     t.add_argument("--target-macs", type=_count, metavar="N", help="MACs (batch 1) of the compressed model")
+    t.add_argument("--target-params-ratio", type=float, metavar="R",
+                   help="parameters of the compressed model as a fraction of the unpruned model's, in (0, 1)")
+    t.add_argument("--target-macs-ratio", type=float, metavar="R",
+                   help="MACs of the compressed model as a fraction of the unpruned model's, in (0, 1)")
     t.add_argument("--target-latency-ms", type=float, metavar="MS",
-                   help="measured median latency of the compressed model (eager, see --latency-batch)")
-    g.add_argument("--latency-batch", type=int, default=1, metavar="B", help="batch size of latency targets")
+                   help="measured median latency of the compressed model (eager, see --latency-batch-size)")
+    g.add_argument("--latency-batch-size", type=int, default=1, metavar="B", help="batch size of latency targets")
+    from prunelab.cli.common import add_alias
+
+    add_alias(g, "--latency-batch", "--latency-batch-size")
     g.add_argument("--latency-threads", type=int, default=None, metavar="T",
                    help="CPU threads of latency targets (default: torch's current count)")
     g.add_argument("--latency-device", default="cpu", metavar="DEVICE",
@@ -90,6 +97,9 @@ def add_arguments(parser) -> None:
                    help="what --fisher-beta charges (default: macs)")
     g.add_argument("--round-to", type=int, default=None, metavar="K",
                    help="keep every group's width a multiple of K (8 or 16 suit most CPUs and GPUs)")
+    g.add_argument("--allow-miss", action="store_true",
+                   help="write the model even when training ended before the target was reached (default: a "
+                        "missed target is an error, exit 2, nothing written)")
     g.add_argument("--finetune-steps", type=int, default=0, metavar="S",
                    help="iterative: keep fine-tuning S steps after the target is reached (default: 0)")
     g.add_argument("--checkpoint-every-prunes", type=int, default=None, metavar="N",
@@ -107,20 +117,41 @@ def _count(text: str) -> int:
     return int(value)
 
 
-def _target(args):
+#: ratio flags -> the size they are a fraction of (of the unpruned model, counted as the study counts)
+RATIO_TARGETS = {"target_params_ratio": "params", "target_macs_ratio": "macs"}
+
+
+def _target(args, model=None, input_shape=None):
+    """The target of the flags. A ratio becomes a count of ``model`` (the unpruned one) at
+    ``input_shape``, as a study's ``params_ratio`` / ``macs_ratio`` does; without a model it is only
+    checked (and stands in as its own value)."""
     from prunelab.prune.structured import Target
 
+    latency = {"latency_batch": args.latency_batch_size, "latency_threads": args.latency_threads,
+               "latency_device": args.latency_device}
+    for dest, kind in RATIO_TARGETS.items():
+        ratio = getattr(args, dest, None)
+        if ratio is None:
+            continue
+        if not 0 < ratio < 1:
+            raise PrunelabError(f"--{dest.replace('_', '-')} must be in (0, 1), got {ratio}")
+        if model is None:
+            return Target(kind, ratio, **latency)
+        from prunelab.measure import count_macs, count_params
+
+        base = count_params(model).params if kind == "params" else count_macs(model, tuple(input_shape))
+        return Target(kind, float(int(round(ratio * base))), **latency)
     for kind, value in (("channels", args.target_channels), ("params", args.target_params),
                         ("macs", args.target_macs), ("latency_ms", args.target_latency_ms)):
         if value is not None:
-            return Target(kind, value, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
-                          latency_device=args.latency_device)
-    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs or "
-                        "--target-latency-ms")
+            return Target(kind, value, **latency)
+    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs, "
+                        "--target-params-ratio, --target-macs-ratio or --target-latency-ms")
 
 
-def structured_config(args):
-    """The :class:`~prunelab.prune.structured.StructuredConfig` of the parsed flags."""
+def structured_config(args, model=None, input_shape=None):
+    """The :class:`~prunelab.prune.structured.StructuredConfig` of the parsed flags (ratio targets
+    turned into counts of ``model``, see :func:`_target`)."""
     from prunelab.prune.structured import StructuredConfig
 
     given = args.prune_every is not None and not isinstance(args.prune_every, _NotGiven)
@@ -128,13 +159,21 @@ def structured_config(args):
     return StructuredConfig(
         criterion=args.criterion, scope=args.scope, exclude=tuple(args.exclude or ()),
         schedule="oneshot" if args.oneshot else "iterative", prune_every=every,
-        channels_per_prune=args.channels_per_prune, target=_target(args), fisher_beta=args.fisher_beta,
+        channels_per_prune=args.channels_per_prune, target=_target(args, model, input_shape),
+        fisher_beta=args.fisher_beta,
         fisher_cost=args.fisher_cost, round_to=args.round_to, finetune_steps=args.finetune_steps,
         checkpoint_every=args.checkpoint_every_prunes, seed=args.seed).validate()
 
 
 def run(args) -> int:
-    from prunelab.cli.common import data_meta, emit_json, load_model_and_data, track_command, train_config_from_args
+    from prunelab.cli.common import (
+        data_meta,
+        emit_json,
+        load_model_and_data,
+        print_written,
+        track_command,
+        train_config_from_args,
+    )
     from prunelab.io import atomic_write_json, check_writable
     from prunelab.protocols.structured import run_channel_pruning
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
@@ -161,6 +200,8 @@ def run(args) -> int:
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
     input_shape = tuple(data.input_shape)
+    if any(getattr(args, dest, None) is not None for dest in RATIO_TARGETS):
+        cfg = structured_config(args, model, input_shape)
     pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)
     pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
                                                                               train_config.epochs)
@@ -200,8 +241,13 @@ def run(args) -> int:
     except PrunelabError:
         summary["compressed_spec"] = None
     if not reached:
-        sys.stderr.write(f"prunelab prune: warning: target {cfg.target.describe()} not reached "
-                         f"(training ended after {steps} steps; raise --epochs or --max-steps)\n")
+        why = (f"target {cfg.target.describe()} not reached (training ended after {steps} steps at "
+               f"{after['params']:,} params, {after['macs']:,} MACs; raise --epochs or --max-steps")
+        if not args.allow_miss:
+            for path in written:  # nothing of a failed prune stays behind
+                Path(path).unlink(missing_ok=True)
+            raise PrunelabError(f"{why}, or give --allow-miss to keep the model anyway)")
+        sys.stderr.write(f"prunelab prune: warning: {why})\n")
     collapsed = [g for g in summary["groups"] if g["after"] <= 1 < g["before"] // 4]
     if collapsed:
         listed = ", ".join(f"{g['group']} {g['before']} -> {g['after']}" for g in collapsed[:4])
@@ -215,6 +261,7 @@ def run(args) -> int:
                                              "target": summary["target"]})
         summary["checkpoints"] = written
         atomic_write_json(out.with_suffix(".json"), summary)
+        print_written("prune", *written, out, out.with_suffix(".json"))
     acc = summary["accuracy"]
     track_command(args, out.stem if out is not None else f"{args.model}-{cfg.criterion}", summary, curves,
                   {"acc": acc.get("after"), "acc_pruned": acc.get("pruned"), "acc_dense": acc.get("before"),

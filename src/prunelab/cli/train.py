@@ -31,6 +31,7 @@ from prunelab.cli.common import (
     emit_json,
     fit_overrides,
     model_from_args,
+    print_written,
     track_command,
     train_config_from_args,
 )
@@ -106,11 +107,6 @@ def run(args) -> int:
     trained_on = (loaded.meta or {}).get("input_shape") if not is_zoo_name else None
     check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
     trainer = Trainer(model, data, config)
-    if trainer.world_size > 1:
-        sys.stdout.write(f"data-parallel on {trainer.world_size} processes: global batch {trainer.global_batch_size} "
-                         f"({config.batch_size} per process), {trainer.feed.n_per_rank} samples per process per "
-                         f"epoch\n")
-        sys.stdout.flush()
     with stage(f"training {args.model} on {data.name}"):
         result = trainer.fit()
     model = model.cpu().eval()
@@ -136,6 +132,7 @@ def run(args) -> int:
     }
     meta = {k: v for k, v in summary.items() if k not in ("arch", "out")}
     save_checkpoint(args.out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan, meta=meta)
+    print_written("train", args.out)
     metrics = {"acc": final.get("test_acc"), "loss": final.get("test_loss"), "val_acc": final.get("val_acc"),
                "val_loss": final.get("val_loss"), "params": summary.get("params"), "macs": summary.get("macs"),
                "steps": final.get("step"), "time_s": final.get("time")}
