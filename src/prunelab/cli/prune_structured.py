@@ -43,16 +43,17 @@ def _has_option(parser, flag: str):
 
 
 def add_arguments(parser) -> None:
-    from prunelab.prune.structured import SCOPES, criterion_names, get_criterion
+    """The structured flags: those of :class:`~prunelab.prune.structured.StructuredConfig` fields come
+    from the fields' declarations (:mod:`prunelab.schema`: type, range, choices, default, help)."""
+    from prunelab.prune.structured import StructuredConfig, criterion_names, get_criterion
+    from prunelab.schema import add_flags
 
     g = parser
     names = criterion_names()
     described = "; ".join(f"{n}: {get_criterion(n).summary}" for n in names).replace("%", "%%")
     g.add_argument("--criterion", choices=names, default="fisher",
                    help=f"channel score: {described} (default: fisher)")
-    g.add_argument("--scope", choices=SCOPES, default="internal",
-                   help="internal: channels inside residual/dense blocks only (the seeds); all: every group, "
-                        "residual streams pruned jointly (default: internal)")
+    add_flags(g, StructuredConfig, ["scope"])
     exclude = _has_option(g, "--exclude")
     if exclude is None:
         g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -68,8 +69,7 @@ def add_arguments(parser) -> None:
             every.default = _NotGiven(every.default)
         every.help = (every.help or "") + f"; --structured: training steps between prunes (default " \
                                           f"{DEFAULT_PRUNE_EVERY})"
-    g.add_argument("--channels-per-prune", type=int, default=1, metavar="N",
-                   help="channels removed at each prune (default: 1)")
+    add_flags(g, StructuredConfig, ["channels_per_prune"])
     g.add_argument("--oneshot", action="store_true",
                    help="remove to the target at once, then fine-tune the compressed model")
     t = g.add_mutually_exclusive_group()
@@ -90,18 +90,11 @@ def add_arguments(parser) -> None:
                    help="CPU threads of latency targets (default: torch's current count)")
     g.add_argument("--latency-device", default="cpu", metavar="DEVICE",
                    help="device of latency targets: cpu, cuda, cuda:N (default: cpu)")
-    g.add_argument("--fisher-beta", type=float, default=0.0, metavar="BETA",
-                   help="cost term of --criterion fisher: score - BETA x cost freed (Theis et al.; default 0 as "
-                        "the seeds)")
-    g.add_argument("--fisher-cost", choices=("macs", "params"), default="macs",
-                   help="what --fisher-beta charges (default: macs)")
-    g.add_argument("--round-to", type=int, default=None, metavar="K",
-                   help="keep every group's width a multiple of K (8 or 16 suit most CPUs and GPUs)")
+    add_flags(g, StructuredConfig, ["fisher_beta", "fisher_cost", "round_to"])
     g.add_argument("--allow-miss", action="store_true",
                    help="write the model even when training ended before the target was reached (default: a "
                         "missed target is an error, exit 2, nothing written)")
-    g.add_argument("--finetune-steps", type=int, default=0, metavar="S",
-                   help="iterative: keep fine-tuning S steps after the target is reached (default: 0)")
+    add_flags(g, StructuredConfig, ["finetune_steps"])
     g.add_argument("--checkpoint-every-prunes", type=int, default=None, metavar="N",
                    help="iterative: write the compressed model and its plan every N prunes next to --out "
                         "(PATH.pruneN.pt; the seeds keep every 100)")

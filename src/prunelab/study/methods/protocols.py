@@ -44,6 +44,17 @@ class Param:
     valid: str = ""
 
 
+def schema_params(cls, names) -> dict[str, Param]:
+    """Study parameters from a config dataclass's field declarations (:mod:`prunelab.schema`): the
+    same names, defaults and checks as the config and its command-line flags, so a setting is
+    declared once."""
+    from prunelab.schema import specs, yaml_default
+
+    table = specs(cls)
+    return {name: Param(yaml_default(table[name][1]), table[name][0].accepts, table[name][0].describe())
+            for name in names}
+
+
 def is_int(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         if v is None:

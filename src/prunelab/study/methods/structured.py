@@ -47,11 +47,10 @@ from prunelab.study.methods.protocols import (
     is_bool,
     is_int,
     is_mapping,
-    is_names,
     is_number,
     layers_against,
-    one_of,
     resolve_params,
+    schema_params,
     size_target,
     sizes,
     trained_output,
@@ -75,39 +74,44 @@ def _is_size_target(v: Any) -> bool:
     return t is not None and next(iter(t)) in SIZE_TARGETS
 
 
-_COMMON = {
-    "scope": Param("internal", one_of("internal", "all"), "one of internal, all"),
-    "exclude": Param([], is_names, "a list of layer name or type patterns"),
-    "schedule": Param("iterative", one_of("iterative", "oneshot"), "one of iterative, oneshot"),
-    "prune_every": Param(100, is_int(1), "a number of steps K >= 1"),
-    "channels_per_prune": Param(1, is_int(1), "a number of channels >= 1"),
-    "round_to": Param(None, is_int(1, optional=True), "null or a channel multiple >= 1 (e.g. 8 or 16)"),
-    "finetune": Param({}, is_mapping, "a mapping of training settings applied on top of the study's 'train'"),
-    "finetune_epochs": Param(None, is_int(0, optional=True),
-                             "null (0 iterative, the dense epochs one-shot) or a number of epochs >= 0"),
-    "profile_target": Param(None, _is_size_target,
-                            f"null (the run's own target) or a target with one of the keys {', '.join(SIZE_TARGETS)}"),
-    "profile_round_to": Param(1, is_int(1), "a channel multiple >= 1"),
-    "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
-    "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
-}
-_COST_TERM = {"fisher_beta": Param(0.0, is_number(0.0), "a cost weight >= 0 (0 = reference code)"),
-              "fisher_cost": Param("macs", one_of("macs", "params"), "one of macs, params")}
-_KIND_PARAMS = {
-    "fisher": {**_COMMON, **_COST_TERM},
-    "l1": {**_COMMON, "signed": Param(False, is_bool, "true or false (the reference code's signed filter sum)")},
-    "bn-scale": dict(_COMMON),
-    "random-channel": dict(_COMMON),
+def _common() -> dict[str, Param]:
+    """The parameters every structured kind takes: the pruning settings of
+    :class:`~prunelab.prune.structured.StructuredConfig` (declared there once), then the protocols'."""
+    from prunelab.prune.structured import StructuredConfig
+
+    return {
+        **schema_params(StructuredConfig, ("scope", "exclude", "schedule", "prune_every", "channels_per_prune",
+                                           "round_to")),
+        "finetune": Param({}, is_mapping, "a mapping of training settings applied on top of the study's 'train'"),
+        "finetune_epochs": Param(None, is_int(0, optional=True),
+                                 "null (0 iterative, the dense epochs one-shot) or a number of epochs >= 0"),
+        "profile_target": Param(None, _is_size_target, f"null (the run's own target) or a target with one of the "
+                                                       f"keys {', '.join(SIZE_TARGETS)}"),
+        "profile_round_to": Param(1, is_int(1), "a channel multiple >= 1"),
+        "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
+        "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
+    }
+
+
+def _cost_term() -> dict[str, Param]:
+    from prunelab.prune.structured import StructuredConfig
+
+    return schema_params(StructuredConfig, ("fisher_beta", "fisher_cost"))
+
+
+_KIND_EXTRA: dict[str, dict[str, Param]] = {
+    "l1": {"signed": Param(False, is_bool, "true or false (the reference code's signed filter sum)")},
 }
 
 
 def _params(kind: str) -> dict[str, Param]:
-    if kind != "structured":
-        return _KIND_PARAMS[kind]
-    from prunelab.prune.structured import criterion_names
+    if kind == "structured":
+        from prunelab.prune.structured import StructuredConfig
 
-    names = criterion_names()
-    return {"criterion": Param("fisher", one_of(*names), f"one of {', '.join(names)}"), **_COMMON, **_COST_TERM}
+        return {**schema_params(StructuredConfig, ("criterion",)), **_common(), **_cost_term()}
+    if kind == "fisher":
+        return {**_common(), **_cost_term()}
+    return {**_common(), **_KIND_EXTRA.get(kind, {})}
 
 
 def _resolve(run: RunConfig) -> RunConfig:
