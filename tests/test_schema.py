@@ -86,3 +86,22 @@ def test_structured_config_cli_and_study_share_one_declaration():
     with pytest.raises(PrunelabError, match="prune-every must be a number of steps K >= 1, got 0"):
         StructuredConfig(prune_every=0).validate()
     assert isinstance(table["criterion"][0], Spec) and "taylor" in table["criterion"][0].options()
+
+
+def test_layer_selection_cli_and_study_share_one_declaration():
+    from prunelab.cli import build_parser
+    from prunelab.prune.unstructured.selection import LayerSelection
+    from prunelab.study.methods.unstructured import _KIND_PARAMS
+
+    table = specs(LayerSelection)
+    parser = build_parser("prune")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["prune"]
+    flags = {a.dest: a for a in sub._actions}
+    study = _KIND_PARAMS["global-magnitude"]
+    for name in ("keep_first_dense", "keep_last_dense", "include_types", "include"):
+        spec, default = table[name]
+        assert flags[name].default == (list(default) if isinstance(default, tuple) else default), name
+        assert study[name].default == flags[name].default and study[name].valid == spec.describe(), name
+    assert not study["include_types"].check(["conv", "lstm"]) and study["include_types"].check(["conv2d"])
+    with pytest.raises(PrunelabError, match="unknown include-types 'lstm'"):
+        check_fields(LayerSelection(include_types=("conv", "lstm")))

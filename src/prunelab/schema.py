@@ -55,7 +55,7 @@ class Spec:
         if self.valid:
             text = self.valid
         elif self.options() is not None:
-            text = "one of " + ", ".join(str(c) for c in self.options())
+            text = ("a list of " if self.kind is list else "one of ") + ", ".join(str(c) for c in self.options())
         elif self.kind is bool:
             text = "true or false"
         elif self.kind is list:
@@ -74,7 +74,9 @@ class Spec:
         if self.kind is bool:
             return isinstance(value, bool)
         if self.kind is list:
-            return isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value)
+            choices = self.options()
+            return isinstance(value, list | tuple) and all(
+                isinstance(v, str) and v and (choices is None or v in choices) for v in value)
         if isinstance(value, bool):
             return False
         if self.kind is int and not isinstance(value, int):
@@ -96,6 +98,10 @@ class Spec:
         choices = self.options()
         if choices is not None and isinstance(value, str) and value not in choices:
             check_choice(name, value, choices)
+        if choices is not None and self.kind is list and isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, str) and item:
+                    check_choice(name, item, choices)
         if not self.accepts(value):
             raise PrunelabError(f"{name} must be {self.describe(null=value is None)}, got {value!r}")
         return value
@@ -152,7 +158,11 @@ def add_flags(container, cls, names: Sequence[str], *, defaults: dict[str, Any] 
             container.add_argument(flag(name, spec), action="store_true", default=bool(default), **kw)
             continue
         if spec.kind is list:
-            kw.update(nargs="+", default=list(default or ()), metavar=spec.metavar or "NAME")
+            kw.update(nargs="+", default=list(default or ()))
+            if spec.options() is not None:
+                kw["choices"] = spec.options()
+            else:
+                kw["metavar"] = spec.metavar or "NAME"
         else:
             kw.update(type=spec.kind, default=default)
             if spec.options() is not None:

@@ -43,7 +43,8 @@ def _structured_module():
 def add_arguments(parser) -> None:
     from prunelab.prune.unstructured.pruner import METHODS
     from prunelab.prune.unstructured.schedules import UNITS
-    from prunelab.prune.unstructured.selection import LAYER_TYPES
+    from prunelab.prune.unstructured.selection import LayerSelection
+    from prunelab.schema import add_flags
 
     parser.add_argument("model", metavar="MODEL", help="zoo name (see `prunelab models`) or checkpoint path")
     add_data_arguments(parser)
@@ -85,11 +86,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--allow-regrow", action="store_true",
                    help="let a --sparsity below the model's present one revive already-pruned weights (default: "
                         "they stay pruned, the sparsity stays where it was, and a warning says how many)")
-    g.add_argument("--keep-first-dense", action="store_true", help="leave the first Conv/Linear layer dense")
-    g.add_argument("--keep-last-dense", action="store_true", help="leave the last Conv/Linear layer dense")
-    g.add_argument("--include-types", nargs="+", choices=sorted(LAYER_TYPES), default=["conv", "linear"])
-    g.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
-                   help="prune only layers whose module path matches one of these globs")
+    add_flags(g, LayerSelection, ["keep_first_dense", "keep_last_dense", "include_types", "include"])
     g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                    help="leave layers whose module path matches one of these globs dense")
     add_train_arguments(parser)

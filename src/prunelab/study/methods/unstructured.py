@@ -34,6 +34,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.protocols.finetune import accuracy, fine_tune
+from prunelab.prune.unstructured.selection import LayerSelection
 from prunelab.study.common import arch_spec, dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.context import RunContext
 from prunelab.study.methods.protocols import (
@@ -43,10 +44,10 @@ from prunelab.study.methods.protocols import (
     is_bool,
     is_int,
     is_mapping,
-    is_names,
     is_number,
     one_of,
     resolve_params,
+    schema_params,
 )
 from prunelab.study.run import RunConfig
 from prunelab.study.tasks import RunOutput, register
@@ -63,11 +64,7 @@ _COMMON = {
     "rounds": Param(3, is_int(1), "a number of iterative rounds >= 1"),
     "gradual": Param({}, lambda v: isinstance(v, dict) and set(v) <= _GRADUAL_KEYS,
                      f"a mapping with keys among {', '.join(sorted(_GRADUAL_KEYS))}"),
-    "keep_first_dense": Param(False, is_bool, "true or false"),
-    "keep_last_dense": Param(False, is_bool, "true or false"),
-    "include_types": Param(["conv", "linear"], is_names, "a list of layer types (conv, conv1d, conv2d, linear)"),
-    "include": Param([], is_names, "a list of layer name patterns"),
-    "exclude": Param([], is_names, "a list of layer name patterns"),
+    **schema_params(LayerSelection, ("keep_first_dense", "keep_last_dense", "include_types", "include", "exclude")),
     "reinit": Param("fresh", one_of("fresh", "original"), "one of fresh, original"),
     "budget_cap": Param(None, is_number(1.0, optional=True), "null or a factor >= 1 capping Scratch-B's epochs"),
     "checkpoint": Param(True, is_bool, "true or false (keep the pruned model in the run folder)"),
