@@ -40,6 +40,8 @@ UNSTRUCTURED = [
      "{sparsity: 0.6}", None),
     ("snip-trained", ["--method", "snip", "--sparsity", "0.5", "--snip-batch", "48", "--pretrain-epochs", "1"],
      "{kind: snip, at: trained, batch_size: 48}", "{sparsity: 0.5}", None),
+    ("snip-default-batch", ["--method", "snip", "--sparsity", "0.5", "--pretrain-epochs", "1"],
+     "{kind: snip, at: trained}", "{sparsity: 0.5}", None),  # both score one training batch (64) by default
     ("snip-init", ["--method", "snip", "--sparsity", "0.5", "--snip-batch", "48"],
      "{kind: snip, batch_size: 48}", "{sparsity: 0.5}", "scratch-e"),
     ("gradual", ["--method", "global", "--sparsity", "0.6", "--prune-schedule", "gradual", "--prune-unit", "step",

@@ -82,7 +82,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds (1 to 100)")
     g.add_argument("--rewind-epoch", type=int, default=None,
                    help="iterative: rewind surviving weights to this epoch of the first training run")
-    g.add_argument("--snip-batch", type=int, default=128, help="snip: number of training samples scored")
+    g.add_argument("--snip-batch", type=int, default=None, metavar="N",
+                   help="snip: number of training samples scored (default: --batch-size, as a study's snip "
+                        "batch_size)")
     g.add_argument("--allow-regrow", action="store_true",
                    help="let a --sparsity below the model's present one revive already-pruned weights (default: "
                         "they stay pruned, the sparsity stays where it was, and a warning says how many)")
@@ -199,7 +201,7 @@ def _check_args(args, train_config) -> None:
             raise PrunelabError(f"--rounds must be 1 to {MAX_ROUNDS}, got {args.rounds}")
     elif args.rewind_epoch is not None:
         raise PrunelabError("--rewind-epoch applies to --prune-schedule iterative only")
-    if args.snip_batch < 1:
+    if args.snip_batch is not None and args.snip_batch < 1:
         raise PrunelabError(f"--snip-batch must be >= 1, got {args.snip_batch}")
 
 
@@ -230,7 +232,8 @@ def run(args) -> int:
                                    args.initial_sparsity, args.prune_unit).validate()
     ranks = _pairs(args.ranks, "--ranks", int) if args.ranks else None
     pruning = WeightPruning(prune_config, args.prune_schedule, schedule, rounds=args.rounds,
-                            rewind_epoch=args.rewind_epoch, snip_batch=args.snip_batch,
+                            rewind_epoch=args.rewind_epoch,
+                            snip_batch=args.snip_batch if args.snip_batch is not None else train_config.batch_size,
                             lowrank=LowRank(args.sparsity, ranks) if args.method == "lowrank" else None).validate()
 
     loaded, data, is_checkpoint = load_model_and_data(args, train_config.seed)
