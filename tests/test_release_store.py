@@ -20,7 +20,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "release-store"
 
 
 def _stored() -> dict[str, str]:
-    with sqlite3.connect(f"file:{FIXTURE / 'results.db'}?mode=ro", uri=True) as c:
+    with sqlite3.connect(f"file:{FIXTURE / 'results.db'}?mode=ro&immutable=1", uri=True) as c:
         return dict(c.execute("SELECT run_id, status FROM runs").fetchall())
 
 
