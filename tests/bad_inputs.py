@@ -53,10 +53,11 @@ BASES: dict[str, list[list[str]]] = {
         ["prune", "{wrn}", "--structured", "--oneshot", "--criterion", "l1", "--data", "digits", "--target-params",
          "3000", *T, "--out", "{out}.pt"],
     ],
-    "reduce": [["reduce", "cnn", "--data", "digits", "--mode", "width", "--params", "8000", *T, "--out", "{out}"]],
+    "reduce": [["reduce", "cnn", "--data", "digits", "--mode", "width", "--target-params", "8000", *T, "--out",
+                "{out}"]],
     "scratch": [["scratch", "{plan}", "--budget", "E", "--data", "digits", *T, "--out", "{out}"]],
     "copy-profile": [["copy-profile", "{wrnplan}", "--alpha", "0.5", "--data", "digits", *T, "--out", "{out}"]],
-    "pfs": [["pfs", "cnn", "--data", "digits", "--macs-ratio", "0.5", "--budget-tol", "0.1", "--gate-epochs", "1",
+    "pfs": [["pfs", "cnn", "--data", "digits", "--target-macs-ratio", "0.5", "--tol", "0.1", "--gate-epochs", "1",
              "--gate-batch-size", "256", *T, "--out", "{out}"]],
     "bench": [["bench", "cnn", "--batch-sizes", "1", "--warmup", "0", "--repeats", "1", "--min-time", "0",
                "--threads", "1"]],
@@ -68,7 +69,7 @@ BASES: dict[str, list[list[str]]] = {
 
 #: which base command lines of a command a flag is tried on (by index into BASES[command]); a flag not
 #: listed is tried on the first one. Flags of one pruning mode or schedule go to the bases of that mode.
-_STRUCTURED = ("--channels-per-prune", "--target-latency-ms", "--latency-batch", "--latency-threads",
+_STRUCTURED = ("--channels-per-prune", "--target-latency-ms", "--latency-batch-size", "--latency-threads",
                "--fisher-beta", "--round-to", "--finetune-steps", "--checkpoint-every-prunes", "--target-channels",
                "--target-params", "--target-macs")
 FLAG_BASES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -80,8 +81,9 @@ FLAG_BASES: dict[str, dict[str, tuple[int, ...]]] = {
     "export": {"--opset": (1,)},
 }
 #: flags whose value is a number written as text (they take 1e4, 2.5M-style counts)
-NUMBER_TEXT_FLAGS = {"reduce": ("--params", "--macs", "--latency-ms"), "copy-profile": ("--params", "--macs"),
-                     "pfs": ("--macs",)}
+NUMBER_TEXT_FLAGS = {"reduce": ("--target-params", "--target-macs", "--target-latency-ms"),
+                     "copy-profile": ("--target-params", "--target-macs"),
+                     "pfs": ("--target-macs",)}
 
 #: (command, flag): values whose runs are valid but long by design are left out of the fuzz, where the
 #: flag asks for that much work; bench's time flags belong to the benchmark's own bounds

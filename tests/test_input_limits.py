@@ -550,7 +550,7 @@ def test_a_structured_prune_reports_its_stages_unless_quiet(tmp_path, capsys, mo
     save_checkpoint(tmp_path / "w.pt", arch=spec.to_dict(), state_dict=create(spec).state_dict())
     argv = ["prune", str(tmp_path / "w.pt"), "--structured", "--data", "digits", "--target-channels", "24",
             "--prune-every", "1", "--channels-per-prune", "4", "--epochs", "1", "--max-steps", "3", "--batch-size",
-            "64", "--out", str(tmp_path / "p.pt")]
+            "64", "--allow-miss", "--out", str(tmp_path / "p.pt")]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "prunelab prune: finding channel groups" in err and "prunelab prune: fine-tuning and pruning" in err

@@ -191,7 +191,7 @@ def test_cli_refuses_special_outputs_before_any_work(argv, module, kind, tmp_pat
 @pytest.mark.parametrize("argv", [
     ["report", "st", "--out", "{t}"],
     ["study", "run", "spec.yaml", "--out", "{t}", "--quiet"],
-    ["reduce", "--model", "cnn", "--data", "digits", "--params", "1e4", "--out", "{t}", *TRAIN],
+    ["reduce", "--model", "cnn", "--data", "digits", "--target-params", "1e4", "--out", "{t}", *TRAIN],
 ], ids=lambda v: v[0])
 def test_cli_refuses_a_special_file_as_output_folder(argv, tmp_path, monkeypatch, capsys):
     targets = _specials(tmp_path / "t")
@@ -206,10 +206,9 @@ def test_cli_refuses_a_special_file_as_output_folder(argv, tmp_path, monkeypatch
 def test_prune_refuses_a_special_file_where_its_summary_goes(tmp_path, monkeypatch, capsys):
     """``prune --out m.pt`` also writes ``m.json``: a FIFO there is refused before data is loaded."""
     import prunelab.cli.common as common
-    import prunelab.cli.prune as prune
 
-    for module in (common, prune):  # prune binds the name at import, the structured path at call time
-        monkeypatch.setattr(module, "data_from_args", lambda *a, **k: pytest.fail("prune started work"))
+    # both prune paths load their data through cli.common.load_model_and_data
+    monkeypatch.setattr(common, "data_from_args", lambda *a, **k: pytest.fail("prune started work"))
     os.mkfifo(tmp_path / "m.json")
     for extra in ([], ["--structured", "--target-channels", "4"]):
         argv = ["prune", "cnn", "--data", "digits", "--out", str(tmp_path / "m.pt"), *extra, *TRAIN]
@@ -394,7 +393,7 @@ def ckpts(tmp_path_factory) -> Path:
     save_checkpoint(d / "masked.pt", arch=cnn.to_dict(), state_dict=masked.state_dict(),
                     meta={"input_shape": [1, 8, 8]})
     assert main(["prune", str(d / "cnn.pt"), "--structured", "--data", "digits", "--target-channels", "4",
-                 "--out", str(d / "channels.pt"), *TRAIN]) == 0
+                 "--allow-miss", "--out", str(d / "channels.pt"), *TRAIN]) == 0
     return d
 
 
@@ -404,9 +403,9 @@ def ckpts(tmp_path_factory) -> Path:
      *TRAIN],
     ["export", "{c}/masked.pt", "--format", "sparse", "--out", "{o}/old.pt", "--policy", "sparse"],
     ["scratch", "{c}/channels.pt", "--data", "digits", "--out", "{o}/dir", *TRAIN],
-    ["reduce", "--model", "cnn", "--data", "digits", "--params", "1e4", "--out", "{o}/dir", *TRAIN],
-    ["pfs", "--model", "cnn", "--data", "digits", "--macs-ratio", "0.5", "--gate-epochs", "1", "--gate-batch-size",
-     "256", "--budget-tol", "0.1", "--out", "{o}/dir", *TRAIN],
+    ["reduce", "--model", "cnn", "--data", "digits", "--target-params", "1e4", "--out", "{o}/dir", *TRAIN],
+    ["pfs", "--model", "cnn", "--data", "digits", "--target-macs-ratio", "0.5", "--gate-epochs", "1",
+     "--gate-batch-size", "256", "--tol", "0.1", "--out", "{o}/dir", *TRAIN],
     ["copy-profile", "{c}/channels.pt", "--base", "cnn", "--alpha", "0.5", "--data", "digits", "--out", "{o}/dir",
      *TRAIN],
 ], ids=lambda v: v[0])

@@ -212,7 +212,7 @@ def test_pipeline_scratch_b_and_trained_start(digits, tmp_path):
 def test_cli_pfs_end_to_end_and_bad_budget(tmp_path, capsys):
     common = ["--model", "resnet20", "--data", "digits", "--gate-epochs", "1", "--gate-batch-size", "64",
               "--epochs", "1", "--max-steps", "2", "--batch-size", "64", "--device", "cpu"]
-    assert main(["pfs", *common, "--macs-ratio", "0.4", "--out", str(tmp_path / "ok"), "--json"]) == 0
+    assert main(["pfs", *common, "--target-macs-ratio", "0.4", "--out", str(tmp_path / "ok"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert abs(summary["structure"]["macs_ratio"] - 0.4) <= 0.4 * 0.01
     assert min(summary["structure"]["widths"].values()) >= 1
@@ -222,7 +222,7 @@ def test_cli_pfs_end_to_end_and_bad_budget(tmp_path, capsys):
     gates = torch_load(tmp_path / "ok" / "gates.pt")
     assert list(gates["gates"]) == gates["units"] and len(gates["units"]) == 9
 
-    assert main(["pfs", *common, "--macs-ratio", "0.02", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["pfs", *common, "--target-macs-ratio", "0.02", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "below the smallest legal structure" in err
     assert not (tmp_path / "bad").exists()

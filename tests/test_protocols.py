@@ -276,7 +276,7 @@ TRAIN = ["--data", "digits", "--epochs", "1", "--max-steps", "2", "--batch-size"
 
 
 def test_cli_reduce_scratch_copy_profile_end_to_end(tmp_path, capsys):
-    code, out, err = _run(["reduce", "--model", "cnn", "--mode", "width", "--params", "8000", *TRAIN,
+    code, out, err = _run(["reduce", "--model", "cnn", "--mode", "width", "--target-params", "8000", *TRAIN,
                            "--out", str(tmp_path / "red"), "--json"], capsys)
     assert code == 0, err
     summary = json.loads(out)
@@ -300,8 +300,8 @@ def test_cli_reduce_scratch_copy_profile_end_to_end(tmp_path, capsys):
     (tmp_path / "wrn-plan.json").write_text(json.dumps(plan))
     size = n_params(create(pruned_architecture(plan).spec))
     targets = [int(0.9 * size), int(1.2 * size)]
-    code, out, err = _run(["copy-profile", str(tmp_path / "wrn-plan.json"), "--params", *map(str, targets), *TRAIN,
-                           "--out", str(tmp_path / "cp"), "--json"], capsys)
+    code, out, err = _run(["copy-profile", str(tmp_path / "wrn-plan.json"), "--target-params", *map(str, targets),
+                           *TRAIN, "--out", str(tmp_path / "cp"), "--json"], capsys)
     assert code == 0, err
     rows = json.loads(out)["members"]
     assert [abs(r["params"] / t - 1) <= 0.02 for r, t in zip(rows, targets)] == [True, True]
@@ -309,9 +309,9 @@ def test_cli_reduce_scratch_copy_profile_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,pattern", [
-    (["reduce", "--model", "cnn", "--params", "50"], "unreachable"),
-    (["reduce", "--model", "cnn", "--mode", "depth", "--params", "5000"], "no depth setting"),
-    (["copy-profile", "PLAN", "--onto", "resnet20", "--params", "5000"], "cannot be applied to a resnet_cifar"),
+    (["reduce", "--model", "cnn", "--target-params", "50"], "unreachable"),
+    (["reduce", "--model", "cnn", "--mode", "depth", "--target-params", "5000"], "no depth setting"),
+    (["copy-profile", "PLAN", "--onto", "resnet20", "--target-params", "5000"], "cannot be applied to a resnet_cifar"),
     (["scratch", "MISSING.pt"], "not found"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, pattern):

@@ -51,9 +51,9 @@ WORKER = textwrap.dedent('''
         states[name] = {"state": model.state_dict(), "final": final}
     sampler = trainer.feed.sampler()
     orders = [sampler.order(e).tolist() for e in range(2)]
-    # the command line under torchrun prints the global batch (rank 0 only)
+    # the command line under torchrun prints the world size and the global batch (rank 0 only, on stderr)
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         code = main(["train", "cnn", "--data", "synthetic", "--data-option", "shape=1x8x8", "--data-option",
                      "n_train=96", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--out", f"{out}/cli.pt"])
     torch.save({"states": states, "seen": train.seen, "orders": orders, "code": code,
@@ -88,4 +88,5 @@ def test_streamed_data_under_torchrun_gives_each_rank_its_shard_and_the_in_memor
         assert a == r0["orders"][epoch] and b == r1["orders"][epoch] and not set(a) & set(b)
     assert r0["orders"][0] != r0["orders"][1]  # set_epoch: a new permutation every epoch
     assert r0["code"] == r1["code"] == 0
-    assert "data-parallel on 2 processes: global batch 32 (16 per process), 48 samples per process" in r0["stdout"]
+    # --batch-size 16 is the global batch (--batch-scaling keep-global): 8 per process
+    assert "world size 2, per-process batch 8, global batch 16, lr 0.1 (--batch-scaling keep-global)" in r0["stdout"]

@@ -9,6 +9,7 @@ stderr and exit status 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import math
 import os
@@ -36,8 +37,42 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_NO_HELP = "\x00"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows every option's default (unless its help already states one, or it has none)."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        default = action.default
+        return not (default is None or default is argparse.SUPPRESS or default is False or default == []
+                    or not action.option_strings or action.nargs == 0 or "default" in (action.help or ""))
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):
+            action = copy.copy(action)
+            action.help = _NO_HELP  # argparse prints no help line for an action without help
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace(_NO_HELP, "").strip()
+        if not self._shows_default(action):
+            return text
+        default = action.default
+        shown = " ".join(str(v) for v in default) if isinstance(default, list | tuple) else str(default)
+        shown = shown.replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line with exit status 2."""
+    """argparse that reports usage errors as one line with exit status 2, refuses abbreviated flags
+    (``--epoch`` is not ``--epochs``) and shows defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
@@ -195,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     args.given = given_options(command, argv)
+    for note in getattr(args, "deprecated_notes", None) or []:
+        sys.stderr.write(f"prunelab: note: {note}\n")
     if os.environ.get("RANK", "0") != "0":
         # Under torchrun every rank runs the command; only rank 0 speaks on stdout.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115

@@ -35,6 +35,31 @@ def check_input(shape: tuple[int, ...], batch: int = 1) -> None:
     check_tensor(f"an input batch {'x'.join(str(int(d)) for d in (batch, *shape))}", (batch, *shape))
 
 
+class _DeprecatedAlias:
+    """Marker base; see :func:`add_alias`."""
+
+
+def add_alias(container, old: str, new: str) -> None:
+    """Accept the old spelling ``old`` of the option ``new`` (already added to ``container``): it stores
+    into the same destination and leaves a note in ``args.deprecated_notes`` (the CLI prints each as one
+    line naming the new spelling). Hidden from --help."""
+    import argparse
+
+    target = container._option_string_actions[new]
+
+    class Alias(argparse.Action, _DeprecatedAlias):
+        def __call__(self, parser, namespace, values, option_string=None):
+            notes = getattr(namespace, "deprecated_notes", None) or []
+            namespace.deprecated_notes = [*notes, f"{option_string} is deprecated; use {new}"]
+            if target.nargs == 0:
+                values = target.const if target.const is not None else True
+            setattr(namespace, self.dest, values)
+
+    container.add_argument(old, dest=target.dest, action=Alias, nargs=target.nargs, type=target.type,
+                           choices=target.choices, metavar=target.metavar, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+
+
 def emit_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (plain data without importing torch; tensors and NaN through
     :func:`prunelab.io.to_json`)."""
@@ -209,7 +234,15 @@ def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     d.update(defaults or {})
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d["epochs"])
-    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="samples per optimiser step; under torchrun the global batch, split over the processes "
+                        "(see --batch-scaling)")
+    from prunelab.train.distributed import BATCH_SCALINGS
+
+    g.add_argument("--batch-scaling", choices=BATCH_SCALINGS, default="keep-global",
+                   help="under torchrun: keep-global splits --batch-size over the processes (the single-process "
+                        "steps and learning rate); scale-lr gives every process --batch-size and multiplies --lr "
+                        "by the world size (linear scaling rule)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"])
     g.add_argument("--lr", type=float, default=d["lr"])
     g.add_argument("--momentum", type=float, default=d["momentum"])
@@ -290,7 +323,67 @@ def train_config_from_args(args) -> Any:
         values["progress"] = stderr_is_terminal() and os.environ.get("RANK", "0") == "0"
     if "lr" in values and not values["lr"] > 0:
         raise PrunelabError(f"--lr must be a positive number, got {values['lr']}")
-    return TrainConfig(**values).validate()
+    config = TrainConfig(**values).validate()
+    from prunelab.train.distributed import env_world_size, scale_for_world
+
+    world = env_world_size()
+    if world <= 1:
+        return config
+    scaling = getattr(args, "batch_scaling", "keep-global")
+    scaled = scale_for_world(config, world, scaling)
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"prunelab: distributed: world size {world}, per-process batch {scaled.batch_size}, global "
+                         f"batch {scaled.batch_size * world}, lr {scaled.lr:g} (--batch-scaling {scaling})\n")
+    return scaled
+
+
+def load_model_and_data(args, seed: int):
+    """The dataset of ``--data`` and the MODEL of ``args.model``: a zoo name built under ``seed`` and
+    fitted to the data, or a checkpoint whose classes must be the data's; one forward pass shows the
+    model takes the data. The first step of every command that trains or prunes a model (the tracker
+    flags are checked before it). Returns ``(loaded, data, is_checkpoint)``."""
+    import torch
+
+    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
+
+    check_tracker_args(args)
+    data = data_from_args(args, seed=seed)
+    torch.manual_seed(seed)
+    is_checkpoint = is_checkpoint_path(args.model)
+    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
+    check_fits(loaded.model, data, args.model)
+    check_recorded_classes(loaded, data, args.model)
+    return loaded, data, is_checkpoint
+
+
+def check_fits(model, data, name: str) -> None:
+    """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
+    import torch
+
+    from prunelab.data import Feed
+
+    split = "test" if len(data.test) else "train"
+    x, _ = Feed(data).take(split, range(min(2, len(data.split(split)))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunelabError(f"model {name} does not accept {data.name} inputs of shape "
+                            f"{tuple(data.input_shape)}: {detail}") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise PrunelabError(f"model {name} outputs shape {tuple(out.shape[1:])} but {data.name} has "
+                            f"{data.num_classes} classes")
+
+
+def print_written(command: str, *paths) -> None:
+    """Say on stderr (rank 0 only; stdout stays for tables and ``--json``) which files a command wrote."""
+    if paths and os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"prunelab {command}: wrote {', '.join(str(p) for p in paths)}\n")
 
 
 def loss_for_data(config, data, args):

@@ -4,14 +4,20 @@ SOURCE is a pruned checkpoint or a structured plan (.json). Each target (or alph
 ``--onto`` first carries the profile over to another model of the same family (e.g. WRN-40-2's
 profile onto WRN-16-2, stage by stage). Example::
 
-    prunelab copy-profile runs/pruned/model.pt --data digits --params 8000 15000 --epochs 5 --out runs/copy
+    prunelab copy-profile runs/pruned/model.pt --data digits --target-params 8000 15000 --epochs 5 --out runs/copy
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.cli.common import (
+    add_data_arguments,
+    add_train_arguments,
+    emit_json,
+    print_written,
+    train_config_from_args,
+)
 from prunelab.cli.reduce import add_output_arguments, add_target_arguments, load_data, targets_from_args
 from prunelab.cli.scratch import read_source
 from prunelab.errors import PrunelabError
@@ -37,7 +43,7 @@ def run(args) -> int:
 
     targets = targets_from_args(args)
     if bool(targets) == bool(args.alpha):
-        raise PrunelabError("give --params N..., --macs N... or --alpha A... (exactly one)")
+        raise PrunelabError("give --target-params N..., --target-macs N... or --alpha A... (exactly one)")
     config = train_config_from_args(args)
     profile = read_profile(read_source(args.source), args.base)
     data = load_data(args)
@@ -67,6 +73,7 @@ def run(args) -> int:
     summary = {"command": "copy-profile", "source": str(args.source), "data": args.data, "onto": onto,
                "profile": profile.to_dict(), "members": rows}
     write_summary(out / "summary.json", summary)
+    print_written("copy-profile", *(row["checkpoint"] for row in rows if row.get("checkpoint")), out / "summary.json")
     if args.json:
         emit_json(summary)
     else:

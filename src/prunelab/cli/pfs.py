@@ -4,7 +4,7 @@ Learns channel gates on a randomly initialised, frozen network (or a trained one
 selects the structure at a MACs budget measured against the unexpanded default model, and trains it
 from scratch (Scratch-B by default). Example::
 
-    prunelab pfs --model resnet20 --data digits --macs-ratio 0.5 --expansion 1.5 --gate-epochs 5 \\
+    prunelab pfs --model resnet20 --data digits --target-macs-ratio 0.5 --expansion 1.5 --gate-epochs 5 \\
         --epochs 10 --out runs/pfs
 """
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunelab.cli.common import (
+    add_alias,
     add_data_arguments,
     add_model_argument,
     add_train_arguments,
     emit_json,
     model_from_args,
+    print_written,
     train_config_from_args,
 )
 from prunelab.cli.reduce import add_output_arguments, load_data
@@ -30,9 +32,11 @@ def add_arguments(parser) -> None:
     d = PFSConfig()
     add_model_argument(parser, "default (unexpanded) zoo model, e.g. resnet56 or vgg16")
     b = parser.add_argument_group("MACs budget (one of)")
-    b.add_argument("--macs-ratio", type=float, default=None,
+    b.add_argument("--target-macs-ratio", dest="macs_ratio", type=float, default=None, metavar="R",
                    help="fraction of the default model's MACs to keep (0.5 = half the MACs)")
-    b.add_argument("--macs", default=None, metavar="N", help="absolute MACs budget")
+    b.add_argument("--target-macs", dest="macs", default=None, metavar="N", help="absolute MACs budget")
+    add_alias(b, "--macs-ratio", "--target-macs-ratio")
+    add_alias(b, "--macs", "--target-macs")
     g = parser.add_argument_group("gate learning")
     g.add_argument("--expansion", type=float, default=d.expansion,
                    help="width factor of the network the gates are learned on (reference -e / default width)")
@@ -44,7 +48,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--gate-batch-size", type=int, default=d.batch_size)
     g.add_argument("--holdout", type=float, default=d.holdout,
                    help="fraction of the training split held out for gate model selection")
-    g.add_argument("--budget-tol", type=float, default=d.tol, help="relative tolerance of the MACs budget")
+    g.add_argument("--tol", dest="budget_tol", type=float, default=d.tol,
+                   help="relative tolerance of the MACs budget")
+    add_alias(g, "--budget-tol", "--tol")
     g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="learn the gates on this trained network instead of a random one (comparison)")
     parser.add_argument("--budget", choices=("E", "B"), default="B",
@@ -67,7 +73,7 @@ def run(args) -> int:
         raise PrunelabError(f"MODEL is the default zoo network (e.g. resnet56); give a trained checkpoint such as "
                             f"{args.model} with --init-from")
     if (args.macs_ratio is None) == (args.macs is None):
-        raise PrunelabError("give exactly one budget: --macs-ratio R or --macs N")
+        raise PrunelabError("give exactly one budget: --target-macs-ratio R or --target-macs N")
     pfs = PFSConfig(lam=args.lam, ratio=args.ratio, epochs=args.gate_epochs, lr=args.gate_lr,
                     batch_size=args.gate_batch_size, holdout=args.holdout, expansion=args.expansion,
                     tol=args.budget_tol).validate()
@@ -88,6 +94,8 @@ def run(args) -> int:
              "arch": result.learning.spec.to_dict()}
     summary["gates_file"] = str(atomic_torch_save(gates, out / "gates.pt"))
     write_summary(out / "summary.json", summary)
+    print_written("pfs", *([summary["checkpoint"]] if summary.get("checkpoint") else []),
+                  *([summary["gates_file"]] if summary.get("gates_file") else []), out / "summary.json")
     if args.json:
         emit_json(summary)
     else:

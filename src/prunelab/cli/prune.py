@@ -15,18 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prunelab.cli.common import (
     add_data_arguments,
     add_tracker_arguments,
     add_train_arguments,
-    check_recorded_classes,
-    check_tracker_args,
-    data_from_args,
     data_meta,
     emit_json,
-    fit_overrides,
+    load_model_and_data,
+    print_written,
     track_command,
     train_config_from_args,
 )
@@ -34,8 +30,6 @@ from prunelab.errors import PrunelabError
 from prunelab.io import check_writable
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
-#: methods that rank trained weights: a zoo model is trained dense first unless told otherwise
-_TRAINED_WEIGHT_METHODS = ("global", "uniform", "layerwise", "lowrank")
 
 
 def _structured_module():
@@ -51,7 +45,8 @@ def add_arguments(parser) -> None:
     from prunelab.cli.common import add_hf_arguments
     from prunelab.prune.unstructured.pruner import METHODS
     from prunelab.prune.unstructured.schedules import UNITS
-    from prunelab.prune.unstructured.selection import LAYER_TYPES
+    from prunelab.prune.unstructured.selection import LayerSelection
+    from prunelab.schema import add_flags
 
     parser.add_argument("model", metavar="MODEL", nargs="?", default=None,
                         help="zoo name (see `prunelab models`) or checkpoint path (or --hf FOLDER)")
@@ -91,19 +86,14 @@ def add_arguments(parser) -> None:
     g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds (1 to 100)")
     g.add_argument("--rewind-epoch", type=int, default=None,
                    help="iterative: rewind surviving weights to this epoch of the first training run")
-    g.add_argument("--snip-batch", type=int, default=128, help="snip: number of training samples scored")
+    g.add_argument("--snip-batch", type=int, default=None, metavar="N",
+                   help="snip: number of training samples scored (default: --batch-size, as a study's snip "
+                        "batch_size)")
     g.add_argument("--allow-regrow", action="store_true",
                    help="let a --sparsity below the model's present one revive already-pruned weights (default: "
                         "they stay pruned, the sparsity stays where it was, and a warning says how many)")
-    g.add_argument("--keep-first-dense", action="store_true", help="leave the first Conv/Linear layer dense")
-    g.add_argument("--keep-last-dense", action="store_true", help="leave the last Conv/Linear layer dense")
-    g.add_argument("--include-types", nargs="+", choices=sorted(LAYER_TYPES), default=["conv", "linear"],
-                   help="layer types to prune (linear includes Hugging Face Conv1D; default: conv linear)")
-    g.add_argument("--include-embeddings", action="store_true",
-                   help="also prune a weight tied to an nn.Embedding (an LM head sharing the input embedding; "
-                        "counted and masked once). Default: embeddings stay dense")
-    g.add_argument("--include", nargs="+", default=[], metavar="PATTERN",
-                   help="prune only layers whose module path matches one of these globs")
+    add_flags(g, LayerSelection, ["keep_first_dense", "keep_last_dense", "include_types", "include_embeddings",
+                                  "include"])
     g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                    help="leave layers whose module path matches one of these globs dense")
     add_train_arguments(parser)
@@ -217,30 +207,8 @@ def _check_args(args, train_config) -> None:
             raise PrunelabError(f"--rounds must be 1 to {MAX_ROUNDS}, got {args.rounds}")
     elif args.rewind_epoch is not None:
         raise PrunelabError("--rewind-epoch applies to --prune-schedule iterative only")
-    if args.snip_batch < 1:
+    if args.snip_batch is not None and args.snip_batch < 1:
         raise PrunelabError(f"--snip-batch must be >= 1, got {args.snip_batch}")
-
-
-def _check_fits(model, data, name: str) -> None:
-    """One forward pass on a few test inputs: the model must accept the data and emit one logit per class."""
-    from prunelab.data import Feed
-
-    split = "test" if len(data.test) else "train"
-    x, _ = Feed(data).take(split, range(min(2, len(data.split(split)))))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PrunelabError(f"model {name} does not accept {data.name} inputs of shape "
-                            f"{tuple(data.input_shape)}: {detail}") from None
-    finally:
-        model.train(was_training)
-    if out.ndim != 2 or out.shape[1] != data.num_classes:
-        raise PrunelabError(f"model {name} outputs shape {tuple(out.shape[1:])} but {data.name} has "
-                            f"{data.num_classes} classes")
 
 
 def _run_hf(args) -> int:
@@ -249,6 +217,7 @@ def _run_hf(args) -> int:
     (zeros in the weights, the mask record beside them: :mod:`prunelab.export.hf`)."""
     from prunelab.cli.common import data_from_args, emit_json, hf_from_args, train_config_from_args
     from prunelab.export.hf import write_folder
+    from prunelab.protocols.unstructured import snip_batch
     from prunelab.prune.unstructured.pruner import check_feasible, prune
     from prunelab.train import Trainer, evaluate
     from prunelab.train.progress import stage
@@ -277,7 +246,7 @@ def _run_hf(args) -> int:
                                "prune": prune_config.to_dict(), "schedule": "oneshot", "accuracy": {}}
     if data is not None:
         summary["accuracy"]["before"] = _acc(evaluate(model, data, loss=loaded.loss))
-    batch = _snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
+    batch = snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
     report = prune(model, prune_config, batch=batch, loss_fn=loaded.loss, input_shape=spec, warn=False)
     if data is not None:
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data, loss=loaded.loss))
@@ -332,14 +301,6 @@ def _check_hf_fits(model, data, loaded) -> None:
                             f"{data.num_classes} classes")
 
 
-def _snip_batch(data, size: int, seed: int):
-    from prunelab.data import Feed
-
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train), generator=g)[:size]
-    return Feed(data).take("train", idx)
-
-
 def _acc(metrics: dict | None) -> float | None:
     return None if metrics is None else metrics.get("acc")
 
@@ -362,20 +323,11 @@ def run(args) -> int:
     if args.hf is not None:
         return _run_hf(args)
 
-    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import atomic_write_json, save_checkpoint
-    from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
-    from prunelab.prune.unstructured.pruner import check_feasible, prune
-    from prunelab.prune.unstructured.report import build_report
-    from prunelab.prune.unstructured.schedules import (
-        GradualPruning,
-        GradualSchedule,
-        WeightSnapshot,
-        prune_iterative,
-    )
+    from prunelab.protocols.unstructured import LowRank, WeightPruning, default_pretrain_epochs, run_weight_pruning
+    from prunelab.prune.unstructured.pruner import check_feasible
+    from prunelab.prune.unstructured.schedules import GradualSchedule
     from prunelab.prune.unstructured.selection import select_layers
-    from prunelab.train import Trainer, evaluate
-    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     _check_args(args, train_config)
@@ -385,16 +337,13 @@ def run(args) -> int:
         schedule = GradualSchedule(args.sparsity, args.prune_start, args.prune_end, args.prune_every,
                                    args.initial_sparsity, args.prune_unit).validate()
     ranks = _pairs(args.ranks, "--ranks", int) if args.ranks else None
+    pruning = WeightPruning(prune_config, args.prune_schedule, schedule, rounds=args.rounds,
+                            rewind_epoch=args.rewind_epoch,
+                            snip_batch=args.snip_batch if args.snip_batch is not None else train_config.batch_size,
+                            lowrank=LowRank(args.sparsity, ranks) if args.method == "lowrank" else None).validate()
 
-    check_tracker_args(args)
-    data = data_from_args(args, seed=train_config.seed)
-    torch.manual_seed(train_config.seed)
-    is_checkpoint = is_checkpoint_path(args.model)
-    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
+    loaded, data, is_checkpoint = load_model_and_data(args, train_config.seed)
     model, spec = loaded.model, loaded.spec
-    _check_fits(model, data, args.model)
-    check_recorded_classes(loaded, data, args.model)
-    input_shape = tuple(data.input_shape)
     if prune_config is not None:
         check_feasible(model, prune_config)
     else:
@@ -402,13 +351,9 @@ def run(args) -> int:
 
     pretrain = args.pretrain_epochs
     if pretrain is None:
-        pretrain = (train_config.epochs if not is_checkpoint and args.method in _TRAINED_WEIGHT_METHODS
-                    and args.prune_schedule != "gradual" else 0)
-    if args.rewind_epoch is not None:
-        limit = pretrain if pretrain > 0 else train_config.epochs
-        if not 0 <= args.rewind_epoch < max(limit, 1):
-            raise PrunelabError(f"--rewind-epoch {args.rewind_epoch} must be in [0, {limit}) "
-                                f"(epochs of the first training run)")
+        pretrain = default_pretrain_epochs(args.method, args.prune_schedule, train_config.epochs, is_checkpoint)
+    outcome = run_weight_pruning(model, data, pruning, train_config, pretrain_epochs=pretrain)
+    result, report = outcome.result, outcome.result.report
     summary: dict[str, Any] = {
         "model": args.model,
         "arch": spec.to_dict(),
@@ -418,56 +363,18 @@ def run(args) -> int:
         {"method": "lowrank", "sparsity": args.sparsity, "ranks": ranks, "selection": selection.to_dict()},
         "train": train_config.to_dict(),
         "pretrain_epochs": pretrain,
-        "accuracy": {},
+        "accuracy": {"before": outcome.acc_dense},
     }
-    rewind_state = None
-    if pretrain > 0:
-        snapshot = WeightSnapshot(args.rewind_epoch) if args.rewind_epoch is not None else None
-        with stage(f"dense pre-training ({pretrain} epochs)"):
-            Trainer(model, data, replace(train_config, epochs=pretrain, checkpoint=None, resume=False),
-                    callbacks=[snapshot] if snapshot else []).fit()
-        rewind_state = snapshot.state if snapshot else None
-    summary["accuracy"]["before"] = _acc(evaluate(model, data))
-    curves: list[dict] = []
-
-    batch = _snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
-    if args.method == "lowrank":
-        report = prune_lowrank_columns(model, sparsity=args.sparsity, ranks=ranks, input_shape=input_shape,
-                                       warn=False)
-        summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
-        if train_config.epochs > 0:
-            with stage("fine-tuning"):
-                curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
-    elif args.prune_schedule == "oneshot":
-        report = prune(model, prune_config, batch=batch, input_shape=input_shape, warn=False)
-        summary["accuracy"]["pruned"] = _acc(evaluate(model, data))
-        if train_config.epochs > 0:
-            with stage("fine-tuning"):
-                curves += Trainer(model, data, train_config).fit().history  # the trainer holds the masks
-    elif args.prune_schedule == "gradual":
-        gradual = GradualPruning(prune_config, schedule)
-        with stage("training with gradual pruning"):
-            curves += Trainer(model, data, train_config, callbacks=[gradual]).fit().history
-        summary["gradual"] = {"schedule": gradual.schedule.to_dict(), "updates": gradual.history}
-        report = build_report(model, select_layers(model, selection), method=prune_config.method,
-                              target_sparsity=args.sparsity, input_shape=input_shape,
-                              sigma=prune_config.sigma(sum(x.numel for x in select_layers(model, selection))),
-                              details=gradual.last_report.details if gradual.last_report else {}, warn=False)
+    curves = result.curves
+    if result.gradual is not None:
+        summary["gradual"] = result.gradual
     else:
-        with stage(f"iterative pruning ({args.rounds} rounds)"):
-            rounds = prune_iterative(model, data, train_config, prune_config, rounds=args.rounds,
-                                     rewind_state=rewind_state,
-                                     rewind_epoch=args.rewind_epoch if pretrain == 0 else None, batch=batch,
-                                     input_shape=input_shape)
-        curves += [{**row, "round": r.round} for r in rounds for row in r.history]
+        summary["accuracy"]["pruned"] = result.acc_pruned
+    if result.rounds:
         summary["rounds"] = [{"round": r.round, "target": r.target, "sparsity": r.report.sparsity,
                               "acc_pruned": _acc(r.pruned_metrics), "acc_finetuned": _acc(r.finetuned_metrics)}
-                             for r in rounds]
-        summary["accuracy"]["pruned"] = _acc(rounds[-1].pruned_metrics)
-        report = build_report(model, select_layers(model, selection), method=prune_config.method,
-                              target_sparsity=prune_config.sparsity, input_shape=input_shape,
-                              sigma=rounds[-1].report.sigma, details=rounds[-1].report.details, warn=False)
-    summary["accuracy"]["after"] = _acc(evaluate(model, data))
+                             for r in result.rounds]
+    summary["accuracy"]["after"] = result.acc
     summary["report"] = report.to_dict()
     summary.update(sparsity=report.sparsity, macs_dense=report.macs_dense, macs_sparse=report.macs_sparse,
                    flops_pruned=report.flops_pruned)
@@ -486,6 +393,7 @@ def run(args) -> int:
                         meta={"prune": {k: summary[k] for k in ("schedule", "prune", "sparsity", "accuracy")},
                               **data_meta(data)})
         atomic_write_json(out.with_suffix(".json"), summary)
+        print_written("prune", out, out.with_suffix(".json"))
     from prunelab.measure import count_params
 
     counts = count_params(model)

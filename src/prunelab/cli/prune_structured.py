@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from prunelab.errors import PrunelabError
 
@@ -46,16 +43,17 @@ def _has_option(parser, flag: str):
 
 
 def add_arguments(parser) -> None:
-    from prunelab.prune.structured import SCOPES, criterion_names, get_criterion
+    """The structured flags: those of :class:`~prunelab.prune.structured.StructuredConfig` fields come
+    from the fields' declarations (:mod:`prunelab.schema`: type, range, choices, default, help)."""
+    from prunelab.prune.structured import StructuredConfig, criterion_names, get_criterion
+    from prunelab.schema import add_flags
 
     g = parser
     names = criterion_names()
     described = "; ".join(f"{n}: {get_criterion(n).summary}" for n in names).replace("%", "%%")
     g.add_argument("--criterion", choices=names, default="fisher",
                    help=f"channel score: {described} (default: fisher)")
-    g.add_argument("--scope", choices=SCOPES, default="internal",
-                   help="internal: channels inside residual/dense blocks only (the seeds); all: every group, "
-                        "residual streams pruned jointly (default: internal)")
+    add_flags(g, StructuredConfig, ["scope"])
     exclude = _has_option(g, "--exclude")
     if exclude is None:
         g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -71,33 +69,32 @@ def add_arguments(parser) -> None:
             every.default = _NotGiven(every.default)
         every.help = (every.help or "") + f"; --structured: training steps between prunes (default " \
                                           f"{DEFAULT_PRUNE_EVERY})"
-    g.add_argument("--channels-per-prune", type=int, default=1, metavar="N",
-                   help="channels removed at each prune (default: 1)")
+    add_flags(g, StructuredConfig, ["channels_per_prune"])
     g.add_argument("--oneshot", action="store_true",
                    help="remove to the target at once, then fine-tune the compressed model")
     t = g.add_mutually_exclusive_group()
     t.add_argument("--target-channels", type=_count, metavar="N", help="channels left in the pruned groups")
     t.add_argument("--target-params", type=_count, metavar="N", help="parameters of the compressed model")
     t.add_argument("--target-macs", type=_count, metavar="N", help="MACs (batch 1) of the compressed model")
+    t.add_argument("--target-params-ratio", type=float, metavar="R",
+                   help="parameters of the compressed model as a fraction of the unpruned model's, in (0, 1)")
+    t.add_argument("--target-macs-ratio", type=float, metavar="R",
+                   help="MACs of the compressed model as a fraction of the unpruned model's, in (0, 1)")
     t.add_argument("--target-latency-ms", type=float, metavar="MS",
-                   help="measured median latency of the compressed model (eager, see --latency-batch)")
-    g.add_argument("--latency-batch", type=int, default=1, metavar="B", help="batch size of latency targets")
+                   help="measured median latency of the compressed model (eager, see --latency-batch-size)")
+    g.add_argument("--latency-batch-size", type=int, default=1, metavar="B", help="batch size of latency targets")
+    from prunelab.cli.common import add_alias
+
+    add_alias(g, "--latency-batch", "--latency-batch-size")
     g.add_argument("--latency-threads", type=int, default=None, metavar="T",
                    help="CPU threads of latency targets (default: torch's current count)")
     g.add_argument("--latency-device", default="cpu", metavar="DEVICE",
                    help="device of latency targets: cpu, cuda, cuda:N (default: cpu)")
-    g.add_argument("--fisher-beta", type=float, default=0.0, metavar="BETA",
-                   help="cost term of --criterion fisher: score - BETA x cost freed (Theis et al.; default 0 as "
-                        "the seeds)")
-    g.add_argument("--fisher-cost", choices=("macs", "params"), default="macs",
-                   help="what --fisher-beta charges (default: macs)")
-    g.add_argument("--round-to", type=int, default=None, metavar="K",
-                   help="keep every group's width a multiple of K (8 or 16 suit most CPUs and GPUs)")
-    g.add_argument("--min-channels", type=_min_channels, default=None, metavar="N|FRACTION",
-                   help="the fewest channels (heads, for attention) every group keeps: a whole number, or a "
-                        "fraction of each group's width such as 0.25 (default: 1, or 0 where a block may vanish)")
-    g.add_argument("--finetune-steps", type=int, default=0, metavar="S",
-                   help="iterative: keep fine-tuning S steps after the target is reached (default: 0)")
+    add_flags(g, StructuredConfig, ["fisher_beta", "fisher_cost", "round_to", "min_channels"])
+    g.add_argument("--allow-miss", action="store_true",
+                   help="write the model even when training ended before the target was reached (default: a "
+                        "missed target is an error, exit 2, nothing written)")
+    add_flags(g, StructuredConfig, ["finetune_steps"])
     g.add_argument("--checkpoint-every-prunes", type=int, default=None, metavar="N",
                    help="iterative: write the compressed model and its plan every N prunes next to --out "
                         "(PATH.pruneN.pt; the seeds keep every 100)")
@@ -113,30 +110,41 @@ def _count(text: str) -> int:
     return int(value)
 
 
-def _min_channels(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0 or (value >= 1 and value != int(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1 or a fraction in (0, 1)")
-    return int(value) if value >= 1 else value
+#: ratio flags -> the size they are a fraction of (of the unpruned model, counted as the study counts)
+RATIO_TARGETS = {"target_params_ratio": "params", "target_macs_ratio": "macs"}
 
 
-def _target(args):
+def _target(args, model=None, input_shape=None):
+    """The target of the flags. A ratio becomes a count of ``model`` (the unpruned one) at
+    ``input_shape``, as a study's ``params_ratio`` / ``macs_ratio`` does; without a model it is only
+    checked (and stands in as its own value)."""
     from prunelab.prune.structured import Target
 
+    latency = {"latency_batch": args.latency_batch_size, "latency_threads": args.latency_threads,
+               "latency_device": args.latency_device}
+    for dest, kind in RATIO_TARGETS.items():
+        ratio = getattr(args, dest, None)
+        if ratio is None:
+            continue
+        if not 0 < ratio < 1:
+            raise PrunelabError(f"--{dest.replace('_', '-')} must be in (0, 1), got {ratio}")
+        if model is None:
+            return Target(kind, ratio, **latency)
+        from prunelab.measure import count_macs, count_params
+
+        base = count_params(model).params if kind == "params" else count_macs(model, tuple(input_shape))
+        return Target(kind, float(int(round(ratio * base))), **latency)
     for kind, value in (("channels", args.target_channels), ("params", args.target_params),
                         ("macs", args.target_macs), ("latency_ms", args.target_latency_ms)):
         if value is not None:
-            return Target(kind, value, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
-                          latency_device=args.latency_device)
-    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs or "
-                        "--target-latency-ms")
+            return Target(kind, value, **latency)
+    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs, "
+                        "--target-params-ratio, --target-macs-ratio or --target-latency-ms")
 
 
-def structured_config(args):
-    """The :class:`~prunelab.prune.structured.StructuredConfig` of the parsed flags."""
+def structured_config(args, model=None, input_shape=None):
+    """The :class:`~prunelab.prune.structured.StructuredConfig` of the parsed flags (ratio targets
+    turned into counts of ``model``, see :func:`_target`)."""
     from prunelab.prune.structured import StructuredConfig
 
     given = args.prune_every is not None and not isinstance(args.prune_every, _NotGiven)
@@ -144,21 +152,11 @@ def structured_config(args):
     return StructuredConfig(
         criterion=args.criterion, scope=args.scope, exclude=tuple(args.exclude or ()),
         schedule="oneshot" if args.oneshot else "iterative", prune_every=every,
-        channels_per_prune=args.channels_per_prune, target=_target(args), fisher_beta=args.fisher_beta,
+        channels_per_prune=args.channels_per_prune, target=_target(args, model, input_shape),
+        fisher_beta=args.fisher_beta,
         fisher_cost=args.fisher_cost, round_to=args.round_to, finetune_steps=args.finetune_steps,
         checkpoint_every=args.checkpoint_every_prunes, seed=args.seed,
         min_channels=getattr(args, "min_channels", None)).validate()
-
-
-def _acc(metrics: dict | None) -> float | None:
-    return None if metrics is None else metrics.get("acc")
-
-
-def _sizes(model, input_shape) -> dict[str, int]:
-    from prunelab.prune.structured.cost import model_size
-
-    params, macs = model_size(model, input_shape)
-    return {"params": params, "macs": macs}
 
 
 def _print_coverage(pruner) -> None:
@@ -173,21 +171,17 @@ def _print_coverage(pruner) -> None:
 
 
 def run(args) -> int:
-    from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.cli.common import (
-        check_recorded_classes,
-        check_tracker_args,
-        data_from_args,
         data_meta,
         emit_json,
-        fit_overrides,
+        load_model_and_data,
+        print_written,
         track_command,
         train_config_from_args,
     )
     from prunelab.io import atomic_write_json, check_writable
+    from prunelab.protocols.structured import run_channel_pruning
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
-    from prunelab.train import Trainer, evaluate, resolve_device
-    from prunelab.train.progress import stage
 
     train_config = train_config_from_args(args)
     cfg = structured_config(args)
@@ -203,80 +197,40 @@ def run(args) -> int:
     if args.pretrain_epochs is not None and args.pretrain_epochs < 0:
         raise PrunelabError(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
 
-    check_tracker_args(args)
-    data = data_from_args(args, seed=args.seed)
-    torch.manual_seed(train_config.seed)
-    is_checkpoint = is_checkpoint_path(args.model)
-    loaded = model_or_checkpoint(args.model, **({} if is_checkpoint else fit_overrides(args.model, data)))
+    loaded, data, is_checkpoint = load_model_and_data(args, train_config.seed)
     model, spec = loaded.model, loaded.spec
-    check_recorded_classes(loaded, data, args.model)
     from prunelab.prune.unstructured.masks import carries_masks
 
     if carries_masks(model.state_dict()):
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
     input_shape = tuple(data.input_shape)
-    device = resolve_device(train_config.device)
+    if any(getattr(args, dest, None) is not None for dest in RATIO_TARGETS):
+        cfg = structured_config(args, model, input_shape)
     pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)
-
     pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
                                                                               train_config.epochs)
     _print_coverage(pruner)
-    summary: dict[str, Any] = {
-        "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
-        "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,
-        "skipped_groups": pruner.groups.skipped, "accuracy": {},
-    }
-    if pretrain > 0:
-        pruner.detach()
-        dense_config = replace(train_config, epochs=pretrain, checkpoint=None, resume=False)
-        with stage(f"dense pre-training ({pretrain} epochs)"):
-            Trainer(model, data, dense_config).fit()
-        pruner.masks.attach()
-    summary["accuracy"]["before"] = _acc(evaluate(model, data))
-    before = pruner.initial
-
     written: list[str] = []
 
     def checkpoint(p) -> None:
         path = out.with_name(f"{out.stem}.prune{p.prunes}{out.suffix}")
-        small = p.compress()
-        save_pruned(path, small, p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
-                                                 **data_meta(data)})
+        save_pruned(path, p.compress(), p.plan(), meta={"prunes": p.prunes, "structured": cfg.to_dict(),
+                                                        **data_meta(data)})
         written.append(str(path))
 
-    steps = 0
-    curves: list[dict] = []
+    outcome = run_channel_pruning(pruner, data, train_config, pretrain_epochs=pretrain,
+                                  on_checkpoint=checkpoint if cfg.checkpoint_every else None)
+    small, before, after, reached = outcome.model, outcome.before, outcome.after, outcome.reached
+    summary: dict[str, Any] = {
+        "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
+        "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,
+        "skipped_groups": pruner.groups.skipped, "accuracy": {"before": outcome.acc_dense},
+    }
     if cfg.schedule == "oneshot":
-        model.to(device)
-        pruner.prune_oneshot(data, batch_size=train_config.batch_size, device=device)
-        small = pruner.compress()
-        summary["accuracy"]["pruned"] = _acc(evaluate(small, data))
-        pruner.detach()
-        if train_config.epochs > 0:
-            trainer = Trainer(small, data, train_config)
-            with stage("fine-tuning the compressed model"):
-                curves += trainer.fit().history
-            steps = trainer.step
-    else:
-        callback = pruner.callback(checkpoint if cfg.checkpoint_every else None)
-        trainer = Trainer(model, data, train_config, callbacks=[callback])
-        with stage(f"fine-tuning and pruning {cfg.channels_per_prune} channel(s) every {cfg.prune_every} steps "
-                   f"({cfg.criterion}) to {cfg.target.describe()}"):
-            curves += trainer.fit().history
-        steps = trainer.step
-        small = pruner.compress()
-        pruner.detach()
-    small.eval()
-
-    reached = pruner.reached() if cfg.target.kind != "latency_ms" else None
-    after = {"channels": pruner.masks.remaining, **_sizes(small, input_shape)}
-    if cfg.target.kind == "latency_ms":
-        from prunelab.prune.structured.targets import measure_latency_ms
-
-        after["latency_ms"] = measure_latency_ms(small, input_shape, cfg.target)
-        reached = cfg.target.met(after["latency_ms"])
-    summary["accuracy"]["after"] = _acc(evaluate(small, data))
+        summary["accuracy"]["pruned"] = outcome.pruning.acc_pruned
+    summary["accuracy"]["after"] = outcome.acc
+    steps, curves = outcome.steps, outcome.curves
     summary.update(
         target={**cfg.target.to_dict(), "reached": bool(reached)},
         channels={"before": before["channels"], "after": after["channels"]},
@@ -287,14 +241,19 @@ def run(args) -> int:
     )
     if "latency_ms" in after:
         summary["latency_ms"] = after["latency_ms"]
-    plan = pruner.plan()
+    plan = outcome.pruning.plan
     try:
         summary["compressed_spec"] = spec_of_compressed(plan).to_dict()
     except PrunelabError:
         summary["compressed_spec"] = None
     if not reached:
-        sys.stderr.write(f"prunelab prune: warning: target {cfg.target.describe()} not reached "
-                         f"(training ended after {steps} steps; raise --epochs or --max-steps)\n")
+        why = (f"target {cfg.target.describe()} not reached (training ended after {steps} steps at "
+               f"{after['params']:,} params, {after['macs']:,} MACs; raise --epochs or --max-steps")
+        if not args.allow_miss:
+            for path in written:  # nothing of a failed prune stays behind
+                Path(path).unlink(missing_ok=True)
+            raise PrunelabError(f"{why}, or give --allow-miss to keep the model anyway)")
+        sys.stderr.write(f"prunelab prune: warning: {why})\n")
     collapsed = [g for g in summary["groups"] if g["after"] <= 1 < g["before"] // 4]
     if collapsed:
         listed = ", ".join(f"{g['group']} {g['before']} -> {g['after']}" for g in collapsed[:4])
@@ -308,6 +267,7 @@ def run(args) -> int:
                                              "target": summary["target"]})
         summary["checkpoints"] = written
         atomic_write_json(out.with_suffix(".json"), summary)
+        print_written("prune", *written, out, out.with_suffix(".json"))
     acc = summary["accuracy"]
     track_command(args, out.stem if out is not None else f"{args.model}-{cfg.criterion}", summary, curves,
                   {"acc": acc.get("after"), "acc_pruned": acc.get("pruned"), "acc_dense": acc.get("before"),

@@ -2,7 +2,7 @@
 
 Example::
 
-    prunelab reduce --model wrn-16-2 --data digits --mode width --params 20000 --epochs 5 --out runs/red
+    prunelab reduce --model wrn-16-2 --data digits --mode width --target-params 20000 --epochs 5 --out runs/red
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 from prunelab.cli.common import (
+    add_alias,
     add_data_arguments,
     add_model_argument,
     add_train_arguments,
     emit_json,
     model_from_args,
+    print_written,
     train_config_from_args,
 )
 from prunelab.errors import PrunelabError
@@ -23,16 +25,24 @@ from prunelab.train.progress import stage
 
 
 def add_target_arguments(parser, *, latency: bool = True, many: bool = False) -> None:
-    """``--params N`` / ``--macs N`` (/ ``--latency-ms MS``): the size to hit (one metric)."""
+    """``--target-params N`` / ``--target-macs N`` (/ ``--target-latency-ms MS``): the size to hit (one
+    metric), spelled as in ``prunelab prune``; the old ``--params`` / ``--macs`` / ``--latency-ms`` still
+    work, with a note."""
     g = parser.add_argument_group("target (one of)")
     nargs = "+" if many else None
-    g.add_argument("--params", nargs=nargs, metavar="N", help="parameter count (e.g. 20000, 1.5M)")
-    g.add_argument("--macs", nargs=nargs, metavar="N", help="MACs at batch 1 (e.g. 2.5M)")
+    g.add_argument("--target-params", dest="params", nargs=nargs, metavar="N",
+                   help="parameter count (e.g. 20000, 1.5M)")
+    g.add_argument("--target-macs", dest="macs", nargs=nargs, metavar="N", help="MACs at batch 1 (e.g. 2.5M)")
+    add_alias(g, "--params", "--target-params")
+    add_alias(g, "--macs", "--target-macs")
     if latency:
-        g.add_argument("--latency-ms", nargs=nargs, metavar="MS", help="median latency measured on --latency-device")
-        g.add_argument("--latency-device", default="cpu")
-        g.add_argument("--latency-batch-size", type=int, default=1)
-        g.add_argument("--latency-threads", type=int, default=None)
+        g.add_argument("--target-latency-ms", dest="latency_ms", nargs=nargs, metavar="MS",
+                       help="median latency measured on --latency-device")
+        add_alias(g, "--latency-ms", "--target-latency-ms")
+        g.add_argument("--latency-device", default="cpu", help="device of latency targets: cpu, cuda, cuda:N")
+        g.add_argument("--latency-batch-size", type=int, default=1, help="batch size of latency targets")
+        g.add_argument("--latency-threads", type=int, default=None,
+                       help="CPU threads of latency targets (default: torch's current count)")
     g.add_argument("--tol", type=float, default=0.02, help="relative tolerance of the target (default 0.02)")
     g.add_argument("--round-to", type=int, default=1, metavar="K",
                    help="round widths to a multiple of K (8 or 16 for hardware-friendly widths)")
@@ -50,7 +60,7 @@ def targets_from_args(args) -> list:
         for v in values if isinstance(values, list) else [values]:
             found.append(Target(metric, parse_number(v)))
     if len({t.metric for t in found}) > 1:
-        raise PrunelabError("give targets in one metric only: --params, --macs or --latency-ms")
+        raise PrunelabError("give targets in one metric only: --target-params, --target-macs or --target-latency-ms")
     return found
 
 
@@ -103,7 +113,7 @@ def run(args) -> int:
     if args.mode == "depth" and args.multiplier is not None:
         raise PrunelabError("--multiplier goes with --mode width or bottleneck; use --depth with depth")
     if len(targets) > 1 or (targets and fixed is not None) or (not targets and fixed is None):
-        raise PrunelabError("give exactly one of --params, --macs, --latency-ms, or a fixed "
+        raise PrunelabError("give exactly one of --target-params, --target-macs, --target-latency-ms, or a fixed "
                             f"{'--depth' if args.mode == 'depth' else '--multiplier'}")
     config = train_config_from_args(args)
     latency = latency_options_from_args(args) if targets and targets[0].metric == "latency" else None
@@ -126,6 +136,8 @@ def run(args) -> int:
                                   "dense_arch": result.base.to_dict(), "summary": summary})
         summary["checkpoint"] = str(ckpt)
     write_summary(out / "summary.json", summary)
+    print_written("reduce", *([summary["checkpoint"]] if summary.get("checkpoint") else []),
+                  *([summary["gates_file"]] if summary.get("gates_file") else []), out / "summary.json")
     if args.json:
         emit_json(summary)
     else:

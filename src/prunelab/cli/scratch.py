@@ -10,7 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prunelab.cli.common import add_data_arguments, add_train_arguments, emit_json, train_config_from_args
+from prunelab.cli.common import (
+    add_alias,
+    add_data_arguments,
+    add_train_arguments,
+    emit_json,
+    print_written,
+    train_config_from_args,
+)
 from prunelab.cli.reduce import add_output_arguments, load_data
 from prunelab.errors import PrunelabError
 from prunelab.train.progress import stage
@@ -20,8 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="pruned checkpoint (.pt) or structured plan (.json)")
     parser.add_argument("--budget", choices=("E", "B"), default="B",
                         help="E: --epochs (the dense model's); B: --epochs x dense MACs / pruned MACs (default)")
-    parser.add_argument("--dense", default=None, metavar="MODEL",
+    parser.add_argument("--base", dest="dense", default=None, metavar="MODEL",
                         help="the dense model (zoo name) for Scratch-B when the source does not record it")
+    add_alias(parser, "--dense", "--base")
     parser.add_argument("--init", choices=("family", "constructor"), default="family",
                         help="family: the family's init for the actual layer sizes (default); constructor: keep "
                              "a plan's slices of a full-width init (pytorch-prunes)")
@@ -53,7 +61,7 @@ def run(args) -> int:
     config = train_config_from_args(args)
     arch = pruned_architecture(read_source(args.source), args.dense)
     if args.budget == "B" and arch.dense is None:
-        raise PrunelabError("Scratch-B needs the dense model the architecture was pruned from: pass --dense MODEL")
+        raise PrunelabError("Scratch-B needs the dense model the architecture was pruned from: pass --base MODEL")
     if getattr(args, "given", None) is not None and "epochs" not in args.given:
         raise PrunelabError(f"give --epochs: the dense model's training epochs (Scratch-{args.budget} "
                             + ("trains that long)" if args.budget == "E" else "scales them by the MACs ratio)"))
@@ -67,6 +75,8 @@ def run(args) -> int:
                               "dense_arch": result.dense.to_dict() if result.dense else None, "summary": summary})
     summary["checkpoint"] = str(ckpt)
     write_summary(out / "summary.json", summary)
+    print_written("scratch", *([summary["checkpoint"]] if summary.get("checkpoint") else []),
+                  *([summary["gates_file"]] if summary.get("gates_file") else []), out / "summary.json")
     if args.json:
         emit_json(summary)
     else:

@@ -32,6 +32,7 @@ from prunelab.cli.common import (
     fit_overrides,
     loss_for_data,
     model_from_args,
+    print_written,
     track_command,
     train_config_from_args,
 )
@@ -110,11 +111,6 @@ def run(args) -> int:
     if config.loss == "cross-entropy":  # other losses read other outputs (next-token: (N, T, V) logits)
         check_model_fits(model, tuple(trained_on) if trained_on else input_shape_of(spec), data, args.model)
     trainer = Trainer(model, data, config)
-    if trainer.world_size > 1:
-        sys.stdout.write(f"data-parallel on {trainer.world_size} processes: global batch {trainer.global_batch_size} "
-                         f"({config.batch_size} per process), {trainer.feed.n_per_rank} samples per process per "
-                         f"epoch\n")
-        sys.stdout.flush()
     with stage(f"training {args.model} on {data.name}"):
         result = trainer.fit()
     model = model.cpu().eval()
@@ -140,6 +136,7 @@ def run(args) -> int:
     }
     meta = {k: v for k, v in summary.items() if k not in ("arch", "out")}
     save_checkpoint(args.out, arch=spec.to_dict(), state_dict=model.state_dict(), plan=loaded.plan, meta=meta)
+    print_written("train", args.out)
     metrics = {"acc": final.get("test_acc"), "loss": final.get("test_loss"), "val_acc": final.get("val_acc"),
                "val_loss": final.get("val_loss"), "params": summary.get("params"), "macs": summary.get("macs"),
                "steps": final.get("step"), "time_s": final.get("time")}

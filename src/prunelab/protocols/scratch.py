@@ -94,7 +94,7 @@ def pruned_architecture(source: Any, dense: str | ArchSpec | dict | None = None)
                 diff = {k: (ours.get(k), theirs.get(k)) for k in sorted(set(ours) | set(theirs))
                         if ours.get(k) != theirs.get(k)}
                 raise PrunelabError(f"dense model {dense} differs from the one {arch.source} was pruned from "
-                                    f"((--dense, recorded) {diff}); leave --dense out to use the recorded one")
+                                    f"((--base, recorded) {diff}); leave --base out to use the recorded one")
             return arch  # the recorded dense model, already fitted to the data it was trained on
         arch.dense = dense_spec
     return arch
@@ -232,7 +232,7 @@ def train_from_scratch(source: Any, data: DataBundle, config, *, budget: str = "
     if budget == "B":
         if dense_macs is None:
             raise PrunelabError("Scratch-B needs the dense model the architecture was pruned from: pass dense=NAME "
-                                "(--dense), or a checkpoint or plan that records it")
+                                "(--base), or a checkpoint or plan that records it")
         factor = scratch_b_factor(dense_macs, macs)
         config = scale_schedule(config, factor)
     model, result = build_and_train(spec, data, config, plan=arch.plan, init=init, callbacks=callbacks)

@@ -34,6 +34,17 @@ class Param:
     valid: str = ""
 
 
+def schema_params(cls, names) -> dict[str, Param]:
+    """Study parameters from a config dataclass's field declarations (:mod:`prunelab.schema`): the
+    same names, defaults and checks as the config and its command-line flags, so a setting is
+    declared once."""
+    from prunelab.schema import specs, yaml_default
+
+    table = specs(cls)
+    return {name: Param(yaml_default(table[name][1]), table[name][0].accepts, table[name][0].describe())
+            for name in names}
+
+
 def is_int(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         if v is None:
@@ -188,14 +199,6 @@ def layers_against(model: nn.Module, base: nn.Module, input_shape: tuple[int, ..
                      "sparsity": 1.0 - kept / row.weight_numel, "macs_dense": row.macs_dense,
                      "macs_sparse": mine.macs_sparse if mine is not None else 0})
     return rows
-
-
-def evaluate_final(model: nn.Module, data) -> dict[str, Any]:
-    """Test and validation loss / accuracy of ``model``, shaped like a trainer's final row."""
-    from prunelab.train import evaluate
-
-    test, val = evaluate(model, data, "test"), evaluate(model, data, "val")
-    return {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"], "val_loss": val["loss"]}
 
 
 def trained_output(ctx: RunContext, run: RunConfig, model: nn.Module, base: nn.Module, data, result,

@@ -28,6 +28,36 @@ def env_world_size() -> int:
         return 1
 
 
+#: how a command's ``--batch-size`` and ``--lr`` are read under torchrun (see :func:`scale_for_world`)
+BATCH_SCALINGS = ("keep-global", "scale-lr")
+
+
+def scale_for_world(config, world: int, scaling: str = "keep-global"):
+    """The per-process training config of a command run on ``world`` data-parallel processes.
+
+    ``keep-global`` (the default): ``config.batch_size`` is the global batch; each process takes
+    ``batch_size / world`` samples a step, so the run takes the steps, batches and learning rates of
+    the single-process run (the batch must divide by ``world``). ``scale-lr``: each process takes
+    ``batch_size`` samples (global batch ``batch_size x world``, ``world`` times fewer steps) and the
+    learning rate is scaled by ``world``, the linear scaling rule of Goyal et al. (2017, sec. 2.1).
+    Unchanged for one process.
+    """
+    from dataclasses import replace
+
+    from prunelab.errors import PrunelabError, unknown_choice
+
+    if scaling not in BATCH_SCALINGS:
+        raise unknown_choice("batch scaling", scaling, BATCH_SCALINGS)
+    if world <= 1:
+        return config
+    if scaling == "scale-lr":
+        return replace(config, lr=config.lr * world)
+    if config.batch_size % world:
+        raise PrunelabError(f"--batch-size {config.batch_size} does not split over {world} processes "
+                            f"(--batch-scaling keep-global); use a multiple of {world}, or --batch-scaling scale-lr")
+    return replace(config, batch_size=config.batch_size // world)
+
+
 def is_distributed() -> bool:
     """True inside an initialised process group with more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from prunelab.errors import PrunelabError, check_choice
+from prunelab.errors import PrunelabError
 from prunelab.models.inputs import as_input_spec
 from prunelab.prune.structured.compress import compress
 from prunelab.prune.structured.cost import CostModel
@@ -37,6 +37,7 @@ from prunelab.prune.structured.plan import make_plan
 from prunelab.prune.structured.schedule import IterativePruning
 from prunelab.prune.structured.select import removal_order, select
 from prunelab.prune.structured.targets import Target, measure_latency_ms
+from prunelab.schema import check_fields, option
 from prunelab.train.progress import stage
 
 SCHEDULES = ("iterative", "oneshot")
@@ -58,45 +59,43 @@ class StructuredConfig:
     one channel (or none for a group that may vanish).
     """
 
-    criterion: str = "fisher"
-    scope: str = "internal"
-    exclude: tuple[str, ...] = ()
-    schedule: str = "iterative"
-    prune_every: int = 100
-    channels_per_prune: int = 1
+    criterion: str = option("fisher", "channel score: a registered criterion (prunelab.prune.structured."
+                                      "criterion_names())", choices=criterion_names)
+    scope: str = option("internal", "internal: channels inside residual/dense blocks only (the seeds); all: every "
+                                    "group, residual streams pruned jointly", choices=SCOPES)
+    exclude: tuple[str, ...] = option((), "keep the output width of layers whose path or class name matches a glob",
+                                      metavar="PATTERN")
+    schedule: str = option("iterative", "iterative: prune while fine-tuning (Crowley et al.); oneshot: remove to "
+                                        "the target at once, then fine-tune the compressed model",
+                           choices=SCHEDULES)
+    prune_every: int = option(100, "training steps between prunes (and batches of a one-shot data pass)", lo=1,
+                              metavar="K", valid="a number of steps K >= 1")
+    channels_per_prune: int = option(1, "channels removed at each prune", lo=1, metavar="N",
+                                     valid="a number of channels >= 1")
     target: Target | None = None
-    fisher_beta: float = 0.0
-    fisher_cost: str = "macs"
-    round_to: int | None = None
-    finetune_steps: int = 0
-    checkpoint_every: int | None = None
+    fisher_beta: float = option(0.0, "cost term of criteria that take one (fisher): score - BETA x cost freed "
+                                     "(Theis et al. eq. 7; 0 as the reference code)", lo=0, metavar="BETA",
+                                valid="a cost weight >= 0 (0 = reference code)")
+    fisher_cost: str = option("macs", "what --fisher-beta charges", choices=COST_METRICS)
+    round_to: int | None = option(None, "keep every group's width a multiple of K (8 or 16 suit most CPUs and GPUs)",
+                                  kind=int, lo=1, optional=True, metavar="K",
+                                  valid="a whole number of channels >= 1 (e.g. 8 or 16)")
+    finetune_steps: int = option(0, "iterative: keep fine-tuning S steps after the target is reached", lo=0,
+                                 metavar="S")
+    checkpoint_every: int | None = option(None, "iterative: call the checkpoint hook every N prunes", kind=int,
+                                          lo=1, optional=True, metavar="N")
     seed: int = 0
-    min_channels: float | None = None
+    min_channels: float | None = option(None, "the fewest channels (heads, for attention) every group keeps: a "
+                                              "whole number, or a fraction of each group's width such as 0.25 "
+                                              "(default: 1, or 0 where a block may vanish)", kind=float,
+                                        optional=True, lo=0, lo_open=True, rule=lambda v: v < 1 or v == int(v),
+                                        metavar="N|FRACTION",
+                                        valid="a whole number >= 1 or a fraction in (0, 1) of each group's width")
 
     def validate(self) -> StructuredConfig:
-        check_choice("criterion", self.criterion, criterion_names())
-        check_choice("scope", self.scope, SCOPES)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("fisher cost", self.fisher_cost, COST_METRICS)
-        if self.prune_every < 1:
-            raise PrunelabError(f"prune-every must be >= 1 step, got {self.prune_every}")
-        if self.channels_per_prune < 1:
-            raise PrunelabError(f"channels-per-prune must be >= 1, got {self.channels_per_prune}")
-        if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
-                                          or self.round_to < 1):
-            raise PrunelabError(f"round-to must be a whole number of channels >= 1 (e.g. 8 or 16), got "
-                                f"{self.round_to!r}")
-        if self.fisher_beta < 0:
-            raise PrunelabError(f"fisher-beta must be >= 0, got {self.fisher_beta}")
-        if self.finetune_steps < 0:
-            raise PrunelabError(f"finetune-steps must be >= 0, got {self.finetune_steps}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise PrunelabError(f"checkpoint-every must be >= 1 prune, got {self.checkpoint_every}")
-        m = self.min_channels
-        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0
-                              or (m >= 1 and m != int(m))):
-            raise PrunelabError(f"min-channels must be a whole number >= 1 or a fraction in (0, 1) of each "
-                                f"group's width, got {m!r}")
+        check_fields(self)
+        if isinstance(self.min_channels, float) and self.min_channels >= 1:
+            self.min_channels = int(self.min_channels)  # "2" on the command line is 2 channels, as in YAML
         if self.fisher_beta and not get_criterion(self.criterion).cost_term:
             takes = " / ".join(n for n in criterion_names() if get_criterion(n).cost_term)
             raise PrunelabError(f"fisher-beta applies to --criterion {takes} only")

@@ -26,6 +26,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, unknown_choice
 from prunelab.models.common import CONV_TYPES, is_conv1d
+from prunelab.schema import option
 
 #: module-type names accepted by ``include_types``
 LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
@@ -69,12 +70,19 @@ class LayerSelection:
     candidate layer is an error, so a typo never silently prunes everything.
     """
 
-    include_types: tuple[str, ...] = ("conv", "linear")
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    keep_first_dense: bool = False
-    keep_last_dense: bool = False
-    include_embeddings: bool = False
+    include_types: tuple[str, ...] = option(("conv", "linear"), "module types considered for pruning "
+                                            "(linear includes Hugging Face Conv1D)",
+                                            choices=lambda: sorted(LAYER_TYPES), metavar="TYPE",
+                                            valid="a list of layer types (conv, conv1d, conv2d, conv3d, linear)")
+    include: tuple[str, ...] = option((), "prune only layers whose module path matches one of these globs",
+                                      metavar="PATTERN", valid="a list of layer name patterns")
+    exclude: tuple[str, ...] = option((), "leave layers whose module path matches one of these globs dense",
+                                      metavar="PATTERN", valid="a list of layer name patterns")
+    keep_first_dense: bool = option(False, "leave the first Conv/Linear layer dense")
+    keep_last_dense: bool = option(False, "leave the last Conv/Linear layer dense")
+    include_embeddings: bool = option(False, "also prune a weight tied to an nn.Embedding (an LM head sharing "
+                                      "the input embedding; counted and masked once). Default: embeddings "
+                                      "stay dense")
 
     def to_dict(self) -> dict:
         d = {

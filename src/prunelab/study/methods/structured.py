@@ -35,6 +35,7 @@ from typing import Any
 
 from prunelab.errors import PrunelabError
 from prunelab.protocols.build import data_inputs
+from prunelab.protocols.finetune import fine_tune
 from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
 from prunelab.study.method_tools import (
@@ -42,17 +43,15 @@ from prunelab.study.method_tools import (
     Param,
     architecture_metrics,
     check_finetune,
-    evaluate_final,
     finetune_config,
     fresh_model,
     is_bool,
     is_int,
     is_mapping,
-    is_names,
     is_number,
     layers_against,
-    one_of,
     resolve_params,
+    schema_params,
     size_target,
     sizes,
     trained_output,
@@ -76,42 +75,44 @@ def _is_size_target(v: Any) -> bool:
     return t is not None and next(iter(t)) in SIZE_TARGETS
 
 
-_COMMON = {
-    "scope": Param("internal", one_of("internal", "all"), "one of internal, all"),
-    "exclude": Param([], is_names, "a list of layer name or type patterns"),
-    "schedule": Param("iterative", one_of("iterative", "oneshot"), "one of iterative, oneshot"),
-    "prune_every": Param(100, is_int(1), "a number of steps K >= 1"),
-    "channels_per_prune": Param(1, is_int(1), "a number of channels >= 1"),
-    "round_to": Param(None, is_int(1, optional=True), "null or a channel multiple >= 1 (e.g. 8 or 16)"),
-    "finetune": Param({}, is_mapping, "a mapping of training settings applied on top of the study's 'train'"),
-    "finetune_epochs": Param(None, is_int(0, optional=True),
-                             "null (0 iterative, the dense epochs one-shot) or a number of epochs >= 0"),
-    "profile_target": Param(None, _is_size_target,
-                            f"null (the run's own target) or a target with one of the keys {', '.join(SIZE_TARGETS)}"),
-    "profile_round_to": Param(1, is_int(1), "a channel multiple >= 1"),
-    "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
-    "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
-    "min_channels": Param(None, lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                         and v > 0 and (v < 1 or v == int(v))),
-                          "null, a whole number of channels >= 1 or a fraction in (0, 1) of each group's width"),
-}
-_COST_TERM = {"fisher_beta": Param(0.0, is_number(0.0), "a cost weight >= 0 (0 = reference code)"),
-              "fisher_cost": Param("macs", one_of("macs", "params"), "one of macs, params")}
-_KIND_PARAMS = {
-    "fisher": {**_COMMON, **_COST_TERM},
-    "l1": {**_COMMON, "signed": Param(False, is_bool, "true or false (the reference code's signed filter sum)")},
-    "bn-scale": dict(_COMMON),
-    "random-channel": dict(_COMMON),
+def _common() -> dict[str, Param]:
+    """The parameters every structured kind takes: the pruning settings of
+    :class:`~prunelab.prune.structured.StructuredConfig` (declared there once), then the protocols'."""
+    from prunelab.prune.structured import StructuredConfig
+
+    return {
+        **schema_params(StructuredConfig, ("scope", "exclude", "schedule", "prune_every", "channels_per_prune",
+                                           "round_to", "min_channels")),
+        "finetune": Param({}, is_mapping, "a mapping of training settings applied on top of the study's 'train'"),
+        "finetune_epochs": Param(None, is_int(0, optional=True),
+                                 "null (0 iterative, the dense epochs one-shot) or a number of epochs >= 0"),
+        "profile_target": Param(None, _is_size_target, f"null (the run's own target) or a target with one of the "
+                                                       f"keys {', '.join(SIZE_TARGETS)}"),
+        "profile_round_to": Param(1, is_int(1), "a channel multiple >= 1"),
+        "tol": Param(0.02, is_number(0.0, 1.0, lo_open=True, hi_open=True), "a relative tolerance in (0, 1)"),
+        "checkpoint": Param(True, is_bool, "true or false (keep the trained model in the run folder)"),
+    }
+
+
+def _cost_term() -> dict[str, Param]:
+    from prunelab.prune.structured import StructuredConfig
+
+    return schema_params(StructuredConfig, ("fisher_beta", "fisher_cost"))
+
+
+_KIND_EXTRA: dict[str, dict[str, Param]] = {
+    "l1": {"signed": Param(False, is_bool, "true or false (the reference code's signed filter sum)")},
 }
 
 
 def _params(kind: str) -> dict[str, Param]:
-    if kind != "structured":
-        return _KIND_PARAMS[kind]
-    from prunelab.prune.structured import criterion_names
+    if kind == "structured":
+        from prunelab.prune.structured import StructuredConfig
 
-    names = criterion_names()
-    return {"criterion": Param("fisher", one_of(*names), f"one of {', '.join(names)}"), **_COMMON, **_COST_TERM}
+        return {**schema_params(StructuredConfig, ("criterion",)), **_common(), **_cost_term()}
+    if kind == "fisher":
+        return {**_common(), **_cost_term()}
+    return {**_common(), **_KIND_EXTRA.get(kind, {})}
 
 
 def _resolve(run: RunConfig) -> RunConfig:
@@ -170,8 +171,8 @@ def _epoch_bound(data, config, channels: int, per_prune: int, every: int) -> int
 def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) -> Path:
     """The artifact folder of the prune of ``run``'s dense model to ``target``: ``model.pt`` (the
     compressed model, its plan and weights) and ``prune.json`` (history, accuracies, widths)."""
+    from prunelab.protocols.structured import prune_channels
     from prunelab.prune.structured import StructuredPruner, Target, save_pruned
-    from prunelab.train import Trainer, evaluate, resolve_device
 
     dense = dense_model(ctx, run, data)
     shape = data_inputs(data)
@@ -184,8 +185,6 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
         model = dense.model
         cfg = _structured_config(run, Target(metric, float(value)))
         pruner = StructuredPruner(model, cfg, shape, spec=dense.spec)
-        history: list[dict[str, Any]] = []
-        steps = 0
         ctx.progress(phase=f"pruning to {metric} {value:,}")
         if cfg.schedule == "iterative":
             bound = _epoch_bound(data, run.train_config(), pruner.groups.total_channels, cfg.channels_per_prune,
@@ -195,26 +194,18 @@ def shared_prune(ctx: RunContext, run: RunConfig, data, target: dict[str, Any]) 
             if "max_steps" not in run.params["finetune"]:
                 overrides["max_steps"] = None
             tcfg = finetune_config(run, **overrides)
-            callback = pruner.callback()
-            trainer = Trainer(model, data, tcfg, callbacks=[callback, ctx.callback("pruning")])
-            result = trainer.fit()
-            history, steps = list(result.history), int(trainer.step)
-            if callback.reached_at is None:
-                raise PrunelabError(f"pruning to {metric} {value:,} stopped after {steps} steps at "
-                                    f"{pruner.measure(exact=True)[metric]:,} {metric}; raise finetune max_steps "
-                                    f"or channels_per_prune")
         else:
             tcfg = finetune_config(run)
-            pruner.prune_oneshot(data, batch_size=tcfg.batch_size, device=resolve_device(tcfg.device))
-        small = pruner.compress()
-        pruner.detach()
-        plan = pruner.plan()
-        save_pruned(folder / "model.pt", small, plan, meta={"structured": cfg.to_dict(), "dense_acc":
-                                                            dense.final.get("test_acc")})
-        small.eval()
+        pruning = prune_channels(pruner, data, tcfg, callbacks=[ctx.callback("pruning")])
+        if cfg.schedule == "iterative" and pruning.reached_at is None:
+            raise PrunelabError(f"pruning to {metric} {value:,} stopped after {pruning.steps} steps at "
+                                f"{pruner.measure(exact=True)[metric]:,} {metric}; raise finetune max_steps "
+                                f"or channels_per_prune")
+        save_pruned(folder / "model.pt", pruning.model, pruning.plan,
+                    meta={"structured": cfg.to_dict(), "dense_acc": dense.final.get("test_acc")})
         atomic_write_json(folder / "prune.json", {
-            "acc_dense": dense.final.get("test_acc"), "acc_pruned": evaluate(small, data)["acc"],
-            "history": history, "prunes": len(pruner.history), "steps": steps,
+            "acc_dense": dense.final.get("test_acc"), "acc_pruned": pruning.acc_pruned,
+            "history": pruning.history, "prunes": len(pruner.history), "steps": pruning.steps,
             "channels_before": pruner.initial["channels"], "channels_after": pruner.masks.remaining,
             "widths": pruner.widths(), "target": {metric: value}})
 
@@ -290,19 +281,14 @@ def _fine_tuned(ctx: RunContext, run: RunConfig, data, loaded, record: dict, bas
                 artifacts: dict) -> RunOutput:
     """The pruned network itself, after ``finetune_epochs`` more epochs of fine-tuning."""
     from prunelab.prune.structured import save_pruned
-    from prunelab.train import Trainer
 
     shape = data_inputs(data)
     model = loaded.model
     curves = [{**row, "phase": "pruning"} for row in record["history"]]
     epochs = int(run.params["finetune_epochs"])
-    if epochs > 0:
-        result = Trainer(model, data, finetune_config(run, epochs=epochs), callbacks=[ctx.callback("finetune")]).fit()
-        offset = float(curves[-1]["epoch"]) if curves else 0.0
-        curves += [{**row, "epoch": offset + float(row["epoch"]), "phase": "finetune"} for row in result.history]
-        final = result.final
-    else:
-        final = evaluate_final(model, data)
+    final, history = fine_tune(model, data, finetune_config(run, epochs=epochs), callbacks=[ctx.callback("finetune")])
+    offset = float(curves[-1]["epoch"]) if curves else 0.0
+    curves += [{**row, "epoch": offset + float(row["epoch"]), "phase": "finetune"} for row in history]
     model.eval()
     metrics = final_metrics(final, data)
     metrics.update(architecture_metrics(model, base, shape, run))

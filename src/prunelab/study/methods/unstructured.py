@@ -30,25 +30,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.protocols.build import data_inputs
+from prunelab.protocols.finetune import accuracy, fine_tune
+from prunelab.prune.unstructured.selection import LayerSelection
 from prunelab.study.common import arch_spec, dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.context import RunContext
 from prunelab.study.method_tools import (
     Param,
     check_finetune,
-    evaluate_final,
     finetune_config,
     is_bool,
     is_int,
     is_mapping,
-    is_names,
     is_number,
     one_of,
     resolve_params,
+    schema_params,
 )
 from prunelab.study.run import RunConfig
 from prunelab.study.tasks import RunOutput, register
@@ -65,11 +65,7 @@ _COMMON = {
     "rounds": Param(3, is_int(1), "a number of iterative rounds >= 1"),
     "gradual": Param({}, lambda v: isinstance(v, dict) and set(v) <= _GRADUAL_KEYS,
                      f"a mapping with keys among {', '.join(sorted(_GRADUAL_KEYS))}"),
-    "keep_first_dense": Param(False, is_bool, "true or false"),
-    "keep_last_dense": Param(False, is_bool, "true or false"),
-    "include_types": Param(["conv", "linear"], is_names, "a list of layer types (conv, conv1d, conv2d, linear)"),
-    "include": Param([], is_names, "a list of layer name patterns"),
-    "exclude": Param([], is_names, "a list of layer name patterns"),
+    **schema_params(LayerSelection, ("keep_first_dense", "keep_last_dense", "include_types", "include", "exclude")),
     "reinit": Param("fresh", one_of("fresh", "original"), "one of fresh, original"),
     "budget_cap": Param(None, is_number(1.0, optional=True), "null or a factor >= 1 capping Scratch-B's epochs"),
     "checkpoint": Param(True, is_bool, "true or false (keep the pruned model in the run folder)"),
@@ -140,13 +136,9 @@ def _resolve(run: RunConfig) -> RunConfig:
     return run
 
 
-def _snip_batch(run: RunConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
-    size = run.params.get("batch_size") or int(run.train.get("batch_size", 128))
-    from prunelab.data import Feed
-
-    g = torch.Generator().manual_seed(int(run.seed))
-    idx = torch.randperm(len(data.train), generator=g)[:size]
-    return Feed(data).take("train", idx)
+def _snip_size(run: RunConfig) -> int:
+    """SNIP's batch: ``batch_size`` samples, default the training batch size."""
+    return int(run.params.get("batch_size") or int(run.train.get("batch_size", 128)))
 
 
 def _report_metrics(report) -> dict[str, Any]:
@@ -187,16 +179,6 @@ def _output(ctx: RunContext, run: RunConfig, model: nn.Module, spec, data, final
     return RunOutput(metrics=metrics, curves=curves, layers=layer_rows(model, shape), artifacts=artifacts)
 
 
-def _fine_tune(ctx: RunContext, model: nn.Module, data, config, phase: str = "finetune"):
-    """Train ``model`` with its masks held (the trainer enforces them); returns (final row, history)."""
-    from prunelab.train import Trainer
-
-    if config.epochs == 0 or config.max_steps == 0:
-        return evaluate_final(model, data), []
-    result = Trainer(model, data, config, callbacks=[ctx.callback(phase)]).fit()
-    return result.final, list(result.history)
-
-
 def _scratch(ctx: RunContext, run: RunConfig, pruned: nn.Module, spec, data, init_model: nn.Module | None):
     """Liu et al. (2019) for a sparse architecture: ``pruned``'s masks on fresh weights, trained with the
     study's recipe (Scratch-E) or for the dense compute (Scratch-B)."""
@@ -221,67 +203,76 @@ def _scratch(ctx: RunContext, run: RunConfig, pruned: nn.Module, spec, data, ini
         if run.params["budget_cap"] is not None:
             factor = min(factor, float(run.params["budget_cap"]))
         config = scale_schedule(config, factor)
-    final, history = _fine_tune(ctx, init_model, data, config, phase=run.protocol)
+    final, history = fine_tune(init_model, data, config, callbacks=[ctx.callback(run.protocol)])
     return init_model, final, history, {"budget_factor": factor, "epochs": config.epochs}
 
 
+def _pruning(run: RunConfig, config):
+    from prunelab.protocols.unstructured import WeightPruning
+    from prunelab.prune.unstructured.schedules import GradualSchedule
+
+    p = run.params
+    gradual = GradualSchedule(config.sparsity, **p["gradual"]) if p["schedule"] == "gradual" else None
+    return WeightPruning(config, p["schedule"], gradual, rounds=p["rounds"],
+                         snip_batch=_snip_size(run)).validate()
+
+
+def _pipeline_extra(result) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if result.gradual is not None:
+        extra["gradual_updates"] = len(result.gradual["updates"])
+    else:
+        extra["acc_pruned"] = result.acc_pruned
+    if result.rounds:
+        extra.update(train_steps=result.train_steps, train_epochs=result.train_epochs)  # every round's
+    return extra
+
+
 def unstructured(run: RunConfig, ctx: RunContext) -> RunOutput:
-    """One unstructured pruning run (see the module doc)."""
+    """One unstructured pruning run (see the module doc): the pipeline of
+    :func:`prunelab.protocols.unstructured.prune_weights` on the study's dense model (or, gradual and
+    SNIP at initialisation, on a fresh one), then the run's protocol."""
     from prunelab.protocols import build_model
+    from prunelab.protocols.unstructured import prune_weights, snip_batch
     from prunelab.prune.unstructured import prune
-    from prunelab.prune.unstructured.schedules import GradualPruning, GradualSchedule, prune_iterative
-    from prunelab.train import evaluate
 
     p = run.params
     data = load_data(run)
     shape = data_inputs(data)
     config = prune_config(run)
-    snip = run.kind == "snip"
+    pruning = _pruning(run, config)
+
+    def phase(name: str) -> list:
+        return [ctx.callback(name)]
 
     if p["schedule"] == "gradual":
-        from prunelab.train import Trainer
-
         dense_spec = arch_spec(run, data)
         model = build_model(dense_spec, seed=run.seed)
-        gradual = GradualPruning(config, GradualSchedule(config.sparsity, **p["gradual"]))
-        result = Trainer(model, data, run.train_config(), callbacks=[gradual, ctx.callback("gradual")]).fit()
-        extra = {"gradual_updates": len(gradual.history)}
-        return _output(ctx, run, model, dense_spec, data, result.final, list(result.history), gradual.last_report,
-                       extra)
+        result = prune_weights(model, data, pruning, run.train_config(), callbacks=phase)
+        return _output(ctx, run, model, dense_spec, data, result.final, result.curves, result.report,
+                       _pipeline_extra(result))
 
-    if snip and p["at"] == "init":
+    if run.kind == "snip" and p["at"] == "init":
         spec = arch_spec(run, data)
         model = build_model(spec, seed=run.seed)  # the dense model's own initial weights
-        report = prune(model, config, batch=_snip_batch(run, data), input_shape=shape, warn=False)
+        report = prune(model, config, batch=snip_batch(data, pruning.snip_batch, config.seed), input_shape=shape,
+                       warn=False)
         model, final, history, extra = _scratch(ctx, run, model, spec, data, init_model=model)
         return _output(ctx, run, model, spec, data, final, history, report, extra)
 
     dense = dense_model(ctx, run, data)
     model, spec = dense.model, dense.spec
     extra: dict[str, Any] = {"acc_dense": dense.final.get("test_acc")}
-    batch = _snip_batch(run, data) if snip else None
-    if p["schedule"] == "iterative":
-        rounds = prune_iterative(model, data, finetune_config(run), config, rounds=p["rounds"], batch=batch,
-                                 input_shape=shape, callbacks=[ctx.callback("iterative")])
-        curves, offset = [], 0.0
-        for r in rounds:
-            for row in r.history:
-                curves.append({**row, "epoch": offset + float(row["epoch"]), "round": r.round})
-            offset += float(r.history[-1]["epoch"]) if r.history else 0.0
-        extra["acc_pruned"] = (rounds[-1].pruned_metrics or {}).get("acc")
-        extra["train_steps"] = sum(int(r.history[-1]["step"]) for r in rounds if r.history)  # every round's
-        extra["train_epochs"] = offset
-        final = evaluate_final(model, data)
-        return _output(ctx, run, model, spec, data, final, curves, rounds[-1].report, extra)
-
-    report = prune(model, config, batch=batch, input_shape=shape, warn=False)
-    extra["acc_pruned"] = evaluate(model, data)["acc"]
     if run.protocol in ("scratch-e", "scratch-b"):
+        batch = snip_batch(data, pruning.snip_batch, config.seed) if config.criterion == "snip" else None
+        report = prune(model, config, batch=batch, input_shape=shape, warn=False)
+        extra["acc_pruned"] = accuracy(model, data)
         model, final, history, more = _scratch(ctx, run, model, spec, data, init_model=None)
         extra.update(more)
         return _output(ctx, run, model, spec, data, final, history, report, extra)
-    final, history = _fine_tune(ctx, model, data, finetune_config(run))
-    return _output(ctx, run, model, spec, data, final, history, report, extra)
+    result = prune_weights(model, data, pruning, finetune_config(run), callbacks=phase)
+    extra.update(_pipeline_extra(result))
+    return _output(ctx, run, model, spec, data, result.final, result.curves, result.report, extra)
 
 
 _ROLES = {"global-magnitude": "magnitude", "layerwise-magnitude": "magnitude", "random": "random"}
@@ -325,24 +316,24 @@ def lowrank(run: RunConfig, ctx: RunContext) -> RunOutput:
     """Gupta et al. (2022, sec. 3, FastGRNN on HAR-2): rank the columns of the low-rank factors by
     absolute sum, keep the top ones globally (``sparsity`` over all rank columns) or to given ``ranks``,
     then fine-tune the trained model with its masks held."""
-    from prunelab.prune.unstructured.lowrank import find_lowrank_pairs, prune_lowrank_columns
-    from prunelab.train import evaluate
+    from prunelab.protocols.unstructured import prune_lowrank
+    from prunelab.prune.unstructured.lowrank import find_lowrank_pairs
 
     data = load_data(run)
     shape = data_inputs(data)
     dense = dense_model(ctx, run, data)
     model = dense.model
     sparsity = None if run.target is None else float(run.target["sparsity"])
-    report = prune_lowrank_columns(model, sparsity=sparsity, ranks=run.params["ranks"], input_shape=shape,
-                                   warn=False)
+    result = prune_lowrank(model, data, finetune_config(run), sparsity=sparsity, ranks=run.params["ranks"],
+                           callbacks=lambda phase: [ctx.callback(phase)])
+    report, final, history = result.report, result.final, result.curves
     pairs = find_lowrank_pairs(model, shape)
     kept = {pair.first_name: int(pair.kept_components().sum()) for pair in pairs}
     total = sum(pair.rank for pair in pairs)
-    extra = {"acc_dense": dense.final.get("test_acc"), "acc_pruned": evaluate(model, data)["acc"],
+    extra = {"acc_dense": dense.final.get("test_acc"), "acc_pruned": result.acc_pruned,
              "prune_sparsity": report.sparsity, "flops_pruned": report.flops_pruned,
              "rank_sparsity": 1.0 - sum(kept.values()) / max(1, total),
              **{f"rank_{name}": k for name, k in kept.items()}}
-    final, history = _fine_tune(ctx, model, data, finetune_config(run))
     model.eval()
     metrics = final_metrics(final, data)
     metrics.update(model_metrics(model, shape, run))
