@@ -127,7 +127,7 @@ def test_bad_input_exits_2_and_writes_nothing(checkpoints, tmp_path, capsys):
     _assert_rejected([*base, "--target-params", "1000", "--min-channels", "1000"], tmp_path, capsys,
                      "is above the width of group")
     _assert_rejected([*base, "--target-params", "1000", "--min-channels", "1.5"], tmp_path, capsys,
-                     "--min-channels")
+                     "min-channels must be a whole number >= 1 or a fraction")
     _assert_rejected([*base, "--target-params", "1000", "--criterion", "obd"], tmp_path, capsys, "--criterion")
     _assert_rejected([*base, "--target-params", "1000", "--scope", "everything"], tmp_path, capsys, "--scope")
     _assert_rejected(base, tmp_path, capsys, "a target is required")

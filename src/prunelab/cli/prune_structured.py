@@ -180,6 +180,7 @@ def run(args) -> int:
         train_config_from_args,
     )
     from prunelab.io import atomic_write_json, check_writable
+    from prunelab.protocols.build import data_inputs
     from prunelab.protocols.structured import run_channel_pruning
     from prunelab.prune.structured import StructuredPruner, save_pruned, spec_of_compressed
 
@@ -204,7 +205,7 @@ def run(args) -> int:
     if carries_masks(model.state_dict()):
         raise PrunelabError(f"{args.model} carries unstructured weight masks; structured pruning needs a dense or "
                             f"channel-pruned model")
-    input_shape = tuple(data.input_shape)
+    input_shape = data_inputs(data)
     if any(getattr(args, dest, None) is not None for dest in RATIO_TARGETS):
         cfg = structured_config(args, model, input_shape)
     pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)

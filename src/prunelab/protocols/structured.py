@@ -91,7 +91,7 @@ def model_size(model: nn.Module, input_shape) -> dict[str, int]:
     """Parameters and MACs (batch 1) of a compressed model."""
     from prunelab.prune.structured.cost import model_size as size
 
-    params, macs = size(model, tuple(input_shape))
+    params, macs = size(model, input_shape)
     return {"params": params, "macs": macs}
 
 
@@ -101,7 +101,7 @@ def run_channel_pruning(pruner, data, train, *, pretrain_epochs: int = 0,
     with ``train`` (the pruner's hooks detached meanwhile), :func:`prune_channels` with ``train``, and
     for a one-shot prune :func:`~prunelab.protocols.finetune.fine_tune` of the compressed model with
     ``train``. Sizes are measured on the compressed model; a latency target is measured there too."""
-    cfg, shape = pruner.config, pruner.input_shape
+    cfg, shape = pruner.config, pruner.measured_inputs
     dense = Pretrained(0, {}, [])
     if pretrain_epochs > 0:
         pruner.detach()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.protocols.build import data_inputs
 from prunelab.protocols.finetune import Pretrained, accuracy, evaluate_final, fine_tune, pretrain
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
@@ -140,7 +141,7 @@ def prune_weights(model: nn.Module, data, pruning: WeightPruning, finetune, *,
     if pruning.lowrank is not None:
         return prune_lowrank(model, data, finetune, sparsity=pruning.lowrank.sparsity, ranks=pruning.lowrank.ranks,
                              callbacks=callbacks)
-    config, shape = pruning.config, tuple(data.input_shape)
+    config, shape = pruning.config, data_inputs(data)
     batch = snip_batch(data, pruning.snip_batch, config.seed) if config.criterion == "snip" else None
 
     if pruning.schedule == "gradual":
@@ -189,7 +190,7 @@ def prune_lowrank(model: nn.Module, data, finetune, *, sparsity: float | None = 
     rank), then fine-tune with the masks held."""
     from prunelab.prune.unstructured.lowrank import prune_lowrank_columns
 
-    report = prune_lowrank_columns(model, sparsity=sparsity, ranks=ranks, input_shape=tuple(data.input_shape),
+    report = prune_lowrank_columns(model, sparsity=sparsity, ranks=ranks, input_shape=data_inputs(data),
                                    warn=False)
     acc_pruned = accuracy(model, data)
     final, history = fine_tune(model, data, finetune, callbacks=callbacks("finetune"))
