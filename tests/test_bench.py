@@ -4,9 +4,7 @@ and the layering of measure and export. No assertion depends on how fast this ma
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from prunelab.export.bench import bench_compare
 from prunelab.measure import timing
 
 torch.set_num_threads(1)
-SRC = Path(__file__).resolve().parents[1] / "src" / "prunelab"
 
 
 @pytest.mark.parametrize("samples", [[1.0, 2.0, 3.0, 4.0], [5.0], [3.0, 1.0, 2.0], list(np.linspace(0, 7, 11) ** 2)])
@@ -137,48 +134,3 @@ def test_info_from_the_cache_equals_a_live_report():
 
     for name in ("resnet20", "wrn-16-1", "mlp"):
         assert describe(name) == json.loads(json.dumps(describe(name, use_cache=False)))
-
-
-# --------------------------------------------------------------------------------------------- layering
-
-
-def _imports(path: Path) -> set[tuple[str, tuple[str, ...]]]:
-    """(module, imported names) of every import in a file, lazy ones included."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out.add((node.module, tuple(a.name for a in node.names)))
-        elif isinstance(node, ast.Import):
-            out.update((a.name, ()) for a in node.names)
-    return out
-
-
-def _module(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def test_measure_is_a_leaf_and_export_has_no_circles_or_private_imports():
-    upper = ("prunelab.export", "prunelab.report", "prunelab.study", "prunelab.protocols", "prunelab.cli",
-             "prunelab.checkpoint", "prunelab.prune", "prunelab.train", "onnxruntime", "matplotlib")
-    graph: dict[str, set[str]] = {}
-    for package in ("measure", "export"):
-        for path in sorted((SRC / package).glob("*.py")):
-            name = _module(path)
-            for module, names in _imports(path):
-                if package == "measure":
-                    assert not module.startswith(upper), f"{name} imports {module}"
-                if module.startswith("prunelab."):
-                    assert not any(n.startswith("_") for n in names), f"{name} imports private {names} from {module}"
-                    graph.setdefault(name, set()).add(module)
-    # no import circle among measure and export modules (package __init__ files re-export only)
-    def reaches(start: str, target: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, ()):
-            if nxt == target or (nxt not in seen and not nxt.endswith(("export", "measure"))
-                                 and reaches(nxt, target, seen | {nxt})):
-                return True
-        return False
-
-    for name in graph:
-        if not name.endswith(("export", "measure")):
-            assert not reaches(name, name, {name}), f"import circle through {name}"

@@ -164,3 +164,99 @@ def test_next_token_shifts_and_ignores_minus_100():
 def test_unknown_loss_names_the_choices():
     with pytest.raises(PrunelabError, match="unknown loss 'mse'; valid choices: cross-entropy, next-token"):
         get_loss("mse")
+
+
+class _TokenNet(nn.Module):
+    """Token ids and a float side input, returning a ModelOutput-like dict."""
+
+    def __init__(self, vocab=20, d=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.side = nn.Linear(3, d)
+        self.fc1, self.fc2 = nn.Linear(d, 16), nn.Linear(16, 4)
+
+    def forward(self, input_ids, extra):
+        h = self.emb(input_ids).mean(1) + self.side(extra)
+        return {"logits": self.fc2(torch.relu(self.fc1(h))), "hidden": h}
+
+
+def _token_spec():
+    return InputSpec.dict_of({"input_ids": TensorSpec((6,), "int64", vocab_size=20), "extra": TensorSpec((3,))})
+
+
+def test_specs_run_through_counting_tracing_latency_and_onnx(tmp_path):
+    from prunelab.measure import count_macs
+    from prunelab.measure.latency import measure_latency
+    from prunelab.prune.structured.compress import compress
+    from prunelab.prune.structured.groups import find_groups
+    from prunelab.prune.structured.plan import apply_plan, make_plan
+
+    net, spec = _TokenNet().eval(), _token_spec()
+    assert count_macs(net, spec) == 3 * 8 + 8 * 16 + 16 * 4
+    groups = find_groups(net, spec, scope="all")
+    assert groups.inputs == spec and "fc1" in {g.root for g in groups}
+    g = next(g for g in groups if g.root == "fc1")
+    keep = {g.name: list(range(0, 16, 2))}
+    small = compress(net, groups, keep)  # checks compressed == masked through the dict output
+    assert small.fc1.out_features == 8 and count_macs(small, spec) == 3 * 8 + 8 * 8 + 8 * 4
+    plan = json.loads(json.dumps(make_plan(groups, keep, None)))
+    assert InputSpec.from_dict(plan["inputs"]) == spec
+    rebuilt = apply_plan(_TokenNet(), plan)
+    assert rebuilt.fc1.out_features == 8
+    res = measure_latency(net, spec, batch_size=2, warmup=1, repeats=2, min_time_s=0.0)
+    assert res.median_ms > 0 and res.batch_size == 2
+    pytest.importorskip("onnxruntime")
+    from prunelab.export.onnx import to_onnx
+
+    out = to_onnx(net, spec, tmp_path / "net.onnx")
+    assert out.inputs == spec.to_dict() and out.relative_error <= 1e-4
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "net.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "extra"]
+
+
+def test_bad_spec_input_is_one_line():
+    from prunelab.measure import count_macs
+
+    with pytest.raises(PrunelabError, match=r"cannot run the model on input input_ids: int64\[6\] ids < 20") as info:
+        count_macs(_TokenNet(), InputSpec.dict_of({"input_ids": TensorSpec((6,), "int64", vocab_size=20)}))
+    assert "\n" not in str(info.value)
+
+
+def test_trainer_learns_next_token_with_the_registered_loss():
+    from prunelab.data.base import DataBundle, Split
+    from prunelab.train.config import TrainConfig
+    from prunelab.train.trainer import evaluate, train
+
+    gen = torch.Generator().manual_seed(0)
+    # cyclic sequences: token t is always followed by (t + 1) mod 8, so next-token accuracy can reach 1
+    seq = torch.stack([torch.roll(torch.arange(16) % 8, int(s)) for s in torch.randint(0, 8, (64,), generator=gen)])
+    split = lambda x: Split(x.clone(), x.clone())  # noqa: E731 - labels are the input ids
+    data = DataBundle("cyclic", split(seq[:48]), split(seq[48:56]), split(seq[56:]), 8, (16,), task="sequence")
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(8, 16), nn.Linear(16, 8)
+
+        def forward(self, ids):
+            return (self.out(self.emb(ids)),)  # a tuple, as HF models return with return_dict=False
+
+    torch.manual_seed(0)
+    model = LM()
+    before = evaluate(model, data, loss="next-token")
+    cfg = TrainConfig(epochs=20, batch_size=16, lr=0.5, loss="next-token", device="cpu", augment=False,
+                      schedule="constant", weight_decay=0.0, momentum=0.9)
+    result = train(model, data, cfg)
+    after = evaluate(model, data, loss="next-token")
+    assert isinstance(after["loss"], float) and after["acc"] == 1.0 and after["loss"] < 0.1 < before["loss"]
+    assert result.final["test_acc"] == 1.0
+    # the reported loss is the mean over predicted tokens (15 per sequence), as F.cross_entropy computes it
+    with torch.no_grad():
+        logits = model(seq[56:])[0]
+        ref = F.cross_entropy(logits[:, :-1].reshape(-1, 8), seq[56:, 1:].reshape(-1))
+    assert after["loss"] == pytest.approx(float(ref), rel=1e-5)
+    assert "loss" not in TrainConfig().to_dict() and TrainConfig.from_dict({"loss": "next-token"}).loss == "next-token"
+    with pytest.raises(PrunelabError, match="unknown loss"):
+        TrainConfig(loss="l2").validate()

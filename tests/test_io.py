@@ -120,3 +120,25 @@ def test_json_is_strict_nan_and_inf_become_null(tmp_path, capsys):
     for text in ((tmp_path / "s.json").read_text(), capsys.readouterr().out):
         parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
         assert parsed == {"loss": None, "acc": 0.5, "hist": [None, 1.0], "t": [1.0, None]}
+
+
+def test_one_json_sanitiser_for_files_and_run_outputs(tmp_path):
+    """:func:`prunelab.io.jsonable` is what files (``to_json``) and stored run outputs go through: NumPy
+    arrays and scalars, tensors, paths and non-finite floats, each against its plain value by hand."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from prunelab.io import jsonable, to_json
+    from prunelab.study.tasks import RunOutput
+
+    obj = {"a": np.array([[1, 2], [3, 4]]), "b": np.float32(0.5), 3: torch.tensor([float("-inf"), 2.0]),
+           "p": Path("x/y"), "t": (True, None, np.int64(7))}
+    plain = {"a": [[1, 2], [3, 4]], "b": 0.5, "3": [None, 2.0], "p": "x/y", "t": [True, None, 7]}
+    assert jsonable(obj) == plain and type(jsonable(obj)["t"][2]) is int
+    assert json.loads(to_json(obj)) == plain
+    assert RunOutput(metrics={"acc": np.float64(0.25), "loss": float("nan")}).to_dict()["metrics"] == \
+        {"acc": 0.25, "loss": None}
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        jsonable({"x": object()})

@@ -289,3 +289,24 @@ def test_a_method_with_its_own_empty_axis_is_an_error():
 def test_a_huge_seed_count_is_refused_not_expanded():
     with pytest.raises(PrunelabError, match="1 <= N <= 10,000"):
         parse_spec("name: s\ndata: digits\nmodels: [mlp]\nmethods: [dense]\nseeds: 1000000000000\n")
+
+
+def test_a_study_run_expands_its_spec_once(tmp_path, monkeypatch):
+    """Loading checks the runs by expanding the spec; the data check, the store and the runner reuse that
+    expansion (it used to run three times per ``study run``). A changed spec is expanded again."""
+    from prunelab.study import run_study
+    from prunelab.study.spec import model
+
+    calls = []
+    real = model.expand_runs
+    monkeypatch.setattr(model, "expand_runs", lambda s: calls.append(s.name) or real(s))
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(BASE).replace("kind: sleep", "kind: noop") + "seeds: 2\n")
+    result = run_study(path, tmp_path / "out", progress=False)
+    assert calls == ["t"] and result.counts["done"] == 4
+    s = spec("seeds: 2\n")
+    first = s.expand()
+    first[0].seed = 99  # callers get copies: changing one changes no later expansion
+    assert [r.seed for r in s.expand()] == [0, 1, 0, 1] and len(calls) == 2
+    s.seeds = [5]
+    assert [r.seed for r in s.expand()] == [5, 5] and len(calls) == 3

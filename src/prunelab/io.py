@@ -369,30 +369,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def to_json(obj: Any, indent: int | None = 2) -> str:
-    """Strict JSON (RFC 8259): tensors and NumPy scalars as numbers, paths as strings, and NaN / inf
-    (a diverged loss) as null, which every JSON parser accepts."""
-    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
+    """Strict JSON (RFC 8259) of :func:`jsonable` ``(obj)``."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False)
 
 
-def _finite(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values, the one sanitiser of the package: containers recursed (keys as
+    strings), tensors and NumPy arrays and scalars as Python numbers and lists, paths as strings, and
+    NaN / inf (a diverged loss) as null, which every JSON parser accepts. Anything else is a TypeError."""
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, str | bool | int):
+        return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, torch.Tensor | Path) or hasattr(obj, "item"):
-        return _finite(_json_default(obj))
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
+    if hasattr(obj, "tolist"):  # torch.Tensor, NumPy arrays and scalars
+        return jsonable(obj.tolist())
+    if hasattr(obj, "__fspath__"):
         return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

@@ -134,7 +134,9 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if isinstance(value, str) and value:
             from prunelab.io import check_writable  # imported only when needed: it imports torch
 
-            check_writable(value, folder=action.metavar == "DIR")
+            # prune --hf writes a model folder to --out (save_pretrained)
+            folder = action.metavar == "DIR" or (action.dest == "out" and bool(getattr(args, "hf", None)))
+            check_writable(value, folder=folder)
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -202,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"prunelab.cli.{COMMANDS[args.command][0]}")
     try:
         check_outputs(parser, args)
+        from prunelab.cli.common import check_hf_args, import_plugins_from_args
         from prunelab.train.progress import reporting
+
+        import_plugins_from_args(args)  # before anything is loaded: a plugin may register the model's family
+        check_hf_args(args)
 
         # stage lines for the commands that take --quiet (those that train or prune), from one rank only
         report = hasattr(args, "quiet") and not args.quiet and os.environ.get("RANK", "0") == "0"

@@ -21,10 +21,12 @@ from prunelab.errors import PrunelabError
 
 
 def add_arguments(parser) -> None:
+    from prunelab.cli.common import add_hf_arguments
     from prunelab.export.bench import DEFAULT_MAX_TIME_S, MAX_TIME_LIMIT_S
     from prunelab.measure.timing import MAX_REPEATS
 
-    parser.add_argument("model", metavar="MODEL_OR_CHECKPOINT", nargs="+",
+    add_hf_arguments(parser)
+    parser.add_argument("model", metavar="MODEL_OR_CHECKPOINT", nargs="*",
                         help="zoo names, prunelab checkpoints or deploy artefacts; several are compared interleaved")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64], metavar="B",
                         help="batch sizes (default: 1 8 64)")
@@ -49,6 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--out", default=None, metavar="PATH", help="also write the results as JSON")
+    from prunelab.cli.common import add_plugin_argument
+
+    add_plugin_argument(parser)
 
 
 def input_shape_for(loaded, text: str | None) -> tuple[int, ...]:
@@ -102,6 +107,10 @@ def run(args) -> int:
     models: dict = {}
     shape = None
     sparse_info = {}
+    if args.hf is not None:
+        return _run_hf(args, device)
+    if not args.model:
+        raise PrunelabError("missing MODEL_OR_CHECKPOINT: give zoo names, checkpoints, deploy artefacts or --hf FOLDER")
     for name in args.model:
         if _is_deploy_file(name):
             from prunelab.export.deploy import load_deploy
@@ -157,11 +166,51 @@ def run(args) -> int:
     return 0
 
 
+def _run_hf(args, device: str) -> int:
+    """``bench --hf FOLDER``: the folder's model on its example inputs (token ids of ``--seq-len``)."""
+    from prunelab.cli.common import emit_json, hf_from_args
+    from prunelab.export.bench import bench_compare
+    from prunelab.io import atomic_write_json
+    from prunelab.measure.latency import format_table
+
+    if args.sparse or args.input_size:
+        raise PrunelabError("--sparse and --input-size do not apply to --hf (its inputs come from the config and "
+                            "--seq-len)")
+    loaded = hf_from_args(args)
+    spec = loaded.inputs
+    _check_inputs({args.hf: loaded.model}, spec, min(args.batch_sizes))
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    results, warnings = bench_compare({args.hf: loaded.model}, spec, batch_sizes=args.batch_sizes,
+                                      threads=args.threads or [None], backends=args.backend, device=device,
+                                      warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time,
+                                      max_time_s=args.max_time, progress=progress)
+    for r in results:
+        r.model = None
+    payload = {"model": args.hf, "models": [args.hf], "input_shape": list(spec.shape), "inputs": spec.to_dict(),
+               "sparse": None, "results": [r.to_dict() for r in results], "warnings": warnings}
+    if args.out:
+        atomic_write_json(args.out, payload)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        emit_json(payload)
+    else:
+        print(format_table(results, title=f"{args.hf}: input {spec.describe()}"))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def _check_inputs(models, shape, batch: int) -> None:
     """One eager call per model before any progress line, so a wrong input shape is one line on stderr."""
     import torch
 
     from prunelab.measure.timing import example_input, input_dtype, trial_call
+    from prunelab.models.inputs import call_model
 
     for model in models.values():
         if isinstance(model, torch.nn.Module):
@@ -171,7 +220,7 @@ def _check_inputs(models, shape, batch: int) -> None:
 
             def call(model=model, x=x) -> object:
                 with torch.inference_mode():
-                    return model(x)
+                    return call_model(model, x)
             try:
                 trial_call(call, shape, batch)
             finally:

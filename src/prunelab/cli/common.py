@@ -49,6 +49,14 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(text + "\n")
 
 
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
 def add_model_argument(parser, help: str) -> None:
     """The model as ``MODEL`` (positional, as in prune, bench, info and export) or ``--model MODEL``."""
     parser.add_argument("model", nargs="?", metavar="MODEL", default=None, help=help)
@@ -71,16 +79,57 @@ def model_from_args(args, checkpoints: bool = True) -> str:
 def add_data_arguments(parser, required: bool = True) -> None:
     """``--data NAME`` and ``--data-root PATH`` (for real formats read from disk)."""
     parser.add_argument("--data", required=required, metavar="NAME",
-                        help="dataset: digits, mnist1d, cifar10, cifar100, imagefolder, har, synthetic")
-    parser.add_argument("--data-root", metavar="PATH", default=None,
-                        help="where a real-format dataset lives (CIFAR archive or folder, image folders, UCI-HAR)")
+                        help="dataset: digits, mnist1d, cifar10, cifar100, imagefolder, har, synthetic, tokens")
+    parser.add_argument("--data-root", "--data-path", dest="data_root", metavar="PATH", default=None,
+                        help="where a real-format dataset lives (CIFAR archive or folder, image folders, UCI-HAR; "
+                             "--data tokens: the token file)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="dataset option, repeatable (e.g. val_size=5000, binary=true, size=64, shape=3x32x32)")
     parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
                         help="share of the training data held out for validation (default: the dataset's)")
+    add_plugin_argument(parser)
+
+
+def add_hf_arguments(parser) -> None:
+    """``--hf DIR`` (a local Hugging Face model folder, in place of MODEL) and ``--seq-len N``."""
+    parser.add_argument("--hf", metavar="FOLDER", default=None,
+                        help="a local Hugging Face model folder (config.json + weights; nothing is downloaded) "
+                             "instead of MODEL: sequence classification, image classification or causal LM")
+    parser.add_argument("--seq-len", type=int, default=None, metavar="T",
+                        help="--hf text models: sequence length of the example inputs (default: min(128, the "
+                             "model's positions))")
+
+
+def check_hf_args(args) -> None:
+    """``--seq-len`` without ``--hf`` is refused (it would be ignored)."""
+    if getattr(args, "hf", None) is None and getattr(args, "seq_len", None) is not None:
+        raise PrunelabError("--seq-len applies to --hf models only")
+
+
+def hf_from_args(args):
+    """The :class:`~prunelab.models.hf.HFModel` of ``--hf`` (None without it). MODEL and ``--hf``
+    together are refused; ``--seq-len`` applies to ``--hf`` only."""
+    check_hf_args(args)
+    folder = getattr(args, "hf", None)
+    if folder is None:
+        return None
+    named = getattr(args, "model", None) or getattr(args, "checkpoint", None)
+    if isinstance(named, list):
+        named = named[0] if named else None
+    if named:
+        raise PrunelabError(f"give MODEL ({named!r}) or --hf {folder}, not both")
+    from prunelab.export.hf import load_hf
+
+    return load_hf(folder, seq_len=getattr(args, "seq_len", None))
+
+
+def add_plugin_argument(parser) -> None:
+    """``--plugin MODULE`` (repeatable): imported before the command loads anything (see
+    :func:`import_plugins_from_args`), as a study's ``plugins:`` are."""
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (repeatable): it may register datasets (prunelab.data."
-                             "register_dataset), models or trackers")
+                        help="import MODULE first (repeatable): it may register model families "
+                             "(prunelab.models.register_family, so their checkpoints load), datasets "
+                             "(prunelab.data.register_dataset), losses, criteria or trackers")
 
 
 def data_options_from_args(args) -> dict[str, Any]:

@@ -20,7 +20,11 @@ OPTION_FORMATS = {"static_batch": ("onnx",), "opset": ("onnx",), "batch_size": (
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a prunelab checkpoint (or a zoo name)")
+    from prunelab.cli.common import add_hf_arguments
+
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                        help="a prunelab checkpoint (or a zoo name; or --hf FOLDER)")
+    add_hf_arguments(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, metavar="PATH")
     parser.add_argument("--input-size", default=None, metavar="CxHxW",
@@ -42,6 +46,9 @@ def add_arguments(parser) -> None:
                         help="deploy, structured models: pad channel counts with zero channels to a multiple of N "
                              "where measured faster (outputs unchanged)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    from prunelab.cli.common import add_plugin_argument
+
+    add_plugin_argument(parser)
 
 
 def run(args) -> int:
@@ -53,6 +60,10 @@ def run(args) -> int:
     for dest, formats in OPTION_FORMATS.items():
         if args.format not in formats and dest in (getattr(args, "given", None) or ()):
             raise PrunelabError(f"--{dest.replace('_', '-')} applies to --format {' / '.join(formats)} only")
+    if args.hf is not None:
+        return _run_hf(args)
+    if args.checkpoint is None:
+        raise PrunelabError("missing CHECKPOINT: give a prunelab checkpoint, a zoo name or --hf FOLDER")
     loaded = model_or_checkpoint(args.checkpoint)
     shape = input_shape_for(loaded, args.input_size)
     check_input(shape, max(1, args.batch_size if args.format in ("sparse", "deploy") else 1))
@@ -69,9 +80,10 @@ def run(args) -> int:
     else:
         from prunelab.errors import check_choice
         from prunelab.export.sparse import POLICIES, convert_to_sparse, save_sparse
+        from prunelab.train.masks import get_mask
 
         check_choice("sparse conversion policy", args.policy, POLICIES)
-        if not any(hasattr(m, "weight_mask") for m in loaded.model.modules()):
+        if not any(get_mask(m) is not None for m in loaded.model.modules()):
             raise PrunelabError(f"{args.checkpoint} has no pruned (masked) layers; sparse export needs a checkpoint "
                                 "from unstructured pruning (prunelab prune --method ...)")
         _, report = convert_to_sparse(loaded.model, shape, batch_size=args.batch_size, threads=args.threads,
@@ -90,13 +102,38 @@ def run(args) -> int:
     return 0
 
 
+def _run_hf(args) -> int:
+    """``export --hf FOLDER --format onnx``: the folder's model with one graph input per example
+    tensor (``input_ids`` for text, ``input`` for images) and its logits as ``output``."""
+    from prunelab.cli.common import emit_json, hf_from_args
+    from prunelab.errors import PrunelabError
+    from prunelab.export.onnx import DEFAULT_OPSET, to_onnx
+
+    if args.format != "onnx":
+        raise PrunelabError(f"--hf folders export to --format onnx (deploy and sparse take prunelab checkpoints of "
+                            f"convolutional networks), not {args.format}")
+    if args.input_size:
+        raise PrunelabError("--input-size does not apply to --hf (its inputs come from the config and --seq-len)")
+    loaded = hf_from_args(args)
+    result = to_onnx(loaded.model, loaded.inputs, args.out, dynamic_batch=not args.static_batch,
+                     opset=DEFAULT_OPSET if args.opset is None else args.opset)
+    if args.json:
+        emit_json(result.to_dict())
+    else:
+        print(f"wrote {result.path} ({result.bytes} bytes, opset {result.opset}, input {loaded.inputs.describe()}); "
+              f"ONNX Runtime vs PyTorch: max abs error {result.max_abs_error:.2e}, relative error "
+              f"{result.relative_error:.2e}")
+    return 0
+
+
 def _deploy(args, loaded, shape) -> tuple[dict, str]:
     from prunelab.errors import PrunelabError
     from prunelab.export.deploy import build_deploy, save_deploy
+    from prunelab.train.masks import get_mask
 
     if args.pad_to is not None and args.pad_to < 1:
         raise PrunelabError(f"--pad-to must be >= 1, got {args.pad_to}")
-    masked = any(hasattr(m, "weight_mask") for m in loaded.model.modules())
+    masked = any(get_mask(m) is not None for m in loaded.model.modules())
     kind = "sparse" if masked else "structured" if loaded.plan is not None else "dense"
     threads = 1 if args.threads is None else args.threads
     artefact = build_deploy(loaded.model, shape, kind=kind, batch_size=args.batch_size, threads=threads,

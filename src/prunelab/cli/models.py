@@ -4,50 +4,20 @@ Counting every zoo model takes seconds (each is built and run once, on PyTorch's
 where possible), and importing torch alone takes about a second, so the listing and ``prunelab
 info NAME`` (for a zoo name with its defaults) read the counts from ``zoo_counts.json`` beside this
 file when it was computed from the current sources: a SHA-1 of the model families, the counting
-code and ``info``'s report. Anything else, or a file from older sources, is computed live (same
-numbers, slower). Regenerate the file after changing a model family with::
+code and ``info``'s report (:mod:`prunelab.cli.zoo_cache` reads it). Anything else, or a file from
+older sources, is computed live (same numbers, slower). Regenerate the file after changing a model family with::
 
     python -m prunelab.cli.models --write-cache
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
-from prunelab.cli.common import emit_json
+from prunelab.cli.common import emit_json, human
+from prunelab.cli.zoo_cache import CACHE, cached_counts, sources_digest
 from prunelab.errors import unknown_choice
-
-CACHE = Path(__file__).with_name("zoo_counts.json")
-#: the sources (relative to the package) whose contents decide every cached number
-CACHE_SOURCES = ("models", "measure/counting.py", "cli/info.py")
-
-
-def sources_digest() -> str:
-    """SHA-1 over the paths and contents of :data:`CACHE_SOURCES` (Python files only)."""
-    root = Path(__file__).resolve().parents[1]
-    files: list[Path] = []
-    for name in CACHE_SOURCES:
-        path = root / name
-        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
-    digest = hashlib.sha1()
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def cached_counts() -> dict[str, Any] | None:
-    """The cache (``{"sources", "rows", "info"}``) if it matches the current sources, else None."""
-    try:
-        data = json.loads(CACHE.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("sources") != sources_digest():
-        return None
-    return data
 
 
 def write_cache(path: Path = CACHE) -> Path:
@@ -117,14 +87,6 @@ def live_zoo_rows(family: str | None = None) -> list[dict]:
         rows.append({"name": name, "family": entry.family, "params": params, "conv_linear_weights": weights,
                      "macs": macs, "input_shape": list(shape), "num_classes": entry.num_classes, "doc": entry.doc})
     return rows
-
-
-def human(n: float) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
 
 
 def run(args) -> int:

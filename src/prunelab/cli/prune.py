@@ -48,12 +48,15 @@ def _structured_module():
 
 
 def add_arguments(parser) -> None:
+    from prunelab.cli.common import add_hf_arguments
     from prunelab.prune.unstructured.pruner import METHODS
     from prunelab.prune.unstructured.schedules import UNITS
     from prunelab.prune.unstructured.selection import LAYER_TYPES
 
-    parser.add_argument("model", metavar="MODEL", help="zoo name (see `prunelab models`) or checkpoint path")
-    add_data_arguments(parser)
+    parser.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                        help="zoo name (see `prunelab models`) or checkpoint path (or --hf FOLDER)")
+    add_hf_arguments(parser)
+    add_data_arguments(parser, required=False)
     parser.add_argument("--out", metavar="PATH", default=None,
                         help="write the pruned checkpoint here and its JSON summary to PATH with suffix .json")
     parser.add_argument("--json", action="store_true", help="print the JSON summary instead of tables")
@@ -240,6 +243,95 @@ def _check_fits(model, data, name: str) -> None:
                             f"{data.num_classes} classes")
 
 
+def _run_hf(args) -> int:
+    """``prune --hf FOLDER ... [--out OUT_DIR]``: unstructured one-shot pruning of a Hugging Face
+    folder's model, fine-tuned with the head's loss when ``--data`` is given, written as a folder
+    (zeros in the weights, the mask record beside them: :mod:`prunelab.export.hf`)."""
+    from prunelab.cli.common import data_from_args, emit_json, hf_from_args, train_config_from_args
+    from prunelab.export.hf import write_folder
+    from prunelab.prune.unstructured.pruner import check_feasible, prune
+    from prunelab.train import Trainer, evaluate
+    from prunelab.train.progress import stage
+
+    if args.method == "lowrank" or args.prune_schedule != "oneshot":
+        raise PrunelabError("--hf folders prune with --prune-schedule oneshot and a magnitude, random or snip "
+                            f"method; got --method {args.method} --prune-schedule {args.prune_schedule}")
+    if args.pretrain_epochs:
+        raise PrunelabError("--pretrain-epochs does not apply to --hf (the folder holds trained weights)")
+    prune_config, _ = _prune_config(args)
+    loaded = hf_from_args(args)
+    model, spec = loaded.model, loaded.inputs
+    check_feasible(model, prune_config)
+    train_config = None
+    data = None
+    if args.data is not None:
+        train_config = replace(train_config_from_args(args), loss=loaded.loss)
+        data = data_from_args(args, seed=train_config.seed)
+        _check_hf_fits(model, data, loaded)
+    else:
+        trains = [f for f in ("epochs", "max_steps") if f in (getattr(args, "given", None) or ())]
+        if trains or args.method == "snip":
+            raise PrunelabError(f"{'--method snip' if args.method == 'snip' else '--' + trains[0].replace('_', '-')} "
+                                f"needs training data: give --data (e.g. --data tokens --data-path FILE)")
+    summary: dict[str, Any] = {"model": args.hf, "head": loaded.head, "loss": loaded.loss, "inputs": spec.to_dict(),
+                               "prune": prune_config.to_dict(), "schedule": "oneshot", "accuracy": {}}
+    if data is not None:
+        summary["accuracy"]["before"] = _acc(evaluate(model, data, loss=loaded.loss))
+    batch = _snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
+    report = prune(model, prune_config, batch=batch, loss_fn=loaded.loss, input_shape=spec, warn=False)
+    if data is not None:
+        summary["accuracy"]["pruned"] = _acc(evaluate(model, data, loss=loaded.loss))
+        if train_config.epochs > 0:
+            summary["train"] = train_config.to_dict()
+            with stage("fine-tuning"):
+                Trainer(model, data, train_config).fit()
+        summary["accuracy"]["after"] = _acc(evaluate(model, data, loss=loaded.loss))
+    summary["report"] = report.to_dict()
+    summary.update(sparsity=report.sparsity, macs_dense=report.macs_dense, macs_sparse=report.macs_sparse)
+    for message in report.warnings:
+        sys.stderr.write(f"prunelab prune: warning: {message}\n")
+    if args.out:
+        write_folder(model, args.out, summary={k: summary[k] for k in ("model", "prune", "sparsity", "accuracy")})
+    if args.json:
+        emit_json(summary)
+    else:
+        print(report.format_table())
+        acc = summary["accuracy"]
+        if acc:
+            print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))
+        if args.out:
+            print(f"wrote {args.out} (Hugging Face folder; AutoModel.from_pretrained loads it)")
+    return 0
+
+
+def _check_hf_fits(model, data, loaded) -> None:
+    """The data's inputs must be what the folder's model takes (token ids within its vocabulary, or
+    images of its size), and its labels what its loss reads."""
+    spec = loaded.inputs
+    if spec.vocab_size is not None:
+        vocab = (data.info or {}).get("vocab_size")
+        if data.task != "tokens":
+            raise PrunelabError(f"--hf {loaded.path} takes token ids; data set {data.name!r} holds "
+                                f"{'x'.join(map(str, data.input_shape))} {data.task} inputs (use --data tokens "
+                                f"--data-path FILE)")
+        if vocab is not None and int(vocab) > spec.vocab_size:
+            raise PrunelabError(f"data set {data.name!r} holds token ids up to {int(vocab) - 1}; the model's "
+                                f"vocabulary has {spec.vocab_size}")
+        from prunelab.models.hf import max_positions
+
+        limit = max_positions(loaded.model.config)
+        if limit is not None and data.input_shape[-1] > limit:
+            raise PrunelabError(f"data set {data.name!r} holds sequences of {data.input_shape[-1]} tokens; the "
+                                f"model takes at most {limit}")
+    elif tuple(data.input_shape) != tuple(spec.shape):
+        raise PrunelabError(f"--hf {loaded.path} takes inputs {'x'.join(map(str, spec.shape))}; data set "
+                            f"{data.name!r} holds {'x'.join(map(str, data.input_shape))}")
+    labels = getattr(loaded.model.config, "num_labels", None)
+    if loaded.loss == "cross-entropy" and labels is not None and data.num_classes != labels:
+        raise PrunelabError(f"--hf {loaded.path} has {labels} labels; data set {data.name!r} has "
+                            f"{data.num_classes} classes")
+
+
 def _snip_batch(data, size: int, seed: int):
     from prunelab.data import Feed
 
@@ -254,11 +346,21 @@ def _acc(metrics: dict | None) -> float | None:
 
 def run(args) -> int:
     _check_mode_flags(args)
+    if args.hf is None:
+        if args.model is None:
+            raise PrunelabError("missing MODEL: give a zoo name (see 'prunelab models'), a checkpoint path or "
+                                "--hf FOLDER")
+        if args.data is None:
+            raise PrunelabError("missing --data NAME: the data set to train and evaluate on (e.g. digits, cifar10)")
     if args.structured:
         structured = _structured_module()
         if structured is None:
             raise PrunelabError("structured pruning (--structured) is not available in this installation")
-        return structured.run(args)
+        if args.hf is not None and not hasattr(structured, "run_hf"):
+            raise PrunelabError("--structured with --hf is not available in this installation")
+        return structured.run_hf(args) if args.hf is not None else structured.run(args)
+    if args.hf is not None:
+        return _run_hf(args)
 
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.io import atomic_write_json, save_checkpoint

@@ -39,12 +39,10 @@ def run(args) -> int:
         if args.csv:
             text = df.to_csv(index=False)
         else:  # json.dumps keeps every float exactly (pandas' to_json rounds to 10 digits)
-            import json
-
-            from prunelab.io import _json_default
+            from prunelab.io import to_json
 
             records = df.astype(object).where(df.notna(), None).to_dict(orient="records")
-            text = json.dumps(records, indent=2, default=_json_default) + "\n"
+            text = to_json(records) + "\n"
     else:
         cols = ["run_id", "model", "method", "protocol", "target", "seed", "status", "acc", "params", "macs",
                 "sparsity", "latency_ms", "duration"]

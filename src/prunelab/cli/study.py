@@ -77,8 +77,13 @@ def _run(args) -> int:
         check_tracker(args.tracker)
     result = run_study(args.spec, out=args.out, executor=args.executor, workers=args.workers,
                        update=args.update, retry_failed=args.retry_failed, progress=args.progress,
-                       threads=args.threads, ray_address=args.ray_address, report=args.report,
+                       threads=args.threads, ray_address=args.ray_address,
                        nproc_per_node=args.nproc_per_node, tracker=args.tracker, tracker_dir=args.tracker_dir)
+    report = None
+    if args.report:  # the runner writes no report: the report reads the finished store
+        from prunelab.report import write_report
+
+        report = write_report(result.store_path, result.out_dir / "report").markdown
     c = result.counts
     print(f"study {result.name}: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} unfinished "
           f"({result.executed} executed now); results in {result.store_path}")
@@ -86,8 +91,8 @@ def _run(args) -> int:
         print(f"  failed: {label}: {error}", file=sys.stderr)
     if result.tracking_dir is not None:
         print(f"tracker: {result.tracked} runs in {result.tracking_dir}")
-    if result.report is not None:
-        print(f"report: {result.report}")
+    if report is not None:
+        print(f"report: {report}")
     return 0 if result.ok else 1
 
 

@@ -84,7 +84,7 @@ def _counts(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, A
         return {"params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": None}
     counts = count_params(model)
     return {"params": int(counts.params), "conv_linear_weights": int(counts.conv_linear_weights),
-            "macs": int(count_macs(model, tuple(input_shape)))}
+            "macs": int(count_macs(model, input_shape))}
 
 
 def run(args) -> int:

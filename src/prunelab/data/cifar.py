@@ -7,7 +7,7 @@ code. Archives are read member by member with :mod:`tarfile` without extracting 
 
 Splits: the official 50k train / 10k test. ``val_size=5000`` holds out the *last* 5,000 training
 images (Wang et al. 2020, PFS ``learn_gates.py``: 45k/5k for gate selection); ``val_fraction`` instead
-holds out a stratified random share. Normalisation constants (seeds.md 1.3 and 2.2):
+holds out a stratified random share. Normalisation constants, as each paper's code sets them:
 
 * ``"pfs"`` (default): mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010), used by PFS and
   Global MP for CIFAR-10; for CIFAR-100 the usual (0.5071, 0.4865, 0.4409) / (0.2673, 0.2564, 0.2762).

@@ -43,12 +43,10 @@ def register_dataset(name: str, loader: Loader, *, needs_root: bool = False, doc
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load`."""
-    _ensure_loaded()
     return sorted(_DATASETS)
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
-    _ensure_loaded()
     if name not in _DATASETS:
         raise unknown_choice("dataset", name, _DATASETS)
     return _DATASETS[name]
@@ -98,15 +96,3 @@ def _check_option_types(entry: DatasetEntry, options: dict[str, Any]) -> None:
         if not ok:
             expected = " or ".join(names[t] for t in allowed if t in names)
             raise PrunelabError(f"dataset {entry.name!r} option {key!r} must be {expected}, got {value!r}")
-
-
-def _ensure_loaded() -> None:
-    # Importing the loader modules registers every dataset name.
-    import prunelab.data.cifar  # noqa: F401
-    import prunelab.data.corpus  # noqa: F401
-    import prunelab.data.embedded  # noqa: F401
-    import prunelab.data.har  # noqa: F401
-    import prunelab.data.imagefolder  # noqa: F401
-    import prunelab.data.imagestream  # noqa: F401
-    import prunelab.data.shards  # noqa: F401
-    import prunelab.data.synthetic  # noqa: F401

@@ -23,6 +23,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, unknown_choice
 from prunelab.measure.latency import LatencyResult, eager_runner, measure_latency
+from prunelab.models.inputs import as_input_spec, call_model, positional
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,10 @@ def get_backend(name: str, *, check_available: bool = True) -> Backend:
 def measure_backend(model: nn.Module, input_shape: Sequence[int], *, backend: str = "eager", **kwargs) -> LatencyResult:
     """:func:`~prunelab.measure.latency.measure_latency` on back-end ``backend`` (same keywords)."""
     chosen = get_backend(backend)
-    shape = tuple(int(d) for d in input_shape)
+    spec = as_input_spec(input_shape)
+    shape = spec.shape if spec.is_plain else spec
 
-    def runner(m: nn.Module, x: torch.Tensor, threads: int, device: str) -> Callable[[], object]:
+    def runner(m: nn.Module, x, threads: int, device: str) -> Callable[[], object]:
         return chosen.prepare(m, shape, x, threads, device)
 
     return measure_latency(model, shape, backend=backend, runner=runner, **kwargs)
@@ -96,7 +98,7 @@ def _compile(model, input_shape, x, threads, device):
 
     def call() -> object:
         with torch.inference_mode():
-            return compiled(x)
+            return call_model(compiled, x)
     try:
         call()  # compiles; a model inductor cannot compile is a one-line error naming torch.compile
     except Exception as exc:  # dynamo and inductor raise many types
@@ -113,22 +115,27 @@ def _onnxruntime_unavailable() -> str | None:
     return None
 
 
-def ort_runner(onnx_model: bytes, x: torch.Tensor, threads: int | None, device: str) -> Callable[[], object]:
-    """A prepared ONNX Runtime call on ``x`` (CUDA through I/O binding, CPU through numpy feeds)."""
+def ort_runner(onnx_model: bytes, x, threads: int | None, device: str) -> Callable[[], object]:
+    """A prepared ONNX Runtime call on ``x`` (CUDA through I/O binding, CPU through numpy feeds); a
+    tuple or dict of inputs feeds the graph's inputs in order."""
     from prunelab.export.onnx import ort_session
 
     session = ort_session(onnx_model, threads=threads, device=device)
-    name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
+    arrays = [t.detach().cpu().numpy() for t in positional(x)]
+    if len(arrays) != len(names):
+        raise PrunelabError(f"the ONNX graph takes {len(names)} input(s) ({', '.join(names)}), given {len(arrays)}")
     if device.startswith("cuda"):
         import onnxruntime as ort
 
         binding = session.io_binding()
         index = int(device.split(":")[1]) if ":" in device else 0
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x.cpu().numpy(), "cuda", index))
+        for name, array in zip(names, arrays):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", index))
         for out in session.get_outputs():
             binding.bind_output(out.name, "cuda", index)
         return lambda: session.run_with_iobinding(binding)
-    feed = {name: x.detach().cpu().numpy()}
+    feed = dict(zip(names, arrays))
     return lambda: session.run(None, feed)
 
 

@@ -44,6 +44,7 @@ from prunelab.measure.timing import (
     time_interleaved,
     trial_call,
 )
+from prunelab.models.inputs import as_input_spec
 
 #: default bound on the seconds one configuration (model x back-end x threads x batch) may take
 DEFAULT_MAX_TIME_S = 10.0
@@ -164,7 +165,8 @@ def _prepare(item: Prepared, backend, backend_name: str, input_shape: Sequence[i
         return run
     model = item.model
     x = example_input(input_shape, batch, device, dtype=input_dtype(model))
-    call = backend.prepare(model, tuple(input_shape), x, threads, device)
+    spec = as_input_spec(input_shape)
+    call = backend.prepare(model, spec.shape if spec.is_plain else spec, x, threads, device)
     trial_call(call, input_shape, batch)
     return call
 

@@ -59,6 +59,7 @@ from prunelab.export.executor import (
 )
 from prunelab.export.graph import FoldedGraph, FoldedOp, fold_graph
 from prunelab.export.numerics import relative_error
+from prunelab.models.inputs import as_input_spec
 
 DEPLOY_FORMAT = "prunelab-deploy"
 DEPLOY_VERSION = 1
@@ -283,7 +284,11 @@ def build_deploy(model: nn.Module, input_shape: Sequence[int], *, kind: str, bat
     check_choice("on-problem policy", on_problem, ON_PROBLEM)
     check_batch_size(batch_size)
     check_threads(threads)
-    shape = tuple(int(d) for d in input_shape)
+    spec = as_input_spec(input_shape)
+    if not spec.is_plain:
+        raise PrunelabError(f"the deploy form takes one float input (N, C, H, W ...); this model takes "
+                            f"{spec.describe()}: use --format onnx")
+    shape = spec.shape
     notes: list[str] = []
     if kind == "dense":
         _problem(on_problem, "the model is not pruned (no weight masks, no structured plan): a deploy export "
@@ -469,7 +474,9 @@ def load_deploy(path: str | os.PathLike, *, threads: int | None = None) -> Deplo
 def _deploy_backend(model, input_shape, x, threads, device):
     if device != "cpu":
         raise PrunelabError("the deploy back-end runs on CPU")
-    kind = "sparse" if any(hasattr(m, "weight_mask") for m in model.modules()) else "structured"
+    from prunelab.train.masks import get_mask
+
+    kind = "sparse" if any(get_mask(m) is not None for m in model.modules()) else "structured"
     artefact = build_deploy(model, input_shape, kind=kind, batch_size=int(x.shape[0]), threads=threads,
                             on_problem="dense")
     deployed = DeployModel.from_artefact(artefact, threads=threads)

@@ -26,6 +26,16 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.export.numerics import relative_error
+from prunelab.measure.timing import example_input
+from prunelab.models.inputs import (
+    InputSpec,
+    LogitsModule,
+    as_input_spec,
+    call_model,
+    logits_of,
+    move_inputs,
+    positional,
+)
 
 EXPORTERS = ("auto", "legacy", "dynamo")
 DEFAULT_OPSET = 17
@@ -57,32 +67,52 @@ def _require_onnxruntime():
     return onnxruntime
 
 
-def _legacy_export(model: nn.Module, x: torch.Tensor, dynamic_batch: bool, opset: int) -> bytes:
+def input_names_of(spec: InputSpec) -> list[str]:
+    """The ONNX graph's input names: ``input`` for one tensor, ``input_0, input_1, ...`` for a tuple,
+    the keyword names for a dict."""
+    if spec.structure == "tensor":
+        return ["input"]
+    if spec.structure == "tuple":
+        return [f"input_{i}" for i in range(len(spec.leaves))]
+    return [name for name, _ in spec.leaves]
+
+
+def _legacy_export(model: nn.Module, args: tuple, names: list[str], dynamic_batch: bool, opset: int) -> bytes:
     buf = io.BytesIO()
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    axes = {**{n: {0: "batch"} for n in names}, "output": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter announces its own deprecation
-        torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=["output"],
+        torch.onnx.export(model, args, buf, dynamo=False, input_names=names, output_names=["output"],
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
     return buf.getvalue()
 
 
-def _dynamo_export(model: nn.Module, x: torch.Tensor, dynamic_batch: bool, opset: int) -> bytes:
-    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+def _dynamo_export(model: nn.Module, args: tuple, names: list[str], dynamic_batch: bool, opset: int) -> bytes:
+    batch = torch.export.Dim("batch", min=1)
+    shapes = tuple({0: batch} for _ in args) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["output"],
+        program = torch.onnx.export(model, args, dynamo=True, input_names=names, output_names=["output"],
                                     dynamic_shapes=shapes, opset_version=max(opset, 18), verbose=False)
     return program.model_proto.SerializeToString()
 
 
-def onnx_bytes_of(model: nn.Module, input_shape: Sequence[int], *, dynamic_batch: bool = True,
+def _graph_form(model: nn.Module, spec: InputSpec) -> nn.Module:
+    """The module exported: the model itself for one float tensor, else a :class:`LogitsModule`
+    taking the spec's tensors positionally and returning the logits tensor."""
+    return model if spec.is_plain else LogitsModule(model, spec)
+
+
+def onnx_bytes_of(model: nn.Module, input_shape: InputSpec | Sequence[int], *, dynamic_batch: bool = True,
                   opset: int = DEFAULT_OPSET, exporter: str = "auto", batch_size: int = 2) -> bytes:
     """Serialise ``model`` (eval mode, on CPU or its device) to an ONNX model in memory.
 
     The graph has one input named ``input`` of shape ``(batch, *input_shape)`` and one output named
-    ``output``; with ``dynamic_batch`` the batch dimension is symbolic. Sparse-kernel modules
-    (:mod:`prunelab.export.sparse`) have no ONNX form: export the masked model they came from.
+    ``output``; with ``dynamic_batch`` the batch dimension is symbolic. An
+    :class:`~prunelab.models.inputs.InputSpec` of several tensors (token ids and an attention mask,
+    say) gives one graph input per tensor (:func:`input_names_of`) and the logits as ``output``
+    (:func:`~prunelab.models.inputs.logits_of` of a tuple, dict or ``ModelOutput``). Sparse-kernel
+    modules (:mod:`prunelab.export.sparse`) have no ONNX form: export the masked model they came from.
     """
     check_choice("ONNX exporter", exporter, EXPORTERS)
     check_opset(opset)
@@ -91,18 +121,20 @@ def onnx_bytes_of(model: nn.Module, input_shape: Sequence[int], *, dynamic_batch
     device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
     from prunelab.measure.timing import input_dtype
 
-    x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(0),
-                    dtype=input_dtype(model)).to(device)
+    spec = as_input_spec(input_shape)
+    args = positional(example_input(spec, batch_size, device, dtype=input_dtype(model), seed=0))
+    names = input_names_of(spec)
+    graph = _graph_form(model, spec)
     was_training = model.training
     model.eval()
     try:
         if exporter in ("auto", "legacy"):
             try:
-                return _legacy_export(model, x, dynamic_batch, opset)
+                return _legacy_export(graph, args, names, dynamic_batch, opset)
             except (TypeError, AttributeError, NotImplementedError) as exc:
                 if exporter == "legacy":
                     raise PrunelabError(f"the legacy ONNX exporter failed: {type(exc).__name__}: {exc}") from exc
-        return _dynamo_export(model, x, dynamic_batch, opset)
+        return _dynamo_export(graph, args, names, dynamic_batch, opset)
     except PrunelabError:
         raise
     except Exception as exc:  # torch.onnx raises many types for unsupported operators
@@ -150,12 +182,14 @@ class OnnxExport:
     bytes: int
     max_abs_error: float | None = None
     relative_error: float | None = None
+    #: the graph's inputs when they are more than one float tensor (``InputSpec.to_dict()``)
+    inputs: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def check_onnx(onnx_model: bytes | str | os.PathLike, model: nn.Module, input_shape: Sequence[int], *,
+def check_onnx(onnx_model: bytes | str | os.PathLike, model: nn.Module, input_shape: InputSpec | Sequence[int], *,
                batch_size: int = 3, rtol: float = 1e-4) -> tuple[float, float]:
     """Run ONNX Runtime and eager PyTorch on the same random batch; return (max abs error, relative error).
 
@@ -163,23 +197,25 @@ def check_onnx(onnx_model: bytes | str | os.PathLike, model: nn.Module, input_sh
     """
     from prunelab.measure.timing import input_dtype
 
-    x = torch.randn((batch_size, *tuple(input_shape)), generator=torch.Generator().manual_seed(1),
-                    dtype=input_dtype(model))
+    spec = as_input_spec(input_shape)
+    x = example_input(spec, batch_size, "cpu", dtype=input_dtype(model), seed=1)
+    args = positional(x)
     try:
         session = ort_session(onnx_model, threads=1)
-        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+        got = torch.from_numpy(session.run(None, feed)[0])
     except PrunelabError:
         raise
     except Exception as exc:  # ONNX Runtime's own exception types (e.g. no float64 Conv kernel)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        hint = "; export a float32 model" if x.dtype != torch.float32 else ""
+        hint = "; export a float32 model" if args[0].is_floating_point() and args[0].dtype != torch.float32 else ""
         raise PrunelabError(f"ONNX Runtime cannot run the exported model: {first}{hint}") from exc
     was_training = model.training
     model.eval()
     try:
         device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
         with torch.inference_mode():
-            want = model(x.to(device)).float().cpu()
+            want = logits_of(call_model(model, move_inputs(x, device))).float().cpu()
     finally:
         model.train(was_training)
     if got.shape != want.shape:
@@ -191,8 +227,9 @@ def check_onnx(onnx_model: bytes | str | os.PathLike, model: nn.Module, input_sh
     return max_abs, rel
 
 
-def to_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, *, dynamic_batch: bool = True,
-            opset: int = DEFAULT_OPSET, exporter: str = "auto", check: bool = True, rtol: float = 1e-4) -> OnnxExport:
+def to_onnx(model: nn.Module, input_shape: InputSpec | Sequence[int], path: str | os.PathLike, *,
+            dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, exporter: str = "auto", check: bool = True,
+            rtol: float = 1e-4) -> OnnxExport:
     """Export ``model`` to an ONNX file at ``path`` (written atomically) and, with ``check``, verify
     that ONNX Runtime reproduces eager PyTorch within ``rtol`` (relative error of the output)."""
     from prunelab.io import atomic_write_bytes, output_target
@@ -203,5 +240,6 @@ def to_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLik
     if check:
         max_abs, rel = check_onnx(data, model, input_shape, batch_size=3 if dynamic_batch else 2, rtol=rtol)
     atomic_write_bytes(path, data)
-    return OnnxExport(str(Path(path)), tuple(int(d) for d in input_shape), dynamic_batch, opset, len(data),
-                      max_abs, rel)
+    spec = as_input_spec(input_shape)
+    return OnnxExport(str(Path(path)), spec.shape, dynamic_batch, opset, len(data), max_abs, rel,
+                      None if spec.is_plain else spec.to_dict())

@@ -53,6 +53,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.export.numerics import relative_error
+from prunelab.train.masks import get_mask
 
 POLICIES = ("measure", "sparse", "dense")
 KERNELS = ("sparse", "dense")
@@ -463,7 +464,7 @@ def _candidate_layers(model: nn.Module, masked_only: bool) -> list[tuple[str, nn
         weight = getattr(m, "weight", None)
         if not isinstance(weight, torch.Tensor):
             continue
-        if hasattr(m, "weight_mask") or (not masked_only and type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        if get_mask(m) is not None or (not masked_only and type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d)):
             out.append((name, m))
     return out
 

@@ -44,6 +44,7 @@ from prunelab.measure.timing import (
     time_interleaved,
     trial_call,
 )
+from prunelab.models.inputs import InputSpec, call_model
 
 #: a prepared call of a model on one batch: ``runner(model, x, threads, device) -> call``
 Runner = Callable[[nn.Module, torch.Tensor, int, str], Callable[[], object]]
@@ -85,19 +86,21 @@ class LatencyResult:
         return asdict(self)
 
 
-def eager_runner(model: nn.Module, x: torch.Tensor, threads: int, device: str) -> Callable[[], object]:
-    """``model(x)`` under ``torch.inference_mode``: the eager PyTorch back-end."""
+def eager_runner(model: nn.Module, x, threads: int, device: str) -> Callable[[], object]:
+    """``model(x)`` under ``torch.inference_mode``: the eager PyTorch back-end (a tuple of inputs is
+    passed positionally, a dict by keyword: :func:`~prunelab.models.inputs.call_model`)."""
     def call() -> object:
         with torch.inference_mode():
-            return model(x)
+            return call_model(model, x)
     return call
 
 
-def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size: int = 1,
+def measure_latency(model: nn.Module, input_shape: InputSpec | Sequence[int], *, batch_size: int = 1,
                     threads: int | None = None, device: str = "cpu", backend: str = "eager",
                     warmup: int = 10, repeats: int = 50, min_time_s: float = 0.5,
                     max_time_s: float | None = None, runner: Runner | None = None) -> LatencyResult:
-    """Time forward passes of ``model`` on a random batch of shape ``(batch_size, *input_shape)``.
+    """Time forward passes of ``model`` on a random batch of shape ``(batch_size, *input_shape)``
+    (or of ``batch_size`` samples of an :class:`~prunelab.models.inputs.InputSpec`'s inputs).
 
     ``threads``: CPU threads for the measurement (torch intra-op threads); None keeps torch's current
     count. ``runner`` prepares the timed call (default :func:`eager_runner`); ``backend`` is its name
@@ -125,8 +128,8 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch_size:
                          device=device, backend=backend, peak_memory_mb=memory.mb, iqr_ms=stats["iqr_ms"])
 
 
-def latency_of(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, threads: int | None = None,
-               device: str = "cpu", *, repeats: int = 20, min_time_s: float = 0.2) -> float:
+def latency_of(model: nn.Module, input_shape: InputSpec | Sequence[int], batch_size: int = 1,
+               threads: int | None = None, device: str = "cpu", *, repeats: int = 20, min_time_s: float = 0.2) -> float:
     """Median latency in ms of one forward pass of ``model`` (eager PyTorch) on the current device.
 
     The measurement behind latency targets (``--target-latency-ms``) in structured pruning and
@@ -211,9 +214,9 @@ def _as_candidate(value: Any) -> Candidate:
     raise PrunelabError("each model to compare must be an nn.Module, a Candidate, or (model, params, acc[, group])")
 
 
-def compare_latency(models: Mapping[str, Any], input_shape: Sequence[int], *, batch_sizes: Iterable[int] = (1,),
-                    threads: int | None = None, device: str = "cpu", warmup: int = 5, repeats: int = 30,
-                    min_time_s: float = 0.0) -> list[dict[str, Any]]:
+def compare_latency(models: Mapping[str, Any], input_shape: InputSpec | Sequence[int], *,
+                    batch_sizes: Iterable[int] = (1,), threads: int | None = None, device: str = "cpu",
+                    warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0) -> list[dict[str, Any]]:
     """Time several models side by side (interleaved) and return one row per model and batch size.
 
     ``models`` maps a name to a :class:`Candidate` or ``(model, params, acc[, group])``; a missing
@@ -233,10 +236,10 @@ def compare_latency(models: Mapping[str, Any], input_shape: Sequence[int], *, ba
         for batch in batch_sizes:
             x = example_input(input_shape, batch, device, dtype=dtype)
 
-            def runner(model: nn.Module, x: torch.Tensor = x) -> Callable[[], object]:
+            def runner(model: nn.Module, x=x) -> Callable[[], object]:
                 def call() -> object:
                     with torch.inference_mode():
-                        return model(x)
+                        return call_model(model, x)
                 return call
 
             samples = time_interleaved({name: runner(c.model) for name, c in candidates.items()}, device=device,

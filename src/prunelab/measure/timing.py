@@ -32,7 +32,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from prunelab.devices import check_device_name
 from prunelab.errors import PrunelabError
+from prunelab.models.inputs import InputSpec, as_input_spec
 
 #: the most timed rounds and the most seconds a caller may ask one measurement for
 MAX_REPEATS = 100_000
@@ -43,18 +45,9 @@ MAX_TIME_S = 3600.0
 # validation
 
 
-def check_device_name(device: str | torch.device) -> str:
-    """Return ``device`` as a string if it names a device latency can be measured on (cpu, cuda,
-    cuda:N), else raise a one-line error; whether it is present here is :func:`check_device`'s question."""
-    name = str(device)
-    if name == "cpu" or re.fullmatch(r"cuda(:\d+)?", name):
-        return name
-    raise PrunelabError(f"unknown device {name!r}; valid choices: cpu, cuda, cuda:N")
-
-
 def check_device(device: str | torch.device) -> str:
     """Return ``device`` as a string if it can be used here, else raise a one-line error."""
-    name = check_device_name(device)
+    name = check_device_name(device, timing=True)
     if name == "cpu":
         return name
     if not torch.cuda.is_available():  # cuda or cuda:N
@@ -277,11 +270,16 @@ def spread_warning(name: str, stats: Mapping[str, float]) -> str | None:
     return None
 
 
-def example_input(input_shape: Sequence[int], batch_size: int, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    """A fixed random batch ``(batch_size, *input_shape)`` (same seed, same tensor)."""
+def example_input(input_shape: InputSpec | Sequence[int], batch_size: int, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A fixed random batch ``(batch_size, *input_shape)`` (same seed, same tensor); for an
+    :class:`~prunelab.models.inputs.InputSpec` of token ids, tuples or dicts, its example inputs
+    (``dtype`` applies to the float tensors)."""
+    spec = as_input_spec(input_shape)
+    if not spec.is_plain:
+        return spec.example(batch_size, seed=seed, device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch_size, *tuple(input_shape)), generator=gen, dtype=dtype).to(device)
+    return torch.randn((batch_size, *spec.shape), generator=gen, dtype=dtype).to(device)
 
 
 def input_dtype(model: nn.Module) -> torch.dtype:
@@ -316,13 +314,19 @@ def prepared(model: nn.Module, device: str) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def trial_call(call: Callable[[], object], input_shape: Sequence[int], batch_size: int) -> None:
+def trial_call(call: Callable[[], object], input_shape: InputSpec | Sequence[int], batch_size: int) -> None:
     """One untimed call, so that an input the model cannot take is a one-line error, not a traceback."""
     try:
         call()
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        if isinstance(exc, PrunelabError):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        shape = "x".join(str(d) for d in (batch_size, *input_shape))
-        raise PrunelabError(f"the model cannot run on input of shape {shape}: {first}") from exc
+        spec = as_input_spec(input_shape)
+        if spec.is_plain:
+            what = "of shape " + "x".join(str(d) for d in (batch_size, *spec.shape))
+        else:
+            what = f"{spec.describe()} (batch {batch_size})"
+        raise PrunelabError(f"the model cannot run on input {what}: {first}") from exc
 
 

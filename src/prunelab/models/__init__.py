@@ -6,9 +6,7 @@ family). Every module of this package is imported here, so a new family is one n
 own family is registered the same way from any module (a study's ``plugins:``).
 """
 
-import importlib
-import pkgutil
-
+from prunelab.autoload import import_modules
 from prunelab.models.registry import (
     ArchSpec,
     ModelEntry,
@@ -28,9 +26,7 @@ from prunelab.models.registry import (
     width_units,
 )
 
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_modules(__name__, __path__)
 
 __all__ = [
     "ArchSpec",

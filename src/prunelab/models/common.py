@@ -18,8 +18,13 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 
+#: the convolutions prunelab prunes and counts (the one table; counting adds the transposed ones)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: average pools (counted in MACs; they pass channels through one to one)
+POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+              nn.AdaptiveAvgPool3d)
 
 
 def is_conv1d(module: nn.Module) -> bool:

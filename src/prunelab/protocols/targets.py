@@ -87,12 +87,11 @@ class LatencyOptions:
 class Measurer:
     """Measures specs (built fresh) in one metric, caching by spec so a search never re-counts.
 
-    ``input_shape`` excludes the batch dimension, or is an :class:`~prunelab.models.inputs.InputSpec`
-    (token ids; not for latency, which times one float tensor).
+    ``input_shape`` excludes the batch dimension (or is an :class:`~prunelab.models.inputs.InputSpec`).
     """
 
     metric: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | InputSpec
     latency: LatencyOptions = field(default_factory=LatencyOptions)
     _cache: dict[str, float] = field(default_factory=dict, repr=False)
 
@@ -121,13 +120,8 @@ def measure(model: nn.Module, metric: str, input_shape: tuple[int, ...],
     if metric == "macs":
         from prunelab.measure import count_macs
 
-        return float(count_macs(model, input_shape if isinstance(input_shape, InputSpec) else tuple(input_shape)))
-    if isinstance(input_shape, InputSpec):
-        if not input_shape.is_plain:
-            raise PrunelabError(f"latency targets time one float input tensor; this model takes "
-                                f"{input_shape.describe()}: aim at params or MACs instead")
-        input_shape = input_shape.shape
-    return measure_latency_ms(model, tuple(input_shape), latency or LatencyOptions())
+        return float(count_macs(model, input_shape))
+    return measure_latency_ms(model, input_shape, latency or LatencyOptions())
 
 
 def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], opts: LatencyOptions) -> float:
@@ -137,7 +131,7 @@ def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], opts: Lat
         from prunelab.measure.latency import latency_of
     except ImportError:
         raise PrunelabError("latency targets need prunelab.measure.latency, which is not available") from None
-    return float(latency_of(model, tuple(input_shape), batch_size=opts.batch_size, threads=opts.threads,
+    return float(latency_of(model, input_shape, batch_size=opts.batch_size, threads=opts.threads,
                             device=opts.device, repeats=opts.repeats, min_time_s=opts.min_time_s))
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from prunelab.study.context import RunContext
 from prunelab.study.run import RunConfig, canonical_json
+from prunelab.train.masks import masked_name
 
 _DATA_CACHE: dict[str, Any] = {}
 
@@ -141,7 +142,7 @@ def mask_fingerprint(model: nn.Module) -> str | None:
     digest = hashlib.sha256()
     found = False
     for name, buf in model.named_buffers():
-        if name.endswith("_mask"):
+        if masked_name(name) is not None:
             found = True
             digest.update(name.encode())
             digest.update(buf.detach().to("cpu").bool().numpy().tobytes())
@@ -155,15 +156,6 @@ def plan_fingerprint(plan: dict[str, Any]) -> str:
 
     groups = [[str(g.get("name")), [int(i) for i in g.get("kept") or []]] for g in plan.get("groups") or []]
     return hashlib.sha256(canonical_json(groups).encode()).hexdigest()[:16]
-
-
-def pruning_key(run: RunConfig, **extra: Any) -> dict[str, Any]:
-    """An artifact key for what a pruning method produces from the dense model (a plan, masks, a
-    profile): model, data, dense training, method kind and parameters, target and seed, but not the
-    protocol, so fine-tuning, Scratch-E, Scratch-B and copied-profile runs of one pruning share it."""
-    return {"what": "pruned", "model": run.model, "model_kwargs": run.model_kwargs, "data": run.data,
-            "train": run.train, "kind": run.kind, "params": run.params, "target": run.target, "seed": run.seed,
-            **extra}
 
 
 @dataclass

@@ -45,7 +45,6 @@ class StudyResult:
     counts: dict[str, int]
     executed: int
     failures: list[tuple[str, str]] = field(default_factory=list)
-    report: Path | None = None
     tracked: int = 0  # finished runs logged to the tracker
     tracking_dir: Path | None = None
 
@@ -139,7 +138,7 @@ def prepare_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | 
 def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None = None, *,
               executor: str = "local", workers: int = 1, update: bool = False, retry_failed: bool = True,
               progress: bool | None = None, lease: float = DEFAULT_LEASE_S, heartbeat: float | None = None,
-              threads: int | None = None, ray_address: str | None = None, report: bool = False,
+              threads: int | None = None, ray_address: str | None = None,
               nproc_per_node: int = 2, tracker: str | None = None, tracker_dir: str | os.PathLike | None = None
               ) -> StudyResult:
     """Run every unfinished run of a study and record the outcomes in ``<out>/results.db``.
@@ -148,7 +147,8 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
     or ``torchrun`` (each run data-parallel on ``nproc_per_node`` processes, ``workers`` runs at once).
     ``progress``: show the live display (default: when stderr is a terminal). ``threads``: torch
     threads per run (default 1, so a run's numbers do not depend on ``workers``: CPU kernels split
-    their sums by thread count, which can move the last digits). ``report``: write the report afterwards.
+    their sums by thread count, which can move the last digits). The report is not written here
+    (:func:`prunelab.report.write_report` reads the store afterwards; ``study run --report`` calls it).
     ``tracker`` / ``tracker_dir`` (default: the spec's ``tracker``): log every finished run to TensorBoard or
     MLflow afterwards (:func:`prunelab.study.tracking.export_study`).
     """
@@ -199,10 +199,6 @@ def run_study(spec: StudySpec | str | os.PathLike, out: str | os.PathLike | None
         from prunelab.study.tracking import export_study
 
         result.tracked, result.tracking_dir = export_study(result.store_path, tracker, tracker_dir)
-    if report:
-        from prunelab.report import write_report
-
-        result.report = write_report(result.store_path, out_dir / "report").markdown
     return result
 
 

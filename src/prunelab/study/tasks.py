@@ -24,7 +24,6 @@ anything runs:
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,27 +77,10 @@ class RunOutput:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-safe copy (tensors and numpy scalars become numbers, NaN/inf become None)."""
+        from prunelab.io import jsonable  # torch only when a run's output is stored
+
         return {"metrics": jsonable(dict(self.metrics)), "curves": [jsonable(dict(r)) for r in self.curves],
                 "layers": [jsonable(dict(r)) for r in self.layers], "artifacts": jsonable(dict(self.artifacts))}
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values: containers recursed, tensors/numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "tolist"):  # torch.Tensor, numpy arrays and scalars
-        return jsonable(obj.tolist())
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 TaskFn = Callable[["RunConfig", "RunContext"], RunOutput]

@@ -212,7 +212,7 @@ class TrainConfig:
                                 f"{self.milestones}")
         if self.nesterov and self.optimizer == "sgd" and self.momentum <= 0:
             raise PrunelabError("nesterov needs momentum > 0")
-        from prunelab.train.trainer import check_device_name
+        from prunelab.devices import check_device_name
 
         try:
             check_device_name(self.device)

@@ -49,6 +49,7 @@ from torch import nn
 
 from prunelab.data.base import DataBundle
 from prunelab.data.feed import Feed
+from prunelab.devices import check_device_name
 from prunelab.errors import PrunelabError
 from prunelab.io import atomic_torch_save, torch_load
 from prunelab.models.inputs import logits_of
@@ -78,20 +79,6 @@ class TrainResult:
 
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
-
-
-def check_device_name(spec: str | torch.device) -> str:
-    """``spec`` as a string if it has the form of a training device: ``auto`` or a name ``torch.device``
-    reads (cpu, cuda, cuda:N, mps, ...); else a one-line error. Whether the device is present here is
-    not asked (a study spec may be meant for a GPU machine): :func:`resolve_device` asks that."""
-    name = str(spec)
-    if name == "auto":
-        return name
-    try:
-        torch.device(name)
-    except RuntimeError:
-        raise PrunelabError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, mps") from None
-    return name
 
 
 def resolve_device(spec: str | torch.device) -> torch.device:
@@ -527,7 +514,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
             loss_sum += float(loss_fn(out.float(), y, reduction="sum"))
             right, counted = loss_fn.correct(out, y)
             correct += int(right)
-            n += counted
+            n += int(counted)
     finally:
         model.train(was_training)
     n = max(n, 1)

@@ -180,8 +180,7 @@ def verify(reference: nn.Module, small: nn.Module, groups: GroupSet, keep: dict[
         small.train(modes[1])
         if temp is not None:
             temp.detach()
-    if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
-        raise PrunelabError("compression check needs a model returning one tensor")
+    want, got = logits_of(want), logits_of(got)
     if want.shape != got.shape:
         raise PrunelabError(f"compressed output shape {tuple(got.shape)} differs from {tuple(want.shape)}")
     scale = max(1.0, float(want.abs().max()))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from prunelab.models.common import BN_TYPES, CONV_TYPES
-from prunelab.prune.structured.groups import PER_CHANNEL_TYPES, GroupSet
+from prunelab.prune.structured.groups import PER_CHANNEL_TYPES, PRODUCER_TYPES, GroupSet
 from prunelab.prune.structured.transformer import is_conv1d
 
 
@@ -95,7 +95,7 @@ class CostModel:
             if shape is not None and shape.kind == "pool":
                 self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), shape.out_channels), None, 0, 1,
                                           False, False, shape.positions, 0, pool=True))
-            elif isinstance(module, (*CONV_TYPES, nn.Linear)) or is_conv1d(module):
+            elif isinstance(module, PRODUCER_TYPES) or is_conv1d(module):
                 shape = groups.layers.get(name)
                 if shape is None:
                     continue

@@ -47,7 +47,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.errors import PrunelabError, check_choice
-from prunelab.models.common import BN_TYPES, CONV_TYPES
+from prunelab.models.common import BN_TYPES, CONV_TYPES, POOL_TYPES
 from prunelab.models.inputs import InputSpec, as_input_spec, call_model, logits_of
 from prunelab.prune.structured.transformer import AttentionUnit, MlpUnit, Units, find_units, is_conv1d
 from prunelab.train.progress import stage
@@ -57,8 +57,6 @@ SCOPES = ("internal", "all")
 TORCH_PRUNING_TESTED = ("1.5.3", "1.6.0", "1.6.1")
 
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
-POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-              nn.AdaptiveAvgPool3d)
 # Layers whose parameters are one value per channel (sliced with the channel, no mixing across channels).
 PER_CHANNEL_TYPES = (*BN_TYPES, nn.PReLU)
 
@@ -147,11 +145,17 @@ class GroupSet:
     input_shape: tuple[int, ...]
     layers: dict[str, LayerShape]
     skipped: list[dict] = field(default_factory=list)
+    #: the example inputs the model was traced with (an InputSpec; given a shape only, one float tensor)
     inputs: InputSpec | None = None
 
     def __post_init__(self) -> None:
         if self.inputs is None:
             self.inputs = InputSpec.tensor(self.input_shape)
+
+    @property
+    def spec(self) -> InputSpec:
+        """The tracing inputs as an :class:`~prunelab.models.inputs.InputSpec` (same as ``inputs``)."""
+        return self.inputs
 
     def example(self, batch: int, model: nn.Module, seed: int = 0):
         """Example inputs (of the spec the groups were traced with) on the model's device."""
@@ -169,19 +173,6 @@ class GroupSet:
     @property
     def total_channels(self) -> int:
         return sum(g.width for g in self.groups)
-
-
-def example_batch(input_shape: Sequence[int], batch: int = 1, device: torch.device | str = "cpu",
-                  seed: int = 0) -> torch.Tensor:
-    """A fixed random input used for tracing and for the compressed == masked check."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *input_shape), generator=gen).to(device)
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 @dataclass
@@ -495,7 +486,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
         out = dg.is_out_channel_pruning_fn(dep.handler)
         if is_depthwise(module):
             kind = "depthwise"
-        elif isinstance(module, (*CONV_TYPES, nn.Linear)) or is_conv1d(module):
+        elif isinstance(module, PRODUCER_TYPES) or is_conv1d(module):
             kind = "out" if out else "in"
         elif isinstance(module, PER_CHANNEL_TYPES):
             kind = "out"

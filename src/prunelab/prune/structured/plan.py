@@ -5,7 +5,8 @@ A plan is plain JSON::
     {"format": "prunelab-channel-plan", "version": 1,
      "base": {"family": ..., "kwargs": {...}},        # ArchSpec of the unpruned model (or None)
      "scope": "internal" | "all",
-     "input_shape": [C, H, W],                         # the tracing input
+     "input_shape": [C, H, W],                         # the tracing input (its first tensor)
+     "inputs": {...},                                  # InputSpec.to_dict(), when more than one float tensor
      "groups": [{"name": ..., "root": <layer path>, "width": W, "kept": [int, ...]}, ...]}
 
 Rebuilding (:func:`apply_plan`) constructs the base model from its constructor, asks Torch-Pruning
@@ -24,7 +25,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.common import CONV_TYPES
-from prunelab.prune.structured.groups import GroupSet, build_graph, layer_group, make_group, read_group
+from prunelab.prune.structured.groups import PRODUCER_TYPES, GroupSet, build_graph, layer_group, make_group, read_group
 
 PLAN_FORMAT = "prunelab-channel-plan"
 PLAN_VERSION = 1
@@ -122,7 +123,7 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
             module = model.get_submodule(root)
         except AttributeError:
             raise PrunelabError(f"plan does not fit the base model: no layer {root!r}") from None
-        if not isinstance(module, (*CONV_TYPES, nn.Linear)):
+        if not isinstance(module, PRODUCER_TYPES):
             raise PrunelabError(f"plan does not fit the base model: {root!r} is a {type(module).__name__}, "
                                 f"not a convolution or linear layer")
         width = module.out_channels if isinstance(module, CONV_TYPES) else module.out_features

@@ -60,8 +60,5 @@ def measure_latency_ms(model, input_shape, target: Target) -> float:
         from prunelab.measure.latency import latency_of
     except ImportError as exc:  # pragma: no cover - the measure package ships with prunelab
         raise PrunelabError(f"latency targets need prunelab.measure.latency ({exc})") from exc
-    from prunelab.models.inputs import as_input_spec
-
-    spec = as_input_spec(input_shape)
-    return float(latency_of(model, spec.shape if spec.is_plain else spec, batch_size=target.latency_batch,
+    return float(latency_of(model, input_shape, batch_size=target.latency_batch,
                             threads=target.latency_threads, device=target.latency_device))

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.models.inputs import as_input_spec, call_model
 from prunelab.prune.unstructured.allocation import check_sparsity, kept_count
 from prunelab.prune.unstructured.masks import get_mask, set_mask
 from prunelab.prune.unstructured.report import PruneReport, build_report
@@ -90,7 +91,8 @@ def find_lowrank_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[Low
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((2, *input_shape), dtype=param.dtype, device=param.device))
+            call_model(model, as_input_spec(input_shape).example(2, device=param.device, dtype=param.dtype,
+                                                                 zeros=True))
     finally:
         model.train(was_training)
         for h in handles:

@@ -174,7 +174,7 @@ def _fmt(x: int | None) -> str:
     return "-" if x is None else f"{x:,}"
 
 
-def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]):
+def _layer_macs(model: nn.Module, input_shape: InputSpec | tuple[int, ...]):
     """Per-layer rows and model totals (dense, sparse-aware) from one :func:`prunelab.measure.layer_table`
     pass; the totals equal ``count_macs(model, shape)`` and ``count_macs(model, shape, sparse=True)``."""
     from prunelab.measure import layer_table
@@ -184,7 +184,8 @@ def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]):
 
 
 @torch.no_grad()
-def outputs_connected(model: nn.Module, input_shape: tuple[int, ...], trials: int = 4, seed: int = 0) -> float:
+def outputs_connected(model: nn.Module, input_shape: InputSpec | tuple[int, ...], trials: int = 4,
+                      seed: int = 0) -> float:
     """Fraction of output units that change between random inputs (0.0: the output no longer
     depends on the input, i.e. no input-to-output path survives). Evaluated in eval mode; the
     model's mode is restored."""

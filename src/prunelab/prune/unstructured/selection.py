@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from prunelab.errors import PrunelabError, unknown_choice
-from prunelab.models.common import is_conv1d
+from prunelab.models.common import CONV_TYPES, is_conv1d
 
 #: module-type names accepted by ``include_types``
 LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
-    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "conv": CONV_TYPES,
     "conv1d": (nn.Conv1d,),
     "conv2d": (nn.Conv2d,),
     "conv3d": (nn.Conv3d,),

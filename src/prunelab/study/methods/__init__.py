@@ -7,15 +7,8 @@ its error is kept in ``IMPORT_ERRORS`` and shown when a study asks for one of it
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from prunelab.autoload import import_modules
 
 IMPORT_ERRORS: dict[str, str] = {}
 
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name.startswith("_"):
-        continue
-    try:
-        importlib.import_module(f"{__name__}.{_info.name}")
-    except ImportError as _exc:
-        IMPORT_ERRORS[f"{__name__}.{_info.name}"] = f"{type(_exc).__name__}: {_exc}"
+import_modules(__name__, __path__, IMPORT_ERRORS)

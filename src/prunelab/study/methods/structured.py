@@ -37,7 +37,7 @@ from prunelab.errors import PrunelabError
 from prunelab.protocols.build import data_inputs
 from prunelab.study.common import dense_model, final_metrics, load_data, plan_fingerprint
 from prunelab.study.context import RunContext
-from prunelab.study.methods.protocols import (
+from prunelab.study.method_tools import (
     SIZE_TARGETS,
     Param,
     architecture_metrics,

@@ -37,7 +37,7 @@ from prunelab.errors import PrunelabError
 from prunelab.protocols.build import data_inputs
 from prunelab.study.common import arch_spec, dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.context import RunContext
-from prunelab.study.methods.protocols import (
+from prunelab.study.method_tools import (
     Param,
     check_finetune,
     evaluate_final,

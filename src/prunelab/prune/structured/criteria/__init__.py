@@ -8,9 +8,6 @@ with :func:`~prunelab.prune.structured.criterion.register_criterion`. Modules lo
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from prunelab.autoload import import_modules
 
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_modules(__name__, __path__)
