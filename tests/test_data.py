@@ -29,7 +29,7 @@ PFS_STD = np.array([0.2023, 0.1994, 0.2010])
 # ----------------------------------------------------------------------------------------- registry
 def test_registry_lists_every_dataset_and_rejects_unknown_names_and_options():
     assert D.list_datasets() == sorted(["cifar10", "cifar100", "corpus", "digits", "har", "imagefolder",
-                                        "imagefolder-stream", "mnist1d", "synthetic", "tar-shards"])
+                                        "imagefolder-stream", "mnist1d", "synthetic", "tar-shards", "tokens"])
     with pytest.raises(PrunelabError, match="valid choices: cifar10, cifar100, corpus, digits"):
         D.load("imagenet")
     with pytest.raises(PrunelabError, match="unknown option.*'colour'.*valid options: test_fraction"):
