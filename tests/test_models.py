@@ -244,6 +244,10 @@ def test_pytorch_prunes_key_names():
     ("wrn-16-1", {"widen_factor": 0}, "positive"),
     ("fastgrnn", {"u_rank": 0}, "u_rank must be >= 1"),
     ("cnn", {"colour": True}, "cannot build cnn"),
+    ("vit-digits", {"patch_size": 3}, "patch_size 3 must divide the 8x8 image"),
+    ("vit-digits", {"heads": [4, 4, 4]}, "heads must have 2 entries"),
+    ("lm-tiny", {"head_dim": 15}, "even head_dim"),
+    ("lm-tiny", {"tie_embeddings": "yes"}, "tie_embeddings must be true or false"),
 ])
 def test_bad_architectures_name_the_rule(name, overrides, rule):
     with pytest.raises(PrunelabError) as err:

@@ -21,7 +21,9 @@ registry imports no family; the package ``prunelab.models`` imports every family
 * ``expansion``: how Pruning from Scratch's ``-e`` widens the family by default (``width`` or
   ``bottleneck``, Wang et al. 2020);
 * ``width_keys``: the constructor keywords that list per-block unit widths explicitly, whose length
-  follows the depth (dropped or carried over stage by stage when the depth changes).
+  follows the depth (dropped or carried over stage by stage when the depth changes);
+* ``inputs(kwargs)``: the family's example inputs when they are not one float tensor of its input
+  shape (the language model's token ids), as an :class:`~prunelab.models.inputs.InputSpec`.
 """
 
 from __future__ import annotations
