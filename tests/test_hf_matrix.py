@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_matrix_models import MODELS
+from hf_tiny import MODELS
 from prunelab.errors import PrunelabError
 from prunelab.export.hf import write_folder
 from prunelab.models.inputs import LogitsModule, call_model, logits_of, positional

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_matrix_models import bert, gpt2, llama, vit
+from hf_tiny import bert, gpt2, llama, vit
 from prunelab.errors import PrunelabError
 from prunelab.models.inputs import call_model, logits_of
 from prunelab.prune.structured import ChannelMasks, StructuredConfig, StructuredPruner, Target, compress, find_groups
