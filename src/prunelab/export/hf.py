@@ -21,7 +21,6 @@ half-written (an existing folder is replaced only once the new one is complete).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.io import atomic_write_json
 from prunelab.models.hf import MASKS_FILE, HFModel, load_folder, quiet_transformers
 from prunelab.prune.unstructured.masks import mask_counts, set_mask, strip
 
@@ -108,7 +108,7 @@ def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields:
         with quiet_transformers():
             plain.save_pretrained(str(tmp), safe_serialization=True)
         if record is not None:
-            (tmp / MASKS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(tmp / MASKS_FILE, record)
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
