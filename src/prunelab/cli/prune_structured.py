@@ -81,6 +81,10 @@ def add_arguments(parser) -> None:
     t.add_argument("--target-macs", type=_count, metavar="N", help="MACs (batch 1) of the compressed model")
     t.add_argument("--target-latency-ms", type=float, metavar="MS",
                    help="measured median latency of the compressed model (eager, see --latency-batch)")
+    t.add_argument("--target-params-ratio", type=_ratio, metavar="R",
+                   help="parameters of the compressed model as a fraction of the dense model's (0 < R < 1)")
+    t.add_argument("--target-macs-ratio", type=_ratio, metavar="R",
+                   help="MACs of the compressed model as a fraction of the dense model's (0 < R < 1)")
     g.add_argument("--latency-batch", type=int, default=1, metavar="B", help="batch size of latency targets")
     g.add_argument("--latency-threads", type=int, default=None, metavar="T",
                    help="CPU threads of latency targets (default: torch's current count)")
@@ -113,6 +117,16 @@ def _count(text: str) -> int:
     return int(value)
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction between 0 and 1 (e.g. 0.5)")
+    return value
+
+
 def _min_channels(text: str) -> float:
     try:
         value = float(text)
@@ -131,8 +145,33 @@ def _target(args):
         if value is not None:
             return Target(kind, value, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
                           latency_device=args.latency_device)
-    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs or "
-                        "--target-latency-ms")
+    if _ratio_of(args) is not None:
+        return None  # resolved on the loaded model (ratio_target)
+    raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs, "
+                        "--target-latency-ms, --target-params-ratio or --target-macs-ratio")
+
+
+def _ratio_of(args) -> tuple[str, float] | None:
+    for kind in ("params", "macs"):
+        value = getattr(args, f"target_{kind}_ratio", None)
+        if value is not None:
+            return kind, value
+    return None
+
+
+def ratio_target(cfg, args, model, inputs):
+    """``cfg`` with the target of ``--target-params-ratio`` / ``--target-macs-ratio`` in real units:
+    the fraction of ``model``'s dense count (params, or MACs at batch 1 on ``inputs``), rounded down."""
+    from prunelab.prune.structured import Target
+    from prunelab.prune.structured.cost import model_size
+
+    given = _ratio_of(args)
+    if given is None:
+        return cfg
+    kind, ratio = given
+    params, macs = model_size(model, inputs)
+    dense = params if kind == "params" else macs
+    return replace(cfg, target=Target(kind, max(1, math.floor(ratio * dense))))
 
 
 def structured_config(args):
@@ -161,7 +200,7 @@ def _sizes(model, input_shape) -> dict[str, int]:
     return {"params": params, "macs": macs}
 
 
-def _print_coverage(pruner) -> None:
+def print_coverage(pruner) -> None:
     """What the prune can touch, on stderr: prunable fractions in scope, and every group left out."""
     cov = pruner.coverage()
     sys.stderr.write(f"prunelab prune: {cov['groups']} prunable group(s) in scope {pruner.config.scope!r}: "
@@ -170,6 +209,13 @@ def _print_coverage(pruner) -> None:
                      f"can be removed\n")
     for s in cov["skipped"]:
         sys.stderr.write(f"prunelab prune: not pruned: {s['group']}: {s['reason']}\n")
+
+
+def run_hf(args) -> int:
+    """``prune --hf DIR --structured``: :mod:`prunelab.cli.prune_hf`."""
+    from prunelab.cli.prune_hf import run as run_folder
+
+    return run_folder(args)
 
 
 def run(args) -> int:
@@ -217,11 +263,12 @@ def run(args) -> int:
                             f"channel-pruned model")
     input_shape = tuple(data.input_shape)
     device = resolve_device(train_config.device)
+    cfg = ratio_target(cfg, args, model, input_shape)
     pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)
 
     pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
                                                                               train_config.epochs)
-    _print_coverage(pruner)
+    print_coverage(pruner)
     summary: dict[str, Any] = {
         "model": args.model, "arch": spec.to_dict(), "data": args.data, "structured": cfg.to_dict(),
         "train": train_config.to_dict(), "pretrain_epochs": pretrain, "scope": cfg.scope,
@@ -316,16 +363,17 @@ def run(args) -> int:
     if args.json:
         emit_json(summary)
     else:
-        _print_summary(summary)
+        print_summary(summary)
     return 0
 
 
-def _print_summary(s: dict) -> None:
+def print_summary(s: dict) -> None:
     print(f"{'group':32s} {'before':>7s} {'after':>7s}")
     for row in s["groups"]:
         print(f"{row['group']:32s} {row['before']:7d} {row['after']:7d}")
     print(f"channels {s['channels']['before']:,} -> {s['channels']['after']:,}; "
           f"params {s['params']['before']:,} -> {s['params']['after']:,}; "
           f"MACs {s['macs']['before']:,} -> {s['macs']['after']:,}")
-    acc = s["accuracy"]
-    print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))
+    acc = {k: v for k, v in s["accuracy"].items() if v is not None}
+    if acc:
+        print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))

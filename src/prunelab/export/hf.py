@@ -21,6 +21,7 @@ half-written (an existing folder is replaced only once the new one is complete).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.export.hf_config import check_describes
 from prunelab.models.hf import MASKS_FILE, HFModel, load_folder, quiet_transformers
 from prunelab.prune.unstructured.masks import mask_counts, set_mask, strip
 
@@ -50,25 +52,32 @@ def register_config_rule(rule: Callable[[nn.Module], Mapping[str, Any]]) -> Call
 
 def _structure_rule(model: nn.Module) -> Mapping[str, Any]:
     """Heads, key/value heads, head size and MLP width of a structurally pruned transformer
-    (:func:`prunelab.prune.structured.transformer.config_updates`; uniform widths only)."""
+    (:func:`prunelab.prune.structured.transformer.config_updates`; uniform widths only; ``head_dim``
+    also where the class reads it but the config does not hold it yet,
+    :func:`prunelab.export.hf_config.states_head_dim`)."""
+    from prunelab.export.hf_config import states_head_dim
     from prunelab.prune.structured.transformer import config_updates
 
-    return config_updates(model)
+    return config_updates(model, head_dim_field=states_head_dim(model))
 
 
 register_config_rule(_structure_rule)
 
 
-def set_config_fields(config, fields: Mapping[str, Any]) -> None:
+#: fields a config rule may add to a config that lacks them (the class reads them when present)
+NEW_FIELDS = ("head_dim",)
+
+
+def set_config_fields(config, fields: Mapping[str, Any], new: tuple[str, ...] = ()) -> None:
     """Set ``config.<field> = value`` for each item; a dotted field walks nested configs. A field the
-    config (or a nested one) does not have is one :class:`PrunelabError` line."""
+    config (or a nested one) does not have is one :class:`PrunelabError` line, unless it is in ``new``."""
     for key, value in fields.items():
         target, parts = config, key.split(".")
         for part in parts[:-1]:
             if not hasattr(target, part):
                 raise PrunelabError(f"config has no {part!r} (in field {key!r})")
             target = getattr(target, part)
-        if not hasattr(target, parts[-1]):
+        if not hasattr(target, parts[-1]) and key not in new:
             raise PrunelabError(f"config {type(target).__name__} has no field {parts[-1]!r}")
         setattr(target, parts[-1], value)
 
@@ -86,9 +95,15 @@ def masks_record(model: nn.Module, summary: Mapping[str, Any] | None = None) -> 
 
 
 def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields: Mapping[str, Any] | None = None,
-                 summary: Mapping[str, Any] | None = None) -> Path:
+                 summary: Mapping[str, Any] | None = None, check_inputs=None, atol: float = 1e-5) -> Path:
     """Save ``model`` (an HF ``PreTrainedModel``, masked or compressed) to ``out_dir`` (see the
-    module docstring); returns the folder."""
+    module docstring); returns the folder.
+
+    The config (after the rules and ``config_fields``) must rebuild ``model``'s shapes
+    (:func:`prunelab.export.hf_config.check_describes`), else nothing is written. With
+    ``check_inputs`` (an :class:`~prunelab.models.inputs.InputSpec`), the written folder is also loaded
+    back with ``from_pretrained`` before it is moved into place, and its logits on two examples must
+    equal ``model``'s within ``atol``."""
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise PrunelabError(f"a {type(model).__name__} is not a Hugging Face model (no save_pretrained / config); "
                             f"save it as a prunelab checkpoint instead")
@@ -100,13 +115,19 @@ def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields:
     fields: dict[str, Any] = {}
     for rule in _CONFIG_RULES:
         fields.update(rule(plain))
+    ruled = tuple(k for k in fields if k in NEW_FIELDS)
     fields.update(config_fields or {})
-    set_config_fields(plain.config, fields)
+    config = copy.deepcopy(plain.config)
+    set_config_fields(config, fields, new=ruled)
+    check_describes(plain, config, fields)
+    plain.config = config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with quiet_transformers():
             plain.save_pretrained(str(tmp), safe_serialization=True)
+        if check_inputs is not None:
+            check_reloads(plain, tmp, check_inputs, atol)
         if record is not None:
             (tmp / MASKS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         old = None
@@ -120,6 +141,31 @@ def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_reloads(model: nn.Module, folder: Path, inputs, atol: float = 1e-5) -> float:
+    """Load ``folder`` with ``type(model).from_pretrained`` (the class ``AutoModelFor...`` resolves
+    from ``architectures``) and compare its logits with ``model``'s on two examples of ``inputs``;
+    a difference above ``atol`` is one line. Returns the max abs difference."""
+    from prunelab.models.inputs import as_input_spec, run_logits
+
+    spec = as_input_spec(inputs)
+    with quiet_transformers():
+        again = type(model).from_pretrained(str(folder), local_files_only=True)
+    again.eval()
+    was_training = model.training
+    model.eval()
+    try:
+        x = spec.example_for(model, 2, seed=0)
+        with torch.no_grad():
+            diff = float((run_logits(again.to(next(model.parameters()).device), x) - run_logits(model, x))
+                         .abs().max())
+    finally:
+        model.train(was_training)
+    if not diff <= atol:
+        raise PrunelabError(f"the written folder does not reproduce the pruned model: its outputs differ by "
+                            f"{diff:.3g} (> {atol:g}); nothing was written")
+    return diff
 
 
 def load_hf(path: str | os.PathLike, *, seq_len: int | None = None,

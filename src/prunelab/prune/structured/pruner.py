@@ -35,7 +35,7 @@ from prunelab.prune.structured.groups import SCOPES, GroupSet, find_groups
 from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.plan import make_plan
 from prunelab.prune.structured.schedule import IterativePruning
-from prunelab.prune.structured.select import removal_order, select
+from prunelab.prune.structured.select import removal_order, select, uniform_ties
 from prunelab.prune.structured.targets import Target, measure_latency_ms
 from prunelab.train.progress import stage
 
@@ -55,7 +55,9 @@ class StructuredConfig:
     (iterative schedule); ``checkpoint_every`` calls the checkpoint hook every N prunes;
     ``min_channels`` is the fewest channels (heads, for a heads group) every group keeps: a whole
     number N >= 1, or a fraction in (0, 1) of the group's width (rounded up); None: no floor beyond
-    one channel (or none for a group that may vanish).
+    one channel (or none for a group that may vanish). ``uniform``: every layer keeps the same number
+    of heads and the same MLP width (:func:`~prunelab.prune.structured.select.uniform_ties`; what a
+    Hugging Face config can describe).
     """
 
     criterion: str = "fisher"
@@ -72,6 +74,7 @@ class StructuredConfig:
     checkpoint_every: int | None = None
     seed: int = 0
     min_channels: float | None = None
+    uniform: bool = False
 
     def validate(self) -> StructuredConfig:
         check_choice("criterion", self.criterion, criterion_names())
@@ -108,6 +111,8 @@ class StructuredConfig:
         d["exclude"] = list(self.exclude)
         if self.min_channels is None:  # absent by default, so the configs of earlier runs are unchanged
             d.pop("min_channels")
+        if not self.uniform:
+            d.pop("uniform")
         return d
 
 
@@ -152,6 +157,8 @@ class StructuredPruner:
                                 + (f" ({why}{f'; and {more} more' if more > 0 else ''})" if why else
                                    " (the model has no convolution or linear layer whose channels can be removed)"))
         self.floors = min_channel_floors(self.groups, config.min_channels)
+        #: groups ranked as one so that they keep equal widths (``uniform``)
+        self.ties = uniform_ties(self.groups) if config.uniform else []
         self.masks = ChannelMasks(model, self.groups)
         try:
             self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
@@ -191,7 +198,7 @@ class StructuredPruner:
         """Sizes with every group at its smallest allowed width."""
         alive = {k: v.clone() for k, v in self.masks.alive.items()}
         for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, alive, self.groups,
-                                  self.config.round_to, self.floors):
+                                  self.config.round_to, self.floors, self.ties):
             for name, c in unit:
                 alive[name][c] = False
         params, macs = self.cost.size(alive)
@@ -228,7 +235,7 @@ class StructuredPruner:
         saved = {k: v.clone() for k, v in self.masks.alive.items()}
         try:
             for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
-                                      self.groups, self.config.round_to, self.floors):
+                                      self.groups, self.config.round_to, self.floors, self.ties):
                 self.masks.remove(list(unit))
             low = self.current()
         finally:
@@ -301,7 +308,7 @@ class StructuredPruner:
         if t is not None and t.kind == "channels":
             n = min(n, max(self.masks.remaining - int(t.value), 0))
         chosen = select(self.scores(), self.masks.alive, self.groups, n, self.config.round_to,
-                        self.floors) if n else []
+                        self.floors, self.ties) if n else []
         self.masks.remove(chosen)
         self.criterion.reset()
         if chosen:
@@ -312,7 +319,7 @@ class StructuredPruner:
 
     def exhausted(self) -> bool:
         return next(removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
-                                  self.groups, self.config.round_to, self.floors), None) is None
+                                  self.groups, self.config.round_to, self.floors, self.ties), None) is None
 
     def prune_oneshot(self, data=None, batch_size: int = 128, data_steps: int | None = None,
                       device: str | torch.device | None = None, loss: str | None = None) -> list[tuple[str, int]]:
@@ -339,7 +346,8 @@ class StructuredPruner:
             with stage(f"accumulating the {self.config.criterion} scores"):
                 accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size,
                            device, loss=loss)
-        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to, self.floors))
+        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to, self.floors,
+                                   self.ties))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 
         def apply(k: int) -> None:
