@@ -125,7 +125,9 @@ def min_channel_floors(groups: GroupSet, min_channels: float | None) -> dict[str
     for g in groups:
         n = math.ceil(min_channels * g.width) if min_channels < 1 else int(min_channels)
         if n > g.width:
-            unit = "heads" if g.kind == "heads" else "channels"
+            size = getattr(g.structure, "group_size", 1)
+            unit = "channels" if g.kind != "heads" else ("heads" if size == 1 else
+                                                          f"key/value heads, each with {size} query heads")
             raise PrunelabError(f"min-channels {int(min_channels)} is above the width of group {g.name} "
                                 f"({g.width} {unit}); the narrowest group has "
                                 f"{min(x.width for x in groups)}: give at most that, or a fraction such as 0.25")
@@ -218,8 +220,9 @@ class StructuredPruner:
         low = self.minimum()[t.kind]
         if t.value < low:
             frac = (now - low) / now if now else 0.0
-            skipped = f"; {len(self.groups.skipped)} group(s) not prunable (see the coverage report)" \
-                if self.groups.skipped else ""
+            names = [str(g["group"]) for g in self.groups.skipped]
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            skipped = f"; not prunable: {', '.join(names[:3])}{more}" if names else ""
             raise PrunelabError(f"target {t.describe()} is unreachable: only {frac:.1%} of the model's {t.kind} is "
                                 f"prunable in scope {self.config.scope!r} (removing every prunable channel leaves "
                                 f"{low:,}){skipped}")
