@@ -334,9 +334,11 @@ def run(args) -> int:
         structured = _structured_module()
         if structured is None:
             raise PrunelabError("structured pruning (--structured) is not available in this installation")
-        if args.hf is not None and not hasattr(structured, "run_hf"):
-            raise PrunelabError("--structured with --hf is not available in this installation")
-        return structured.run_hf(args) if args.hf is not None else structured.run(args)
+        if args.hf is not None:
+            from prunelab.cli.prune_hf import run as run_folder  # heads and MLP widths of an HF folder
+
+            return run_folder(args)
+        return structured.run(args)
     if args.hf is not None:
         return _run_hf(args)
 

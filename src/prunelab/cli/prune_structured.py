@@ -211,13 +211,6 @@ def print_coverage(pruner) -> None:
         sys.stderr.write(f"prunelab prune: not pruned: {s['group']}: {s['reason']}\n")
 
 
-def run_hf(args) -> int:
-    """``prune --hf DIR --structured``: :mod:`prunelab.cli.prune_hf`."""
-    from prunelab.cli.prune_hf import run as run_folder
-
-    return run_folder(args)
-
-
 def run(args) -> int:
     from prunelab.checkpoint import is_checkpoint_path, model_or_checkpoint
     from prunelab.cli.common import (
