@@ -322,6 +322,8 @@ def _bad_structured(tmp_path, sfolders, token_file):
         (["prune", "--hf", str(noweights), *ratio], "has no weights"),
         (["prune", "--hf", llama, *ratio, "--round-to", "3"],
          "--round-to 3 does not divide the 2 key/value heads (each with 2 query heads)"),
+        (["prune", "--hf", llama, *ratio, "--round-to", "2"], "leaves no smaller multiple of itself for the 2 "
+                                                             "key/value heads"),
         (["prune", "--hf", llama, *ratio[:-4], "--target-params-ratio", "0.1", "--out", out],
          "is unreachable: only 62.3% of the model's params is prunable"),
         (["prune", "--hf", llama, *ratio, "--min-channels", "3"], "min-channels 3 is above the width"),

@@ -62,16 +62,20 @@ def _check_data_needs(args, cfg) -> None:
 
 
 def _check_round_to(groups, round_to: int | None) -> None:
-    """``--round-to K`` keeps head counts at multiples of K too: K must divide every heads group."""
+    """``--round-to K`` keeps head counts at multiples of K too: K must divide every heads group and
+    leave it a smaller multiple (else its heads could never be pruned)."""
     if not round_to:
         return
     for g in groups:
-        if g.kind == "heads" and g.width % round_to:
+        if g.kind == "heads" and (g.width % round_to or g.width <= round_to):
             unit = g.structure
             what = (f"{g.width} key/value heads (each with {unit.group_size} query heads)"
                     if unit.group_size > 1 else f"{g.width} heads")
-            raise PrunelabError(f"--round-to {round_to} does not divide the {what} of {g.name}; head counts are "
-                                f"kept at multiples of it: give a divisor of {g.width}, or --exclude the attention")
+            why = "does not divide" if g.width % round_to else "leaves no smaller multiple of itself for"
+            attention = g.name.rpartition(":")[0].rpartition(".")[2]
+            raise PrunelabError(f"--round-to {round_to} {why} the {what} of {g.name} (head counts are kept at "
+                                f"multiples of it): give a smaller divisor of {g.width}, or keep the heads with "
+                                f"--exclude '*{attention}*'")
 
 
 def describable_groups(model, groups):
