@@ -266,6 +266,11 @@ def test_structured_prune_hf_round_trips_through_from_pretrained(sfolders, kind,
     assert len(widths) == 1
     assert again.config.to_dict().get("intermediate_size", again.config.to_dict().get("n_inner")) == widths.pop()
     assert "prunable group(s) in scope" in captured.err
+    from prunelab.export.hf import PRUNE_FILE
+
+    record = json.loads((out / PRUNE_FILE).read_text())
+    assert record["groups"] == summary["groups"] and record["structured"]["uniform"] is True
+    assert not (out / MASKS_FILE).exists()
 
 
 def test_structured_prune_hf_with_data(sfolders, token_file, tmp_path, capsys):

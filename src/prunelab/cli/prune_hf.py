@@ -177,7 +177,9 @@ def run(args) -> int:
                          + (f" (training ended after {steps} steps; raise --epochs or --max-steps)\n"
                             if cfg.schedule != "oneshot" else "\n"))
     if args.out:
-        out = write_folder(small, args.out, check_inputs=spec)
+        record = {k: summary[k] for k in ("model", "head", "structured", "target", "groups", "params", "macs",
+                                          "accuracy", "skipped_groups")}
+        out = write_folder(small, args.out, check_inputs=spec, record=record)
         summary["out"] = str(out)
         summary["config"] = _pruned_config(small, out)
     track_command(args, Path(args.out).name if args.out else f"hf-{cfg.criterion}", summary, curves,

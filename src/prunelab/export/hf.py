@@ -3,7 +3,8 @@
 :func:`write_folder` saves with ``save_pretrained`` (safetensors): unstructured masks are applied
 (zeros in the weights) and their buffers dropped, so the folder holds the plain architecture; the
 masks' record (per-tensor sizes and kept counts, the overall sparsity and the pruning summary) goes
-beside the weights in :data:`~prunelab.models.hf.MASKS_FILE`, never into ``config.json``.
+beside the weights in :data:`~prunelab.models.hf.MASKS_FILE`, never into ``config.json``; a
+structured prune's summary goes beside them in :data:`PRUNE_FILE`.
 
 A structured prune changes sizes the config states (heads, head size, intermediate size). The
 config fields to write come from *config rules* (:func:`register_config_rule`: a function of the
@@ -39,6 +40,8 @@ from prunelab.models.hf import MASKS_FILE, HFModel, load_folder, quiet_transform
 from prunelab.prune.unstructured.masks import mask_counts, set_mask, strip
 
 MASKS_FORMAT = "prunelab-hf-masks"
+#: the file beside the weights that records a structured prune (groups before / after, target, what was left out)
+PRUNE_FILE = "prunelab_prune.json"
 
 _CONFIG_RULES: list[Callable[[nn.Module], Mapping[str, Any]]] = []
 
@@ -95,7 +98,8 @@ def masks_record(model: nn.Module, summary: Mapping[str, Any] | None = None) -> 
 
 
 def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields: Mapping[str, Any] | None = None,
-                 summary: Mapping[str, Any] | None = None, check_inputs=None, atol: float = 1e-5) -> Path:
+                 summary: Mapping[str, Any] | None = None, check_inputs=None, atol: float = 1e-5,
+                 record: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` (an HF ``PreTrainedModel``, masked or compressed) to ``out_dir`` (see the
     module docstring); returns the folder.
 
@@ -103,14 +107,15 @@ def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields:
     (:func:`prunelab.export.hf_config.check_describes`), else nothing is written. With
     ``check_inputs`` (an :class:`~prunelab.models.inputs.InputSpec`), the written folder is also loaded
     back with ``from_pretrained`` before it is moved into place, and its logits on two examples must
-    equal ``model``'s within ``atol``."""
+    equal ``model``'s within ``atol``. ``record`` (JSON) is written beside the weights as
+    :data:`PRUNE_FILE` (a structured prune's summary; never in ``config.json``)."""
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise PrunelabError(f"a {type(model).__name__} is not a Hugging Face model (no save_pretrained / config); "
                             f"save it as a prunelab checkpoint instead")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PrunelabError(f"cannot write the model folder {out}: it is a file")
-    record = masks_record(model, summary)
+    masks = masks_record(model, summary)
     plain = strip(model)
     fields: dict[str, Any] = {}
     for rule in _CONFIG_RULES:
@@ -128,8 +133,10 @@ def write_folder(model: nn.Module, out_dir: str | os.PathLike, *, config_fields:
             plain.save_pretrained(str(tmp), safe_serialization=True)
         if check_inputs is not None:
             check_reloads(plain, tmp, check_inputs, atol)
+        if masks is not None:
+            (tmp / MASKS_FILE).write_text(json.dumps(masks, indent=2, sort_keys=True) + "\n")
         if record is not None:
-            (tmp / MASKS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            (tmp / PRUNE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
