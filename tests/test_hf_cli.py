@@ -183,3 +183,170 @@ def test_train_cli_on_token_data_uses_next_token_and_records_the_inputs(token_fi
     assert main(["info", str(out), "--plugin", "tiny_lm_plugin", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["macs"] == 16 * 16 * 8
+
+
+# ------------------------------------------------------------------ prune --hf DIR --structured (issue 13)
+
+#: kind -> (auto class, whether its config can state fewer heads of the same size, params ratio asked)
+STRUCTURED = {"bert": ("AutoModelForSequenceClassification", False, 0.7),
+              "llama-cls": ("AutoModelForSequenceClassification", True, 0.45),
+              "vit": ("AutoModelForImageClassification", True, 0.45),
+              "gpt2": ("AutoModelForCausalLM", False, 0.5),
+              "llama-gqa": ("AutoModelForCausalLM", True, 0.45)}
+
+
+def _llama_cls():
+    torch.manual_seed(0)
+    c = transformers.LlamaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=4, intermediate_size=48, max_position_embeddings=32, num_labels=3,
+                                 pad_token_id=0, attn_implementation="eager")
+    return transformers.LlamaForSequenceClassification(c).eval()
+
+
+@pytest.fixture(scope="module")
+def sfolders(folders, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hfstruct")
+    out = dict(folders)
+    tiny("llama-gqa")[0].save_pretrained(root / "llama-gqa")
+    _llama_cls().save_pretrained(root / "llama-cls")
+    out["llama-gqa"], out["llama-cls"] = root / "llama-gqa", root / "llama-cls"
+    return out
+
+
+def _reference(folder, criterion, ratio):
+    """prunelab's own compressed model, by the Python API on the same folder and settings."""
+    from prunelab.cli.prune_hf import describable_groups
+    from prunelab.prune.structured import StructuredConfig, StructuredPruner, Target, find_groups
+
+    loaded = load_folder(folder)
+    spec = loaded.inputs
+    measured = spec.shape if spec.is_plain else spec
+    dense = sum(p.numel() for p in loaded.model.parameters())
+    cfg = StructuredConfig(criterion=criterion, schedule="oneshot", uniform=True,
+                           target=Target("params", int(ratio * dense)))
+    groups = describable_groups(loaded.model, find_groups(loaded.model, measured))
+    pruner = StructuredPruner(loaded.model, cfg, spec, groups=groups)
+    pruner.prune_oneshot()
+    return pruner.compress(), spec, dense
+
+
+def _heads_of(model):
+    from prunelab.prune.structured.transformer import find_units
+
+    return [(a.heads, a.kv_heads) for a in find_units(model).attention]
+
+
+@pytest.mark.parametrize("kind", list(STRUCTURED))
+def test_structured_prune_hf_round_trips_through_from_pretrained(sfolders, kind, tmp_path, capsys):
+    auto, heads_prunable, ratio = STRUCTURED[kind]
+    out = tmp_path / "pruned"
+    assert main(["prune", "--hf", str(sfolders[kind]), "--structured", "--oneshot", "--criterion", "random",
+                 "--target-params-ratio", str(ratio), "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    again = getattr(transformers, auto).from_pretrained(str(out), local_files_only=True).eval()
+    mine, spec, dense = _reference(sfolders[kind], "random", ratio)
+    x = spec.example(3, seed=5)
+    with torch.no_grad():
+        assert float((run_logits(again, x) - run_logits(mine, x)).abs().max()) <= 1e-5
+    # the target, counted on the loaded folder (tied embeddings counted once)
+    params = sum(p.numel() for p in again.parameters())
+    assert params == summary["params"]["after"] <= int(ratio * dense) and summary["target"]["reached"]
+    assert summary["params"]["before"] == dense
+    # every layer alike: one head count and one MLP width, the config says them
+    heads = set(_heads_of(again))
+    original = getattr(transformers, auto).from_pretrained(str(sfolders[kind]), local_files_only=True)
+    assert len(heads) == 1
+    if heads_prunable:
+        assert heads != set(_heads_of(original))  # at 45% of the parameters heads go too
+    else:
+        assert heads == set(_heads_of(original))
+        assert "derives the head size from hidden size / heads" in captured.err
+    widths = {g["after"] for g in summary["groups"] if g["group"].endswith(":mlp")}
+    assert len(widths) == 1
+    assert again.config.to_dict().get("intermediate_size", again.config.to_dict().get("n_inner")) == widths.pop()
+    assert "prunable group(s) in scope" in captured.err
+    from prunelab.export.hf import PRUNE_FILE
+
+    record = json.loads((out / PRUNE_FILE).read_text())
+    assert record["groups"] == summary["groups"] and record["structured"]["uniform"] is True
+    assert not (out / MASKS_FILE).exists()
+
+
+def test_structured_prune_hf_with_data(sfolders, token_file, tmp_path, capsys):
+    """Fisher on a token file: one-shot on GPT-2 (next-token loss) with fine-tuning of the compressed
+    model, iterative on LLaMA-GQA; both folders load."""
+    path, _ = token_file
+    common = ["--data", "tokens", "--data-path", str(path), "--batch-size", "8", "--device", "cpu", "--json",
+              "--prune-every", "2"]
+    out = tmp_path / "gpt2"
+    assert main(["prune", "--hf", str(sfolders["gpt2"]), "--structured", "--oneshot", "--criterion", "fisher",
+                 "--target-macs-ratio", "0.8", "--epochs", "1", "--lr", "0.01", "--optimizer", "adam",
+                 "--out", str(out), *common]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["accuracy"]) == {"before", "pruned", "after"} and summary["target"]["reached"]
+    assert summary["macs"]["after"] <= 0.8 * summary["macs"]["before"]
+    transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
+    out = tmp_path / "llama"
+    assert main(["prune", "--hf", str(sfolders["llama-gqa"]), "--structured", "--criterion", "fisher",
+                 "--channels-per-prune", "8", "--target-params-ratio", "0.9", "--epochs", "2",
+                 "--out", str(out), *common]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["target"]["reached"] and summary["prunes"] >= 1 and summary["steps"] > 0
+    assert sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(
+        str(out), local_files_only=True).parameters()) == summary["params"]["after"]
+
+
+def test_bench_and_export_read_a_structured_folder(sfolders, tmp_path, capsys):
+    out = tmp_path / "vit"
+    assert main(["prune", "--hf", str(sfolders["vit"]), "--structured", "--oneshot", "--criterion", "l1",
+                 "--target-params-ratio", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "AutoModelForImageClassification.from_pretrained" in printed
+    assert main(["info", "--hf", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == sum(p.numel() for p in load_folder(out).model.parameters())
+    assert main(["bench", "--hf", str(out), "--batch-sizes", "1", "--repeats", "2", "--warmup", "1",
+                 "--min-time", "0", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["median_ms"] > 0
+    pytest.importorskip("onnxruntime")
+    onnx_path = tmp_path / "vit.onnx"
+    assert main(["export", "--hf", str(out), "--format", "onnx", "--out", str(onnx_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["relative_error"] <= 1e-4
+
+
+def _bad_structured(tmp_path, sfolders, token_file):
+    out = str(tmp_path / "out")
+    llama, bert = str(sfolders["llama-gqa"]), str(sfolders["bert"])
+    noweights = tmp_path / "noweights"
+    noweights.mkdir()
+    (noweights / "config.json").write_text((sfolders["llama-gqa"] / "config.json").read_text())
+    ratio = ["--structured", "--oneshot", "--criterion", "l1", "--target-params-ratio", "0.5", "--out", out]
+    return [
+        (["prune", "--hf", str(tmp_path / "missing"), *ratio], "not found"),
+        (["prune", "--hf", str(noweights), *ratio], "has no weights"),
+        (["prune", "--hf", llama, *ratio, "--round-to", "3"],
+         "--round-to 3 does not divide the 2 key/value heads (each with 2 query heads)"),
+        (["prune", "--hf", llama, *ratio, "--round-to", "2"], "leaves no smaller multiple of itself for the 2 "
+                                                             "key/value heads"),
+        (["prune", "--hf", llama, *ratio[:-4], "--target-params-ratio", "0.1", "--out", out],
+         "is unreachable: only 62.3% of the model's params is prunable"),
+        (["prune", "--hf", llama, *ratio, "--min-channels", "3"], "min-channels 3 is above the width"),
+        (["prune", "--hf", llama, "--structured", "--oneshot", "--target-params-ratio", "0.5", "--out", out],
+         "--criterion fisher needs data"),
+        (["prune", "--hf", llama, "--structured", "--criterion", "l1", "--target-params-ratio", "0.5",
+          "--out", out], "add --oneshot"),
+        (["prune", "--hf", bert, *ratio, "--pretrain-epochs", "1"], "--pretrain-epochs"),
+        (["prune", "--hf", bert, *ratio, "--data", "digits"], "takes token ids"),
+        (["prune", "--hf", bert, *ratio[:-2], "--out", out + ".pt"], "looks like a file"),
+        (["prune", "--hf", bert, *ratio, "--epochs", "2"], "needs training data"),
+    ]
+
+
+def test_bad_structured_hf_input_is_one_line_exit_2_nothing_written(sfolders, token_file, tmp_path, capsys):
+    for argv, words in _bad_structured(tmp_path, sfolders, token_file):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.pt").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

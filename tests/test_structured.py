@@ -253,6 +253,38 @@ def test_global_selection_and_width_rules():
     assert sorted(c for n, c in chosen) == list(range(8))
 
 
+def test_uniform_ties_rank_every_layer_together():
+    """Uniform pruning (HF folders): each layer's heads / MLP units go together, ranked by the sum of
+    their scores (hand computation); plain channel groups stay alone; ties off = global ranking."""
+    from types import SimpleNamespace
+
+    from prunelab.prune.structured.select import removal_order, uniform_ties
+
+    att = SimpleNamespace(group_size=2, head_dim=8)
+
+    def group(name, kind, width):
+        return SimpleNamespace(name=name, kind=kind, width=width, vanishable=False,
+                               structure=att if kind == "heads" else SimpleNamespace())
+
+    groups = [group("l0:heads", "heads", 3), group("l0:mlp", "mlp", 4), group("l1:heads", "heads", 3),
+              group("l1:mlp", "mlp", 4), group("pool", "channels", 4)]
+    ties = uniform_ties(groups)
+    assert ties == [["l0:heads", "l1:heads"], ["l0:mlp", "l1:mlp"]]
+    scores = {"l0:heads": torch.tensor([5.0, 1.0, 9.0]), "l1:heads": torch.tensor([2.0, 8.0, 3.0]),
+              "l0:mlp": torch.tensor([4.0, 0.5, 7.0, 6.0]), "l1:mlp": torch.tensor([3.5, 9.0, 0.25, 1.0]),
+              "pool": torch.tensor([1.6, 10.0, 20.0, 30.0])}
+    alive = {g.name: torch.ones(g.width, dtype=torch.bool) for g in groups}
+    order = list(removal_order(scores, alive, groups, ties=ties))
+    # unit sums: mlp (0.5 + 0.25) = 0.75, pool 1.6, heads (1 + 2) = 3, heads (5 + 3) = 8, mlp (4 + 1) = 5, ...
+    assert order[:4] == [[("l0:mlp", 1), ("l1:mlp", 2)], [("pool", 0)], [("l0:heads", 1), ("l1:heads", 0)],
+                         [("l0:mlp", 0), ("l1:mlp", 3)]]
+    left = {g.name: g.width - sum(1 for u in order for n, _ in u if n == g.name) for g in groups}
+    assert left == {"l0:heads": 1, "l1:heads": 1, "l0:mlp": 1, "l1:mlp": 1, "pool": 1}
+    assert all(len({n for n, _ in u}) in (1, 2) for u in order)
+    # without ties: the global argmin, one channel at a time
+    assert list(removal_order(scores, alive, groups))[:2] == [[("l1:mlp", 2)], [("l0:mlp", 1)]]
+
+
 # -- compression ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family,kwargs,shape", ZOO, ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(ZOO)])
 @pytest.mark.parametrize("scope", ["internal", "all"])

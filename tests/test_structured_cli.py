@@ -119,6 +119,19 @@ def test_every_prune_reports_its_coverage_and_what_it_left_out(checkpoints, tmp_
     assert "not pruned:" in err  # DenseNet's concatenated growth channels, each with its reason
 
 
+def test_a_ratio_target_is_a_fraction_of_the_dense_count(checkpoints, tmp_path, capsys):
+    src, params = checkpoints["densenet"]
+    out = tmp_path / "r.pt"
+    assert _run(str(src), "--data", "digits", "--structured", "--criterion", "l1", "--oneshot",
+                "--target-params-ratio", "0.9", "--out", str(out), *FAST) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["target"]["kind"] == "params" and summary["target"]["value"] == int(0.9 * params)
+    assert summary["params"]["after"] <= 0.9 * params and summary["target"]["reached"]
+    capsys.readouterr()
+    _assert_rejected([str(src), "--data", "digits", "--structured", "--target-params-ratio", "1.5", *FAST], tmp_path,
+                     capsys, "--target-params-ratio")
+
+
 def test_bad_input_exits_2_and_writes_nothing(checkpoints, tmp_path, capsys):
     src, params = checkpoints["wrn"]
     base = [str(src), "--data", "digits", "--structured", *FAST]

@@ -148,6 +148,34 @@ def hf_from_args(args):
     return load_hf(folder, seq_len=getattr(args, "seq_len", None))
 
 
+def check_hf_fits(data, loaded) -> None:
+    """The data's inputs must be what the folder's model takes (token ids within its vocabulary, or
+    images of its size), and its labels what its loss reads."""
+    spec = loaded.inputs
+    if spec.vocab_size is not None:
+        vocab = (data.info or {}).get("vocab_size")
+        if data.task != "tokens":
+            raise PrunelabError(f"--hf {loaded.path} takes token ids; data set {data.name!r} holds "
+                                f"{'x'.join(map(str, data.input_shape))} {data.task} inputs (use --data tokens "
+                                f"--data-path FILE)")
+        if vocab is not None and int(vocab) > spec.vocab_size:
+            raise PrunelabError(f"data set {data.name!r} holds token ids up to {int(vocab) - 1}; the model's "
+                                f"vocabulary has {spec.vocab_size}")
+        from prunelab.models.hf import max_positions
+
+        limit = max_positions(loaded.model.config)
+        if limit is not None and data.input_shape[-1] > limit:
+            raise PrunelabError(f"data set {data.name!r} holds sequences of {data.input_shape[-1]} tokens; the "
+                                f"model takes at most {limit}")
+    elif tuple(data.input_shape) != tuple(spec.shape):
+        raise PrunelabError(f"--hf {loaded.path} takes inputs {'x'.join(map(str, spec.shape))}; data set "
+                            f"{data.name!r} holds {'x'.join(map(str, data.input_shape))}")
+    labels = getattr(loaded.model.config, "num_labels", None)
+    if loaded.loss == "cross-entropy" and labels is not None and data.num_classes != labels:
+        raise PrunelabError(f"--hf {loaded.path} has {labels} labels; data set {data.name!r} has "
+                            f"{data.num_classes} classes")
+
+
 def add_plugin_argument(parser) -> None:
     """``--plugin MODULE`` (repeatable): imported before the command loads anything (see
     :func:`import_plugins_from_args`), as a study's ``plugins:`` are."""

@@ -215,7 +215,13 @@ def _run_hf(args) -> int:
     """``prune --hf FOLDER ... [--out OUT_DIR]``: unstructured one-shot pruning of a Hugging Face
     folder's model, fine-tuned with the head's loss when ``--data`` is given, written as a folder
     (zeros in the weights, the mask record beside them: :mod:`prunelab.export.hf`)."""
-    from prunelab.cli.common import data_from_args, emit_json, hf_from_args, train_config_from_args
+    from prunelab.cli.common import (
+        check_hf_fits,
+        data_from_args,
+        emit_json,
+        hf_from_args,
+        train_config_from_args,
+    )
     from prunelab.export.hf import write_folder
     from prunelab.protocols.unstructured import snip_batch
     from prunelab.prune.unstructured.pruner import check_feasible, prune
@@ -236,7 +242,7 @@ def _run_hf(args) -> int:
     if args.data is not None:
         train_config = replace(train_config_from_args(args), loss=args.loss or loaded.loss)
         data = data_from_args(args, seed=train_config.seed)
-        _check_hf_fits(model, data, loaded)
+        check_hf_fits(data, loaded)
     else:
         trains = [f for f in ("epochs", "max_steps") if f in (getattr(args, "given", None) or ())]
         if trains or args.method == "snip":
@@ -246,7 +252,7 @@ def _run_hf(args) -> int:
                                "prune": prune_config.to_dict(), "schedule": "oneshot", "accuracy": {}}
     if data is not None:
         summary["accuracy"]["before"] = _acc(evaluate(model, data, loss=loaded.loss))
-    batch = snip_batch(data, args.snip_batch, train_config.seed) if args.method == "snip" else None
+    batch = snip_batch(data, args.snip_batch or train_config.batch_size, train_config.seed) if args.method == "snip" else None
     report = prune(model, prune_config, batch=batch, loss_fn=loaded.loss, input_shape=spec, warn=False)
     if data is not None:
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data, loss=loaded.loss))
@@ -273,34 +279,6 @@ def _run_hf(args) -> int:
     return 0
 
 
-def _check_hf_fits(model, data, loaded) -> None:
-    """The data's inputs must be what the folder's model takes (token ids within its vocabulary, or
-    images of its size), and its labels what its loss reads."""
-    spec = loaded.inputs
-    if spec.vocab_size is not None:
-        vocab = (data.info or {}).get("vocab_size")
-        if data.task != "tokens":
-            raise PrunelabError(f"--hf {loaded.path} takes token ids; data set {data.name!r} holds "
-                                f"{'x'.join(map(str, data.input_shape))} {data.task} inputs (use --data tokens "
-                                f"--data-path FILE)")
-        if vocab is not None and int(vocab) > spec.vocab_size:
-            raise PrunelabError(f"data set {data.name!r} holds token ids up to {int(vocab) - 1}; the model's "
-                                f"vocabulary has {spec.vocab_size}")
-        from prunelab.models.hf import max_positions
-
-        limit = max_positions(loaded.model.config)
-        if limit is not None and data.input_shape[-1] > limit:
-            raise PrunelabError(f"data set {data.name!r} holds sequences of {data.input_shape[-1]} tokens; the "
-                                f"model takes at most {limit}")
-    elif tuple(data.input_shape) != tuple(spec.shape):
-        raise PrunelabError(f"--hf {loaded.path} takes inputs {'x'.join(map(str, spec.shape))}; data set "
-                            f"{data.name!r} holds {'x'.join(map(str, data.input_shape))}")
-    labels = getattr(loaded.model.config, "num_labels", None)
-    if loaded.loss == "cross-entropy" and labels is not None and data.num_classes != labels:
-        raise PrunelabError(f"--hf {loaded.path} has {labels} labels; data set {data.name!r} has "
-                            f"{data.num_classes} classes")
-
-
 def _acc(metrics: dict | None) -> float | None:
     return None if metrics is None else metrics.get("acc")
 
@@ -317,9 +295,11 @@ def run(args) -> int:
         structured = _structured_module()
         if structured is None:
             raise PrunelabError("structured pruning (--structured) is not available in this installation")
-        if args.hf is not None and not hasattr(structured, "run_hf"):
-            raise PrunelabError("--structured with --hf is not available in this installation")
-        return structured.run_hf(args) if args.hf is not None else structured.run(args)
+        if args.hf is not None:
+            from prunelab.cli.prune_hf import run as run_folder  # heads and MLP widths of an HF folder
+
+            return run_folder(args)
+        return structured.run(args)
     if args.hf is not None:
         return _run_hf(args)
 

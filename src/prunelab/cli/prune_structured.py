@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def _target(args, model=None, input_shape=None):
             return Target(kind, ratio, **latency)
         from prunelab.measure import count_macs, count_params
 
-        base = count_params(model).params if kind == "params" else count_macs(model, tuple(input_shape))
+        base = count_params(model).params if kind == "params" else count_macs(model, input_shape)
         return Target(kind, float(int(round(ratio * base))), **latency)
     for kind, value in (("channels", args.target_channels), ("params", args.target_params),
                         ("macs", args.target_macs), ("latency_ms", args.target_latency_ms)):
@@ -140,6 +141,14 @@ def _target(args, model=None, input_shape=None):
             return Target(kind, value, **latency)
     raise PrunelabError("a target is required: --target-channels, --target-params, --target-macs, "
                         "--target-params-ratio, --target-macs-ratio or --target-latency-ms")
+
+
+def ratio_target(cfg, args, model, inputs):
+    """``cfg`` with the target of ``--target-params-ratio`` / ``--target-macs-ratio`` in real units: the
+    fraction of ``model``'s dense count (params, or MACs at batch 1 on ``inputs``), as a study counts it."""
+    if all(getattr(args, dest, None) is None for dest in RATIO_TARGETS):
+        return cfg
+    return replace(cfg, target=_target(args, model, inputs))
 
 
 def structured_config(args, model=None, input_shape=None):
@@ -159,7 +168,7 @@ def structured_config(args, model=None, input_shape=None):
         min_channels=getattr(args, "min_channels", None)).validate()
 
 
-def _print_coverage(pruner) -> None:
+def print_coverage(pruner) -> None:
     """What the prune can touch, on stderr: prunable fractions in scope, and every group left out."""
     cov = pruner.coverage()
     sys.stderr.write(f"prunelab prune: {cov['groups']} prunable group(s) in scope {pruner.config.scope!r}: "
@@ -211,7 +220,7 @@ def run(args) -> int:
     pruner = StructuredPruner(model, cfg, input_shape, spec=spec, previous_plan=loaded.plan)
     pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else (0 if is_checkpoint else
                                                                               train_config.epochs)
-    _print_coverage(pruner)
+    print_coverage(pruner)
     written: list[str] = []
 
     def checkpoint(p) -> None:
@@ -277,16 +286,17 @@ def run(args) -> int:
     if args.json:
         emit_json(summary)
     else:
-        _print_summary(summary)
+        print_summary(summary)
     return 0
 
 
-def _print_summary(s: dict) -> None:
+def print_summary(s: dict) -> None:
     print(f"{'group':32s} {'before':>7s} {'after':>7s}")
     for row in s["groups"]:
         print(f"{row['group']:32s} {row['before']:7d} {row['after']:7d}")
     print(f"channels {s['channels']['before']:,} -> {s['channels']['after']:,}; "
           f"params {s['params']['before']:,} -> {s['params']['after']:,}; "
           f"MACs {s['macs']['before']:,} -> {s['macs']['after']:,}")
-    acc = s["accuracy"]
-    print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if v is not None))
+    acc = {k: v for k, v in s["accuracy"].items() if v is not None}
+    if acc:
+        print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))

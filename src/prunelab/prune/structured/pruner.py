@@ -35,7 +35,7 @@ from prunelab.prune.structured.groups import SCOPES, GroupSet, find_groups
 from prunelab.prune.structured.masks import ChannelMasks
 from prunelab.prune.structured.plan import make_plan
 from prunelab.prune.structured.schedule import IterativePruning
-from prunelab.prune.structured.select import removal_order, select
+from prunelab.prune.structured.select import removal_order, select, uniform_ties
 from prunelab.prune.structured.targets import Target, measure_latency_ms
 from prunelab.schema import check_fields, option
 from prunelab.train.progress import stage
@@ -56,7 +56,9 @@ class StructuredConfig:
     (iterative schedule); ``checkpoint_every`` calls the checkpoint hook every N prunes;
     ``min_channels`` is the fewest channels (heads, for a heads group) every group keeps: a whole
     number N >= 1, or a fraction in (0, 1) of the group's width (rounded up); None: no floor beyond
-    one channel (or none for a group that may vanish).
+    one channel (or none for a group that may vanish). ``uniform``: every layer keeps the same number
+    of heads and the same MLP width (:func:`~prunelab.prune.structured.select.uniform_ties`; what a
+    Hugging Face config can describe).
     """
 
     criterion: str = option("fisher", "channel score: a registered criterion (prunelab.prune.structured."
@@ -91,6 +93,7 @@ class StructuredConfig:
                                         optional=True, lo=0, lo_open=True, rule=lambda v: v < 1 or v == int(v),
                                         metavar="N|FRACTION",
                                         valid="a whole number >= 1 or a fraction in (0, 1) of each group's width")
+    uniform: bool = False
 
     def validate(self) -> StructuredConfig:
         check_fields(self)
@@ -107,6 +110,8 @@ class StructuredConfig:
         d["exclude"] = list(self.exclude)
         if self.min_channels is None:  # absent by default, so the configs of earlier runs are unchanged
             d.pop("min_channels")
+        if not self.uniform:
+            d.pop("uniform")
         return d
 
 
@@ -119,7 +124,9 @@ def min_channel_floors(groups: GroupSet, min_channels: float | None) -> dict[str
     for g in groups:
         n = math.ceil(min_channels * g.width) if min_channels < 1 else int(min_channels)
         if n > g.width:
-            unit = "heads" if g.kind == "heads" else "channels"
+            size = getattr(g.structure, "group_size", 1)
+            unit = "channels" if g.kind != "heads" else ("heads" if size == 1 else
+                                                          f"key/value heads, each with {size} query heads")
             raise PrunelabError(f"min-channels {int(min_channels)} is above the width of group {g.name} "
                                 f"({g.width} {unit}); the narrowest group has "
                                 f"{min(x.width for x in groups)}: give at most that, or a fraction such as 0.25")
@@ -151,6 +158,8 @@ class StructuredPruner:
                                 + (f" ({why}{f'; and {more} more' if more > 0 else ''})" if why else
                                    " (the model has no convolution or linear layer whose channels can be removed)"))
         self.floors = min_channel_floors(self.groups, config.min_channels)
+        #: groups ranked as one so that they keep equal widths (``uniform``)
+        self.ties = uniform_ties(self.groups) if config.uniform else []
         self.masks = ChannelMasks(model, self.groups)
         try:
             self.criterion = make_criterion(config.criterion, model, self.groups, self.masks, config.seed)
@@ -190,7 +199,7 @@ class StructuredPruner:
         """Sizes with every group at its smallest allowed width."""
         alive = {k: v.clone() for k, v in self.masks.alive.items()}
         for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, alive, self.groups,
-                                  self.config.round_to, self.floors):
+                                  self.config.round_to, self.floors, self.ties):
             for name, c in unit:
                 alive[name][c] = False
         params, macs = self.cost.size(alive)
@@ -210,8 +219,9 @@ class StructuredPruner:
         low = self.minimum()[t.kind]
         if t.value < low:
             frac = (now - low) / now if now else 0.0
-            skipped = f"; {len(self.groups.skipped)} group(s) not prunable (see the coverage report)" \
-                if self.groups.skipped else ""
+            names = [str(g["group"]) for g in self.groups.skipped]
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            skipped = f"; not prunable: {', '.join(names[:3])}{more}" if names else ""
             raise PrunelabError(f"target {t.describe()} is unreachable: only {frac:.1%} of the model's {t.kind} is "
                                 f"prunable in scope {self.config.scope!r} (removing every prunable channel leaves "
                                 f"{low:,}){skipped}")
@@ -227,7 +237,7 @@ class StructuredPruner:
         saved = {k: v.clone() for k, v in self.masks.alive.items()}
         try:
             for unit in removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
-                                      self.groups, self.config.round_to, self.floors):
+                                      self.groups, self.config.round_to, self.floors, self.ties):
                 self.masks.remove(list(unit))
             low = self.current()
         finally:
@@ -300,7 +310,7 @@ class StructuredPruner:
         if t is not None and t.kind == "channels":
             n = min(n, max(self.masks.remaining - int(t.value), 0))
         chosen = select(self.scores(), self.masks.alive, self.groups, n, self.config.round_to,
-                        self.floors) if n else []
+                        self.floors, self.ties) if n else []
         self.masks.remove(chosen)
         self.criterion.reset()
         if chosen:
@@ -311,7 +321,7 @@ class StructuredPruner:
 
     def exhausted(self) -> bool:
         return next(removal_order({g.name: torch.zeros(g.width) for g in self.groups}, self.masks.alive,
-                                  self.groups, self.config.round_to, self.floors), None) is None
+                                  self.groups, self.config.round_to, self.floors, self.ties), None) is None
 
     def prune_oneshot(self, data=None, batch_size: int = 128, data_steps: int | None = None,
                       device: str | torch.device | None = None, loss: str | None = None) -> list[tuple[str, int]]:
@@ -338,7 +348,8 @@ class StructuredPruner:
             with stage(f"accumulating the {self.config.criterion} scores"):
                 accumulate(self.model, self.criterion, data, data_steps or self.config.prune_every, batch_size,
                            device, loss=loss)
-        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to, self.floors))
+        order = list(removal_order(self.scores(), self.masks.alive, self.groups, self.config.round_to, self.floors,
+                                   self.ties))
         start = {k: v.clone() for k, v in self.masks.alive.items()}
 
         def apply(k: int) -> None:

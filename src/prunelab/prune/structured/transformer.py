@@ -312,11 +312,14 @@ def update_attributes(model: nn.Module, unit: AttentionUnit, kept_kv: int) -> No
         holder.split_size = heads * unit.head_dim
 
 
-def config_updates(model: nn.Module) -> dict[str, int]:
+def config_updates(model: nn.Module, head_dim_field: bool = False) -> dict[str, int]:
     """Config fields describing the (compressed) model's heads and MLP widths, for ``save_pretrained``.
 
     One Hugging Face config describes every layer alike, so the widths must be the same in every
     layer; otherwise (or when the config cannot state the head size) this raises a one-line error.
+    ``head_dim_field``: the model's class reads ``config.head_dim`` even where the config does not
+    hold one yet (transformers' ViT; see :func:`prunelab.export.hf_config.states_head_dim`), so the
+    head size may be stated as a new field.
     """
     config = getattr(model, "config", None)
     if config is None:
@@ -334,6 +337,8 @@ def config_updates(model: nn.Module) -> dict[str, int]:
         if old_h != h:
             hidden = _first_attr((config,), ("hidden_size", "n_embd", "d_model"))
             explicit = getattr(config, "head_dim", None)
+            if head_dim_field and not isinstance(explicit, int):
+                explicit = d
             if not isinstance(explicit, int) and hidden is not None and hidden % h == 0 and hidden // h == d:
                 pass
             elif not isinstance(explicit, int):
