@@ -252,7 +252,9 @@ def _run_hf(args) -> int:
                                "prune": prune_config.to_dict(), "schedule": "oneshot", "accuracy": {}}
     if data is not None:
         summary["accuracy"]["before"] = _acc(evaluate(model, data, loss=loaded.loss))
-    batch = snip_batch(data, args.snip_batch or train_config.batch_size, train_config.seed) if args.method == "snip" else None
+    batch = None
+    if args.method == "snip":
+        batch = snip_batch(data, args.snip_batch or train_config.batch_size, train_config.seed)
     report = prune(model, prune_config, batch=batch, loss_fn=loaded.loss, input_shape=spec, warn=False)
     if data is not None:
         summary["accuracy"]["pruned"] = _acc(evaluate(model, data, loss=loaded.loss))
