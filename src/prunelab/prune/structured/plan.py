@@ -24,9 +24,16 @@ from typing import Any
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.models.common import CONV_TYPES
 from prunelab.models.inputs import spec_or_shape_of
-from prunelab.prune.structured.groups import PRODUCER_TYPES, GroupSet, build_graph, layer_group, make_group, read_group
+from prunelab.prune.structured.groups import (
+    GroupSet,
+    build_graph,
+    is_producer,
+    layer_group,
+    make_group,
+    out_width,
+    read_group,
+)
 
 PLAN_FORMAT = "prunelab-channel-plan"
 PLAN_VERSION = 1
@@ -122,10 +129,10 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
             module = model.get_submodule(root)
         except AttributeError:
             raise PrunelabError(f"plan does not fit the base model: no layer {root!r}") from None
-        if not isinstance(module, PRODUCER_TYPES):
+        if not is_producer(module):
             raise PrunelabError(f"plan does not fit the base model: {root!r} is a {type(module).__name__}, "
                                 f"not a convolution or linear layer")
-        width = module.out_channels if isinstance(module, CONV_TYPES) else module.out_features
+        width = out_width(module)
         if width != int(r["width"]):
             raise PrunelabError(f"plan does not fit the base model: layer {root!r} has {width} channels, "
                                 f"the plan expects {r['width']}")
