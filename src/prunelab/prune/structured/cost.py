@@ -2,16 +2,16 @@
 
 Every Conv / Linear layer's weight count is ``out * (in / groups) * k``; its MACs are that (plus one
 per output element for a conv bias) times its output positions; an average pool costs its input
-elements; a BatchNorm holds 2 parameters per channel (a LayerNorm / RMSNorm / GroupNorm its weights and
-biases per channel, an embedding one row entry per token, a bare parameter its numel over its channels).
-A channel group changes the ``out`` of its producers, the ``in`` of its consumers (at concat
-offsets), both sides of its depthwise layers and the channels of the pools it passes through, so
-for a given set of live channels every layer's size is known exactly. The estimate is the measured size of the current model (``prunelab.measure``)
-minus these layers' current contributions plus their contributions with only the live channels: it
-moves exactly as the compressed model's counts do under the conventions of
-:func:`prunelab.measure.count_params` / :func:`prunelab.measure.count_macs`. Layers run from inline
-functional code are not seen; targets are therefore confirmed on the compressed model before a run
-stops.
+elements; a BatchNorm holds 2 parameters per channel (a LayerNorm / RMSNorm / GroupNorm its weights
+and biases per channel, an embedding one row entry per token, a bare parameter its numel over its
+channels). A channel group changes the ``out`` of its producers, the ``in`` of its consumers (at
+concat offsets), both sides of its depthwise layers and the channels of the pools it passes through,
+so for a given set of live channels every layer's size is known exactly. The estimate is the
+measured size of the current model (``prunelab.measure``) minus these layers' current contributions
+plus their contributions with only the live channels: it moves exactly as the compressed model's
+counts do under the conventions of :func:`prunelab.measure.count_params` /
+:func:`prunelab.measure.count_macs`. Layers run from inline functional code are not seen; targets
+are therefore confirmed on the compressed model before a run stops.
 """
 
 from __future__ import annotations
