@@ -475,6 +475,35 @@ def _merge_member(members: dict, name: str, kind: str, idxs: list[int], roots: l
             m.channels.append(r)
 
 
+def fold_grouped(model: nn.Module, members: dict, grouped: list[tuple[str, str, int]]) -> tuple[int, str | None]:
+    """Channels through a grouped convolution (``groups`` = G > 1, not depthwise) must leave every one of
+    its G groups alike, or it is no longer a grouped convolution: channel ``j`` of the group becomes the
+    ``j``-th channel of *every* convolution group (positions ``j, j + C/G, ...``), so the group's width
+    is C/G and a removed channel removes one filter (or input slice) per convolution group, as a
+    grouped convolution's weight ``(out, in / G, k, k)`` allows. Rewrites the members' channels in place;
+    returns (new width, None) or (0, why the group cannot be folded)."""
+    fold: dict[int, int] = {}
+    per = None
+    for name, kind, groups in grouped:
+        m = members[(name, kind)]
+        size = _channel_dim_size(model.get_submodule(name), kind)
+        if len(set(m.idxs)) != size:
+            return 0, f"grouped convolution {name} (groups={groups}) is only partly in the group"
+        this = size // groups
+        if per is not None and this != per:
+            return 0, f"grouped convolutions of different group sizes ({per}, {this}) share the channels"
+        per = this
+        for i, c in zip(m.idxs, m.channels):
+            if fold.setdefault(c, i % per) != i % per:
+                return 0, f"grouped convolution {name} (groups={groups}) sees the channels in another order"
+    for m in members.values():
+        if any(c not in fold for c in m.channels):
+            return 0, f"{m.module} carries channels that bypass the grouped convolution"
+    for m in members.values():
+        m.channels = [fold[c] for c in m.channels]
+    return int(per), None
+
+
 @dataclass
 class TracedGroup:
     """A Torch-Pruning group read as prunelab members, indexed by the root layer's output channels:
@@ -501,6 +530,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
     output = False
     has_mapping_op = False
     layout_ops: list[str] = []
+    grouped: list[tuple[str, str, int]] = []  # grouped (non-depthwise) convolutions: (layer, side, groups)
     pools_of: dict[int, list[str]] = {}
     for pool, feeder in traced.pools.items():
         if feeder is not None:
@@ -562,7 +592,7 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
             problems.append(f"{type(module).__name__} at {name}")
             kind = "out" if out else "in"
         if isinstance(module, CONV_TYPES) and module.groups > 1 and kind != "depthwise":
-            problems.append(f"grouped convolution {name} (groups={module.groups})")
+            grouped.append((name, kind, module.groups))
         if kind in ("out", "depthwise", "norm", "embedding") and not node.outputs:
             output = True
         _merge_member(members, name, kind, idxs, roots)
@@ -594,6 +624,12 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
             problems.append(f"{m.module} covers {len(m.idxs)} of its {size} output channels")
     if len(root_member.idxs) != width:
         problems.append(f"{root_member.module} covers {len(root_member.idxs)} of its {width} output channels")
+    if grouped:
+        folded, reason = fold_grouped(dg.model, members, grouped)
+        if reason:
+            problems.append(reason)
+        else:
+            width = folded
     ordered = sorted(members.values(), key=lambda m: (order.get(m.module, 0), m.kind))
     return TracedGroup(root_member.module, width, ordered, ops, problems, merge, output)
 

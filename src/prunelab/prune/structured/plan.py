@@ -132,15 +132,17 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
         if not is_producer(module):
             raise PrunelabError(f"plan does not fit the base model: {root!r} is a {type(module).__name__}, "
                                 f"not a convolution or linear layer")
-        width = out_width(module)
-        if width != int(r["width"]):
-            raise PrunelabError(f"plan does not fit the base model: layer {root!r} has {width} channels, "
-                                f"the plan expects {r['width']}")
-        if len(r["kept"]) == width:
-            continue
         if module not in traced.graph.module2node:
+            if len(r["kept"]) == int(r["width"]) and int(r["width"]) == out_width(module):
+                continue
             raise PrunelabError(f"plan does not fit the base model: layer {root!r} is not used by the forward pass")
-        found = read_group(traced, layer_group(traced, module, width), root)
+        # a group through a grouped convolution is narrower than its root layer (groups.fold_grouped)
+        found = read_group(traced, layer_group(traced, module, out_width(module)), root)
+        if found.width != int(r["width"]):
+            raise PrunelabError(f"plan does not fit the base model: the group of layer {root!r} has {found.width} "
+                                f"channels, the plan expects {r['width']}")
+        if len(r["kept"]) == found.width:
+            continue
         if found.problems:
             raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {found.problems[0]}")
         groups.append(make_group(traced, found, str(r.get("name", root))))
