@@ -183,3 +183,16 @@ def test_masks_of_a_hidden_group_zero_the_removed_channels_at_every_consumer():
     handle.remove()
     masks.detach()
     assert seen[0][..., 8:].abs().max() == 0 and seen[0][..., :8].abs().max() > 0
+
+
+def test_gpt2_tied_embedding_and_head_stay_one_parameter():
+    model, spec = _build("gpt2")
+    gs = find_groups(model, spec, "all")
+    g = _hidden(gs)
+    assert {"transformer.wte", "transformer.wpe"} <= {m.module for m in g.members if m.kind == "embedding"}
+    small = compress(model, gs, {g.name: list(range(0, 32, 2))})
+    assert small.lm_head.weight is small.transformer.wte.weight and small.lm_head.weight.shape == (64, 16)
+    assert small.config.n_embd == 16
+    alive = {x.name: torch.ones(x.width, dtype=torch.bool) for x in gs}
+    alive[g.name] = torch.arange(32) % 2 == 0
+    assert CostModel(model, gs).size(alive)[0] == count_params(small).params

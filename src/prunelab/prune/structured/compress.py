@@ -76,6 +76,7 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
                 continue
             side = {"in": "in", "param": "param"}.get(m.kind, "out")
             removed.setdefault((m.module, side), set()).update(i for i, c in zip(m.idxs, m.channels) if c not in alive)
+    tied = _tied_parameters(model)
     for (name, side), idxs in removed.items():
         if not idxs:
             continue
@@ -90,6 +91,7 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
         except Exception as exc:
             raise PrunelabError(f"could not cut the {side}put channels of layer {name} ({type(module).__name__}): "
                                 f"{describe_exception(exc)}") from exc
+    _retie(model, tied)
     for name, kept in keep.items():
         if not kept:
             _vanish(model, by_name[name])
@@ -99,6 +101,27 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
         if len(kept) < by_name[name].width:
             update_hidden_size(model, by_name[name], len(kept))
     return model
+
+
+def _tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Paths sharing one parameter (tied input embedding and output head, as in GPT-2)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def _retie(model: nn.Module, tied: list[list[str]]) -> None:
+    """Cutting each owner of a tied parameter gives each its own copy: where the copies agree (both sides
+    cut alike, e.g. an embedding's columns and the tied head's inputs), they become one parameter again."""
+    for names in tied:
+        first = model.get_parameter(names[0])
+        for other in names[1:]:
+            owner_name, _, attr = other.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            p = getattr(owner, attr)
+            if p is not first and p.shape == first.shape and torch.equal(p, first):
+                setattr(owner, attr, first)
 
 
 def groups_dim(groups: GroupSet, param: str) -> int:

@@ -90,6 +90,8 @@ class CostModel:
                     for i, c in zip(m.idxs, m.channels):
                         d[i] = off + c
         self.layers: list[_Layer] = []
+        shared = {id(m.weight) for m in model.modules()
+                  if (isinstance(m, PRODUCER_TYPES) or is_conv1d(m)) and isinstance(m.weight, torch.Tensor)}
         for name, module in model.named_modules():
             if name not in out_maps and name not in in_maps:
                 continue
@@ -109,6 +111,8 @@ class CostModel:
             elif isinstance(module, PER_CHANNEL_TYPES) or is_norm(module) or isinstance(module, nn.Embedding):
                 n = _channels_of(module)
                 per = sum(p.numel() for p in module.parameters(recurse=False)) // max(n, 1)
+                if isinstance(module, nn.Embedding) and id(module.weight) in shared:
+                    per = 0  # tied to an output head (GPT-2): its parameters are counted there, once
                 self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), n), None, 0, 1, False, False, 0,
                                           per))
         params_of = dict(model.named_parameters())
