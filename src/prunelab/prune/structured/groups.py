@@ -15,11 +15,24 @@ Scopes (which groups are prunable):
   two or more computed tensors (a residual add, a multiply such as squeeze-and-excitation, a
   concat) or the network output; for a plain chain (VGG) every hidden layer is internal.
 * ``all``: every group whose channels do not reach the network output, residual streams pruned
-  jointly across every layer adding into them.
+  jointly across every layer adding into them. For a transformer this includes the hidden
+  (residual-stream) width: the embeddings, every Linear reading or writing the stream, the norms and
+  the classifier input form one group.
+
+Per-channel layers of a group: BatchNorm and PReLU (sliced with the channel; the soft mask sits after
+them), LayerNorm / RMSNorm / GroupNorm (:mod:`prunelab.prune.structured.norms`: sliced with the channel;
+the soft mask re-normalises them over the live channels, since their statistics span the channels),
+``nn.Embedding`` columns, and bare parameters (class tokens, position embeddings, layer scales), passed
+to Torch-Pruning as ``unwrapped_parameters`` with their channel dimension (:func:`unwrapped_parameters`).
+A group holding a norm, embedding or bare parameter is masked at its consumers' inputs. A permute or
+transpose on the path of a group holding a norm (channels moved last for a LayerNorm and back, as in
+ConvNeXt and ViT's patch embedding) is mapped index for index. A grouped convolution (``groups`` = G)
+folds its group: channel ``j`` is the ``j``-th channel of every convolution group (:func:`fold_grouped`).
 
 Groups passing through an operation whose channel correspondence Torch-Pruning cannot map (a pad
 along the channel dimension, as in option-A CIFAR ResNet shortcuts; grouped non-depthwise
-convolutions; layers only partly covered by the group) are not prunable: they are listed in
+convolutions only partly in the group; GroupNorms with several channels per group; layers only partly
+covered by the group) are not prunable: they are listed in
 :attr:`GroupSet.skipped` with the operation named.
 
 Exclusions (``exclude``): a pattern is matched (``fnmatch``) against module paths and class names;
