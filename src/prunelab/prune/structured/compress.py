@@ -25,6 +25,7 @@ from prunelab.models.inputs import call_model, logits_of
 from prunelab.prune.structured.groups import ChannelGroup, GroupSet, describe_exception, is_depthwise
 from prunelab.prune.structured.layers import prune_conv1d_in_channels, prune_conv1d_out_channels
 from prunelab.prune.structured.masks import ChannelMasks
+from prunelab.prune.structured.norms import is_norm, prune_norm
 from prunelab.prune.structured.transformer import AttentionUnit, is_conv1d, update_attributes
 from prunelab.prune.structured.zero import emptied
 
@@ -73,10 +74,14 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
         for m in g.members:
             if m.kind == "pool":
                 continue
-            side = "in" if m.kind == "in" else "out"
+            side = {"in": "in", "param": "param"}.get(m.kind, "out")
             removed.setdefault((m.module, side), set()).update(i for i, c in zip(m.idxs, m.channels) if c not in alive)
+    tied = _tied_parameters(model)
     for (name, side), idxs in removed.items():
         if not idxs:
+            continue
+        if side == "param":
+            _prune_parameter(model, name, groups_dim(groups, name), sorted(idxs))
             continue
         module = model.get_submodule(name)
         try:
@@ -86,13 +91,83 @@ def prune_in_place(model: nn.Module, groups: GroupSet, keep: dict[str, list[int]
         except Exception as exc:
             raise PrunelabError(f"could not cut the {side}put channels of layer {name} ({type(module).__name__}): "
                                 f"{describe_exception(exc)}") from exc
+    _retie(model, tied)
     for name, kept in keep.items():
         if not kept:
             _vanish(model, by_name[name])
         unit = by_name[name].structure
         if isinstance(unit, AttentionUnit) and len(kept) < by_name[name].width:
             update_attributes(model, unit, len(kept))
+        if len(kept) < by_name[name].width:
+            update_hidden_size(model, by_name[name], len(kept))
     return model
+
+
+def _tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Paths sharing one parameter (tied input embedding and output head, as in GPT-2)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def _retie(model: nn.Module, tied: list[list[str]]) -> None:
+    """Cutting each owner of a tied parameter gives each its own copy: where the copies agree (both sides
+    cut alike, e.g. an embedding's columns and the tied head's inputs), they become one parameter again."""
+    for names in tied:
+        first = model.get_parameter(names[0])
+        for other in names[1:]:
+            owner_name, _, attr = other.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            p = getattr(owner, attr)
+            if p is not first and p.shape == first.shape and torch.equal(p, first):
+                setattr(owner, attr, first)
+
+
+def groups_dim(groups: GroupSet, param: str) -> int:
+    """The channel dimension of bare parameter ``param`` (as its groups record it)."""
+    for g in groups:
+        for m in g.members:
+            if m.kind == "param" and m.module == param:
+                return int(m.dim)
+    raise PrunelabError(f"no group holds the parameter {param}")
+
+
+def _prune_parameter(model: nn.Module, path: str, dim: int, idxs: list[int]) -> None:
+    """Remove positions ``idxs`` along ``dim`` of a bare parameter (a new leaf ``nn.Parameter``)."""
+    owner_name, _, attr = path.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    p = getattr(owner, attr)
+    drop = set(idxs)
+    keep = torch.tensor([i for i in range(p.shape[dim]) if i not in drop], dtype=torch.long, device=p.device)
+    setattr(owner, attr, nn.Parameter(p.detach().index_select(dim, keep).clone(), requires_grad=p.requires_grad))
+
+
+#: config fields holding a transformer's hidden (residual-stream) width
+HIDDEN_SIZE_FIELDS = ("hidden_size", "n_embd", "d_model", "dim")
+
+
+def update_hidden_size(model: nn.Module, group: ChannelGroup, kept: int) -> None:
+    """After a hidden-width group lost channels: the config's hidden size and the modules' copies of
+    it (``hidden_size`` / ``embed_dim`` attributes equal to the old width) become ``kept``; an explicit
+    ``head_dim`` in the config stays as stated."""
+    if not any(m.kind in ("norm", "embedding", "param") for m in group.members):
+        return
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    field_name = next((f for f in HIDDEN_SIZE_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    if field_name is None or getattr(config, field_name) != group.width:
+        return
+    setattr(config, field_name, kept)
+    touched = {m.module.rpartition(".")[0] if m.kind == "param" else m.module for m in group.members}
+    for name, module in model.named_modules():
+        if not any(t == name or t.startswith(name + ".") for t in touched if name):
+            continue
+        for attr in ("hidden_size", "embed_dim"):
+            if getattr(module, attr, None) == group.width and not isinstance(getattr(type(module), attr, None),
+                                                                                 property):
+                setattr(module, attr, kept)
 
 
 def _prune_fn(module: nn.Module, side: str):
@@ -108,6 +183,10 @@ def _prune_fn(module: nn.Module, side: str):
         return tp.prune_batchnorm_out_channels
     if isinstance(module, nn.PReLU):
         return tp.prune_prelu_out_channels
+    if is_norm(module):
+        return prune_norm
+    if isinstance(module, nn.Embedding):
+        return tp.prune_embedding_out_channels
     raise PrunelabError(f"cannot remove channels of {type(module).__name__}")
 
 

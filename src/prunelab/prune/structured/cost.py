@@ -2,15 +2,16 @@
 
 Every Conv / Linear layer's weight count is ``out * (in / groups) * k``; its MACs are that (plus one
 per output element for a conv bias) times its output positions; an average pool costs its input
-elements; a BatchNorm holds 2 parameters per channel. A channel group changes the ``out`` of its
-producers, the ``in`` of its consumers (at concat offsets), both sides of its depthwise layers and
-the channels of the pools it passes through, so for a given set of live channels every layer's size
-is known exactly. The estimate is the measured size of the current model (``prunelab.measure``)
-minus these layers' current contributions plus their contributions with only the live channels: it
-moves exactly as the compressed model's counts do under the conventions of
-:func:`prunelab.measure.count_params` / :func:`prunelab.measure.count_macs`. Layers run from inline
-functional code are not seen; targets are therefore confirmed on the compressed model before a run
-stops.
+elements; a BatchNorm holds 2 parameters per channel (a LayerNorm / RMSNorm / GroupNorm its weights
+and biases per channel, an embedding one row entry per token, a bare parameter its numel over its
+channels). A channel group changes the ``out`` of its producers, the ``in`` of its consumers (at
+concat offsets), both sides of its depthwise layers and the channels of the pools it passes through,
+so for a given set of live channels every layer's size is known exactly. The estimate is the
+measured size of the current model (``prunelab.measure``) minus these layers' current contributions
+plus their contributions with only the live channels: it moves exactly as the compressed model's
+counts do under the conventions of :func:`prunelab.measure.count_params` /
+:func:`prunelab.measure.count_macs`. Layers run from inline functional code are not seen; targets
+are therefore confirmed on the compressed model before a run stops.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 from prunelab.models.common import BN_TYPES, CONV_TYPES
 from prunelab.prune.structured.groups import PER_CHANNEL_TYPES, PRODUCER_TYPES, GroupSet
+from prunelab.prune.structured.norms import is_norm, norm_width
 from prunelab.prune.structured.transformer import is_conv1d
 
 
@@ -88,6 +90,8 @@ class CostModel:
                     for i, c in zip(m.idxs, m.channels):
                         d[i] = off + c
         self.layers: list[_Layer] = []
+        shared = {id(m.weight) for m in model.modules()
+                  if (isinstance(m, PRODUCER_TYPES) or is_conv1d(m)) and isinstance(m.weight, torch.Tensor)}
         for name, module in model.named_modules():
             if name not in out_maps and name not in in_maps:
                 continue
@@ -104,11 +108,19 @@ class CostModel:
                     self._side(in_maps.get(name, {}), shape.in_channels), shape.kernel, shape.groups,
                     isinstance(module, CONV_TYPES) and module.groups > 1 and name in out_maps and name in in_maps,
                     shape.bias, shape.positions, 0, shape.kind == "conv"))
-            elif isinstance(module, PER_CHANNEL_TYPES):
+            elif isinstance(module, PER_CHANNEL_TYPES) or is_norm(module) or isinstance(module, nn.Embedding):
                 n = _channels_of(module)
                 per = sum(p.numel() for p in module.parameters(recurse=False)) // max(n, 1)
+                if isinstance(module, nn.Embedding) and id(module.weight) in shared:
+                    per = 0  # tied to an output head (GPT-2): its parameters are counted there, once
                 self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), n), None, 0, 1, False, False, 0,
                                           per))
+        params_of = dict(model.named_parameters())
+        for name, dim in {m.module: m.dim for g in groups for m in g.members if m.kind == "param"}.items():
+            p = params_of.get(name)  # a bare parameter: numel / channels values per channel
+            if p is not None:
+                self.layers.append(_Layer(name, self._side(out_maps.get(name, {}), p.shape[dim]), None, 0, 1, False,
+                                          False, 0, p.numel() // p.shape[dim]))
         for name, shape in groups.layers.items():  # attention matmuls: MACs scale with the live heads
             if shape.kind == "attention" and name in out_maps:
                 self.layers.append(_Layer(name, self._side(out_maps[name], shape.out_channels), None, 0, 1, False,
@@ -178,4 +190,8 @@ def _channels_of(module: nn.Module) -> int:
         return module.num_features
     if isinstance(module, nn.PReLU):
         return module.num_parameters
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    if is_norm(module):
+        return norm_width(module)
     return 0

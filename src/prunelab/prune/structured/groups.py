@@ -15,11 +15,24 @@ Scopes (which groups are prunable):
   two or more computed tensors (a residual add, a multiply such as squeeze-and-excitation, a
   concat) or the network output; for a plain chain (VGG) every hidden layer is internal.
 * ``all``: every group whose channels do not reach the network output, residual streams pruned
-  jointly across every layer adding into them.
+  jointly across every layer adding into them. For a transformer this includes the hidden
+  (residual-stream) width: the embeddings, every Linear reading or writing the stream, the norms and
+  the classifier input form one group.
+
+Per-channel layers of a group: BatchNorm and PReLU (sliced with the channel; the soft mask sits after
+them), LayerNorm / RMSNorm / GroupNorm (:mod:`prunelab.prune.structured.norms`: sliced with the channel;
+the soft mask re-normalises them over the live channels, since their statistics span the channels),
+``nn.Embedding`` columns, and bare parameters (class tokens, position embeddings, layer scales), passed
+to Torch-Pruning as ``unwrapped_parameters`` with their channel dimension (:func:`unwrapped_parameters`).
+A group holding a norm, embedding or bare parameter is masked at its consumers' inputs. A permute or
+transpose on the path of a group holding a norm (channels moved last for a LayerNorm and back, as in
+ConvNeXt and ViT's patch embedding) is mapped index for index. A grouped convolution (``groups`` = G)
+folds its group: channel ``j`` is the ``j``-th channel of every convolution group (:func:`fold_grouped`).
 
 Groups passing through an operation whose channel correspondence Torch-Pruning cannot map (a pad
 along the channel dimension, as in option-A CIFAR ResNet shortcuts; grouped non-depthwise
-convolutions; layers only partly covered by the group) are not prunable: they are listed in
+convolutions only partly in the group; GroupNorms with several channels per group; layers only partly
+covered by the group) are not prunable: they are listed in
 :attr:`GroupSet.skipped` with the operation named.
 
 Exclusions (``exclude``): a pattern is matched (``fnmatch``) against module paths and class names;
@@ -49,6 +62,7 @@ from torch import nn
 from prunelab.errors import PrunelabError, check_choice
 from prunelab.models.common import BN_TYPES, CONV_TYPES, POOL_TYPES
 from prunelab.models.inputs import InputSpec, as_input_spec, call_model, logits_of
+from prunelab.prune.structured.norms import RMSNormPruner, is_norm, is_rmsnorm, norm_problem, norm_width
 from prunelab.prune.structured.transformer import AttentionUnit, MlpUnit, Units, find_units, is_conv1d
 from prunelab.train.progress import stage
 
@@ -57,6 +71,8 @@ SCOPES = ("internal", "all")
 TORCH_PRUNING_TESTED = ("1.5.3", "1.6.0", "1.6.1")
 
 PRODUCER_TYPES = (*CONV_TYPES, nn.Linear)
+#: member kinds of a residual-stream (hidden width) group, beyond producers, consumers and BatchNorms
+STREAM_KINDS = ("norm", "embedding", "param")
 # Layers whose parameters are one value per channel (sliced with the channel, no mixing across channels).
 PER_CHANNEL_TYPES = (*BN_TYPES, nn.PReLU)
 
@@ -110,6 +126,8 @@ class ChannelGroup:
     unit: object | None = None
     input_points: list[str] = field(default_factory=list)
     structure: object | None = None
+    #: norms of the group: masked by re-normalising over the live channels (see ``mask_points``)
+    norm_points: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -190,6 +208,8 @@ class TracedModel:
     #: why Torch-Pruning could not trace the model (then ``graph`` is None and only the transformer
     #: units, which need no graph, are prunable)
     failure: str | None = None
+    #: the bare parameters passed to Torch-Pruning as ``unwrapped_parameters``: path -> channel dimension
+    param_dims: dict[str, int] = field(default_factory=dict)
 
     @property
     def model(self) -> nn.Module:
@@ -227,10 +247,33 @@ def time_budget(seconds: float | None, what: str) -> Iterator[None]:
 
 
 def customized_pruners(model: nn.Module) -> dict:
-    """Torch-Pruning ``customized_pruners`` for the layer types it lacks (Hugging Face ``Conv1D``)."""
+    """Torch-Pruning ``customized_pruners`` for the layer types it lacks (Hugging Face ``Conv1D``,
+    RMSNorm)."""
     from prunelab.prune.structured.layers import Conv1DPruner
 
-    return {type(m): Conv1DPruner() for m in model.modules() if is_conv1d(m)}
+    out: dict = {type(m): Conv1DPruner() for m in model.modules() if is_conv1d(m)}
+    out.update({type(m): RMSNormPruner() for m in model.modules() if is_rmsnorm(m)})
+    return out
+
+
+#: layers whose parameters Torch-Pruning (or a customized pruner here) slices itself
+_WRAPPED_TYPES = (*PRODUCER_TYPES, *BN_TYPES, nn.PReLU, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
+                  nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.MultiheadAttention, nn.LSTM)
+
+
+def unwrapped_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, int]]:
+    """Bare parameters (not owned by a layer Torch-Pruning knows): class tokens, position embeddings,
+    layer scales. Their channel dimension is the last one longer than 1 (``(1, 1, D)``, ``(1, T, D)``,
+    ``(D,)``), Torch-Pruning's default; passed to it as ``unwrapped_parameters``."""
+    out = []
+    for mname, module in model.named_modules():
+        if isinstance(module, _WRAPPED_TYPES) or is_conv1d(module) or is_rmsnorm(module):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            dims = [i for i, s in enumerate(p.shape) if s > 1]
+            if dims:
+                out.append((f"{mname}.{pname}" if mname else pname, p, dims[-1]))
+    return out
 
 
 def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> TracedModel:
@@ -309,11 +352,13 @@ def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> Tr
         handles.append(model.get_submodule(unit.o).register_forward_pre_hook(attention_hook(unit)))
     was_training = model.training
     failure = None
+    bare = unwrapped_parameters(model)
     try:
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=spec.example_for(model, 1), forward_fn=call_model,
-                output_transform=logits_of, customized_pruners=customized_pruners(model) or None, verbose=False)
+                output_transform=logits_of, customized_pruners=customized_pruners(model) or None,
+                unwrapped_parameters=[(p, d) for _, p, d in bare] or None, verbose=False)
     except PrunelabError:
         raise
     except Exception as exc:  # tracing failures of Torch-Pruning are the user's model, not a bug here
@@ -344,7 +389,8 @@ def build_graph(model: nn.Module, input_shape, units: Units | None = None) -> Tr
     # An average pool is not a Torch-Pruning layer: find the graph node that feeds it.
     by_grad_fn = {id(node.grad_fn): node for node in dg.module2node.values() if node.grad_fn is not None}
     pools = {name: by_grad_fn.get(id(gf)) for name, gf in pool_inputs.items()}
-    return TracedModel(dg, layers, pools, names, order, {p: n for n, p in model.named_parameters()})
+    return TracedModel(dg, layers, pools, names, order, {p: n for n, p in model.named_parameters()},
+                       param_dims={n: d for n, _, d in bare})
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -370,7 +416,7 @@ def out_channel_fn(module: nn.Module):
 
 def layer_group(traced: TracedModel, module: nn.Module, width: int):
     """Torch-Pruning's group of every layer coupled to the ``width`` output channels of ``module``."""
-    return traced.graph.get_pruning_group(module, out_channel_fn(module), list(range(width)))
+    return traced.graph.get_pruning_group(module, _out_fn(traced, module), list(range(width)))
 
 
 def _op_name(node) -> str:
@@ -395,7 +441,11 @@ def _pads_channels(node) -> bool:
     return len(pad) >= 6 and any(pad[4:6])
 
 
-_UNMAPPABLE = ("Permute", "Transpose", "IndexSelect", "Gather", "Index", "Roll", "Flip", "Stack", "Bmm", "Mm",
+#: layout changes Torch-Pruning maps index for index; accepted on the path of a group holding a norm
+#: (channels moved to the last dimension for a LayerNorm / Linear and back, as in ConvNeXt and ViT's patch
+#: embedding), refused elsewhere; compression checks the result against the masked model either way
+_LAYOUT_OPS = ("Permute", "Transpose")
+_UNMAPPABLE = ( "IndexSelect", "Gather", "Index", "Roll", "Flip", "Stack", "Bmm", "Mm",
                "Matmul", "Addmm", "Baddbmm", "Einsum", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Repeat")
 
 
@@ -418,6 +468,10 @@ def _channel_dim_size(module: nn.Module, kind: str) -> int | None:
         return int(module.weight.shape[1] if kind == "out" else module.weight.shape[0])
     if isinstance(module, BN_TYPES):
         return module.num_features
+    if is_norm(module):
+        return norm_width(module)
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
     return None
 
 
@@ -432,6 +486,35 @@ def _merge_member(members: dict, name: str, kind: str, idxs: list[int], roots: l
             seen.add(i)
             m.idxs.append(i)
             m.channels.append(r)
+
+
+def fold_grouped(model: nn.Module, members: dict, grouped: list[tuple[str, str, int]]) -> tuple[int, str | None]:
+    """Channels through a grouped convolution (``groups`` = G > 1, not depthwise) must leave every one of
+    its G groups alike, or it is no longer a grouped convolution: channel ``j`` of the group becomes the
+    ``j``-th channel of *every* convolution group (positions ``j, j + C/G, ...``), so the group's width
+    is C/G and a removed channel removes one filter (or input slice) per convolution group, as a
+    grouped convolution's weight ``(out, in / G, k, k)`` allows. Rewrites the members' channels in place;
+    returns (new width, None) or (0, why the group cannot be folded)."""
+    fold: dict[int, int] = {}
+    per = None
+    for name, kind, groups in grouped:
+        m = members[(name, kind)]
+        size = _channel_dim_size(model.get_submodule(name), kind)
+        if len(set(m.idxs)) != size:
+            return 0, f"grouped convolution {name} (groups={groups}) is only partly in the group"
+        this = size // groups
+        if per is not None and this != per:
+            return 0, f"grouped convolutions of different group sizes ({per}, {this}) share the channels"
+        per = this
+        for i, c in zip(m.idxs, m.channels):
+            if fold.setdefault(c, i % per) != i % per:
+                return 0, f"grouped convolution {name} (groups={groups}) sees the channels in another order"
+    for m in members.values():
+        if any(c not in fold for c in m.channels):
+            return 0, f"{m.module} carries channels that bypass the grouped convolution"
+    for m in members.values():
+        m.channels = [fold[c] for c in m.channels]
+    return int(per), None
 
 
 @dataclass
@@ -459,6 +542,8 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
     merge = False
     output = False
     has_mapping_op = False
+    layout_ops: list[str] = []
+    grouped: list[tuple[str, str, int]] = []  # grouped (non-depthwise) convolutions: (layer, side, groups)
     pools_of: dict[int, list[str]] = {}
     for pool, feeder in traced.pools.items():
         if feeder is not None:
@@ -475,7 +560,12 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
             output = True
             continue
         if node.type == tp.ops.OPTYPE.PARAMETER:
-            problems.append(f"a bare nn.Parameter ({traced.param_names.get(module, 'unnamed')}) used as a weight")
+            pname = traced.param_names.get(module, "unnamed")
+            if pname not in traced.param_dims:
+                problems.append(f"a bare nn.Parameter ({pname}) used as a weight")
+                continue
+            _merge_member(members, pname, "param", idxs, roots)
+            members[(pname, "param")].dim = traced.param_dims[pname]
             continue
         if module not in names:  # an operation, not a layer
             op = _op_name(node)
@@ -489,6 +579,8 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
                 problems.append(f"channel padding ({op})")
             elif _inside_linear(node):
                 pass  # the matmul of a Linear applied to an (N, ..., F) input: part of the layer itself
+            elif op.startswith(_LAYOUT_OPS):
+                layout_ops.append(op)
             elif any(op.startswith(u) for u in _UNMAPPABLE):
                 problems.append(op)
             if not node.outputs:
@@ -502,14 +594,23 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
             kind = "out" if out else "in"
         elif isinstance(module, PER_CHANNEL_TYPES):
             kind = "out"
+        elif is_norm(module):
+            kind = "norm"
+            reason = norm_problem(module, name)
+            if reason:
+                problems.append(reason)
+        elif isinstance(module, nn.Embedding):
+            kind = "embedding"
         else:
             problems.append(f"{type(module).__name__} at {name}")
             kind = "out" if out else "in"
         if isinstance(module, CONV_TYPES) and module.groups > 1 and kind != "depthwise":
-            problems.append(f"grouped convolution {name} (groups={module.groups})")
-        if kind in ("out", "depthwise") and not node.outputs:
+            grouped.append((name, kind, module.groups))
+        if kind in ("out", "depthwise", "norm", "embedding") and not node.outputs:
             output = True
         _merge_member(members, name, kind, idxs, roots)
+    if layout_ops and not any(m.kind == "norm" for m in members.values()):
+        problems.extend(layout_ops)  # a permute / transpose is mapped around a channels-last norm only
     producers = sorted((m for m in members.values() if m.kind in ("out", "depthwise")
                         and is_producer(dg.model.get_submodule(m.module))),
                        key=lambda m: (m.kind == "depthwise", order[m.module]))
@@ -526,6 +627,8 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
     width = _channel_dim_size(dg.model.get_submodule(root_member.module), root_member.kind)
     for m in members.values():
         m.channels = [tp_to_root[c] for c in m.channels]
+        if m.kind == "param":
+            continue
         module = dg.model.get_submodule(m.module)
         size = _channel_dim_size(module, m.kind)
         # A producer's outputs form one group unless a split/slice divides them (BatchNorms and
@@ -534,6 +637,12 @@ def read_group(traced: TracedModel, tp_group, root_name: str | None = None) -> T
             problems.append(f"{m.module} covers {len(m.idxs)} of its {size} output channels")
     if len(root_member.idxs) != width:
         problems.append(f"{root_member.module} covers {len(root_member.idxs)} of its {width} output channels")
+    if grouped:
+        folded, reason = fold_grouped(dg.model, members, grouped)
+        if reason:
+            problems.append(reason)
+        else:
+            width = folded
     ordered = sorted(members.values(), key=lambda m: (order.get(m.module, 0), m.kind))
     return TracedGroup(root_member.module, width, ordered, ops, problems, merge, output)
 
@@ -598,6 +707,14 @@ def make_group(traced: TracedModel, found: TracedGroup, name: str, unit=None) ->
         if not producers:
             producers = [m.module for m in members if m.kind == "depthwise"]
         bns = [m.module for m in members if m.kind == "out" and isinstance(model.get_submodule(m.module), BN_TYPES)]
+    if any(m.kind in STREAM_KINDS for m in members):
+        # A norm, embedding or bare parameter in the group: mask where the channels are read (the
+        # consumers' inputs) and re-normalise the norms over the live channels; what a removed channel
+        # carries elsewhere (a class token, a layer scale) then reaches nothing, as in the compressed model.
+        return ChannelGroup(name=name, root=found.root, width=found.width, members=members, mask_points=[],
+                            vanishable=False, producers=producers, batchnorms=bns, ops=found.ops, unit=unit,
+                            input_points=[m.module for m in members if m.kind == "in"],
+                            norm_points=[m.module for m in members if m.kind == "norm"])
     return ChannelGroup(name=name, root=found.root, width=found.width, members=members,
                         mask_points=mask_points(traced, members), vanishable=vanishable(traced, members, found.merge),
                         producers=producers, batchnorms=bns, ops=found.ops, unit=unit)
@@ -657,8 +774,12 @@ def _out_fn(traced: TracedModel, module: nn.Module):
     return out_channel_fn(module)
 
 
-def _width_of(module: nn.Module) -> int:
+def out_width(module: nn.Module) -> int:
+    """Output channels of a producer (a convolution, ``nn.Linear`` or ``Conv1D``)."""
     return _channel_dim_size(module, "depthwise" if is_depthwise(module) else "out")
+
+
+_width_of = out_width
 
 
 def torch_pruning_groups(traced: TracedModel, skip: set[str], deadline: float | None) -> list:

@@ -22,6 +22,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.structured.groups import GroupSet
+from prunelab.prune.structured.norms import norm_rule, normalise_live
 
 #: ``observer(mask_point, masked_output)``: called for every training-mode forward of a mask point
 Observer = Callable[[str, torch.Tensor], None]
@@ -59,6 +60,13 @@ class ChannelMasks:
                     (g.name, torch.tensor(m.idxs, dtype=torch.long), torch.tensor(m.channels, dtype=torch.long),
                      identity))
                 self._dims[point] = _channel_dim(model.get_submodule(m.module), point.endswith(":input"))
+            norms = {m.module: m for m in g.members if m.kind == "norm"}
+            for p in g.norm_points:
+                m = norms[p]
+                self._points.setdefault(f"{p}:norm", []).append(
+                    (g.name, torch.tensor(m.idxs, dtype=torch.long), torch.tensor(m.channels, dtype=torch.long),
+                     False))
+                self._dims[f"{p}:norm"] = norm_rule(model.get_submodule(p)).channel_dim(model.get_submodule(p))
         self._handles: list = []
         self.attach()
 
@@ -135,6 +143,9 @@ class ChannelMasks:
             if point.endswith(":input"):
                 module = self.model.get_submodule(point.removesuffix(":input"))
                 self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(point)))
+            elif point.endswith(":norm"):
+                module = self.model.get_submodule(point.removesuffix(":norm"))
+                self._handles.append(module.register_forward_hook(self._make_norm_hook(point)))
             else:
                 module = self.model.get_submodule(point)
                 self._handles.append(module.register_forward_hook(self._make_hook(point)))
@@ -182,6 +193,18 @@ class ChannelMasks:
             if self._observer is not None and module.training:
                 self._observer(point, y)
             return y
+
+        return hook
+
+    def _make_norm_hook(self, point: str):
+        def hook(module: nn.Module, inputs, output):
+            x = inputs[0] if inputs else None
+            if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+                raise PrunelabError(f"cannot mask the norm {point.removesuffix(':norm')}: its input is not a tensor")
+            vec = self._vector(point, x)
+            if bool(vec.all()):
+                return output
+            return normalise_live(module, x, torch.nonzero(vec).flatten())
 
         return hook
 

@@ -24,9 +24,16 @@ from typing import Any
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.models.common import CONV_TYPES
 from prunelab.models.inputs import spec_or_shape_of
-from prunelab.prune.structured.groups import PRODUCER_TYPES, GroupSet, build_graph, layer_group, make_group, read_group
+from prunelab.prune.structured.groups import (
+    GroupSet,
+    build_graph,
+    is_producer,
+    layer_group,
+    make_group,
+    out_width,
+    read_group,
+)
 
 PLAN_FORMAT = "prunelab-channel-plan"
 PLAN_VERSION = 1
@@ -122,18 +129,20 @@ def _groups_for_plan(model: nn.Module, plan: dict) -> GroupSet:
             module = model.get_submodule(root)
         except AttributeError:
             raise PrunelabError(f"plan does not fit the base model: no layer {root!r}") from None
-        if not isinstance(module, PRODUCER_TYPES):
+        if not is_producer(module):
             raise PrunelabError(f"plan does not fit the base model: {root!r} is a {type(module).__name__}, "
                                 f"not a convolution or linear layer")
-        width = module.out_channels if isinstance(module, CONV_TYPES) else module.out_features
-        if width != int(r["width"]):
-            raise PrunelabError(f"plan does not fit the base model: layer {root!r} has {width} channels, "
-                                f"the plan expects {r['width']}")
-        if len(r["kept"]) == width:
-            continue
         if module not in traced.graph.module2node:
+            if len(r["kept"]) == int(r["width"]) and int(r["width"]) == out_width(module):
+                continue
             raise PrunelabError(f"plan does not fit the base model: layer {root!r} is not used by the forward pass")
-        found = read_group(traced, layer_group(traced, module, width), root)
+        # a group through a grouped convolution is narrower than its root layer (groups.fold_grouped)
+        found = read_group(traced, layer_group(traced, module, out_width(module)), root)
+        if found.width != int(r["width"]):
+            raise PrunelabError(f"plan does not fit the base model: the group of layer {root!r} has {found.width} "
+                                f"channels, the plan expects {r['width']}")
+        if len(r["kept"]) == found.width:
+            continue
         if found.problems:
             raise PrunelabError(f"plan group {r.get('name', root)!r} cannot be compressed: {found.problems[0]}")
         groups.append(make_group(traced, found, str(r.get("name", root))))

@@ -334,6 +334,11 @@ def config_updates(model: nn.Module, head_dim_field: bool = False) -> dict[str, 
     if heads:
         h, kv, d = heads.pop()
         old_h = _first_attr((config,), HEAD_COUNT_ATTRS)
+        hidden = _first_attr((config,), ("hidden_size", "n_embd", "d_model"))
+        if (old_h == h and not isinstance(getattr(config, "head_dim", None), int) and hidden is not None
+                and hidden != h * d):  # the hidden width was pruned: hidden / heads no longer is the head size
+            raise PrunelabError(f"{type(config).__name__} derives the head size from hidden size / heads; with "
+                                f"hidden size {hidden} and {h} heads of size {d} it cannot describe the pruned model")
         if old_h != h:
             hidden = _first_attr((config,), ("hidden_size", "n_embd", "d_model"))
             explicit = getattr(config, "head_dim", None)
