@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_matrix_models import MODELS
+from hf_tiny import MODELS
 from prunelab.errors import PrunelabError
 from prunelab.measure import count_params
 from prunelab.prune.structured import ChannelMasks, CostModel, compress, find_groups
