@@ -5,7 +5,8 @@ circle, and no module imports another module's ``_private`` names.
 The declared order (the package's layers, highest first)::
 
     cli -> report -> study -> protocols -> export -> checkpoint -> prune -> measure -> train
-        -> models, data -> io, autoload, devices, resources, schema, track -> prunelab (the root: ``__version__``) -> errors
+        -> models, data -> io, autoload, devices, resources, schema, track -> prunelab (the root:
+        ``__version__``) -> errors
 
 Imports under ``if TYPE_CHECKING:`` are left out: they never run (they name a type for the checker).
 The walk reads the source with :mod:`ast`, so it sees imports in code paths no test executes.
@@ -26,7 +27,8 @@ ROOT = "prunelab"
 #: tiers, highest first: a module may import its own package and any package of a lower tier
 TIERS: tuple[tuple[str, ...], ...] = (
     ("__main__",), ("cli",), ("report",), ("study",), ("protocols",), ("export",), ("checkpoint",),
-    ("prune",), ("measure",), ("train",), ("models", "data"), ("io", "autoload", "devices", "resources", "schema", "track"),
+    ("prune",), ("measure",), ("train",), ("models", "data"),
+    ("io", "autoload", "devices", "resources", "schema", "track"),
     (ROOT,), ("errors",),
 )
 RANK = {layer: i for i, tier in enumerate(TIERS) for layer in tier}

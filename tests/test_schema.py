@@ -105,3 +105,74 @@ def test_layer_selection_cli_and_study_share_one_declaration():
     assert not study["include_types"].check(["conv", "lstm"]) and study["include_types"].check(["conv2d"])
     with pytest.raises(PrunelabError, match="unknown include-types 'lstm'"):
         check_fields(LayerSelection(include_types=("conv", "lstm")))
+
+
+def _prune_flags():
+    from prunelab.cli import build_parser
+
+    parser = build_parser("prune")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["prune"]
+    return sub, {a.dest: a for a in sub._actions}
+
+
+def test_prune_config_and_schedule_cli_and_study_share_one_declaration():
+    """PruneConfig's and WeightPruning's fields, the unstructured ``prune`` flags and the unstructured
+    study kinds' parameters: the same defaults, the same checks, the same words."""
+    from prunelab.protocols.unstructured import WeightPruning
+    from prunelab.prune.unstructured.pruner import METHODS, PruneConfig
+    from prunelab.study.methods.unstructured import _KIND_PARAMS
+
+    sub, flags = _prune_flags()
+    prune, pruning = specs(PruneConfig), specs(WeightPruning)
+    for table, name, dest in ((prune, "method", "method"), (prune, "mt", "mt"), (prune, "mt_percent", "mt_percent"),
+                              (prune, "allow_regrow", "allow_regrow"), (pruning, "schedule", "prune_schedule"),
+                              (pruning, "rounds", "rounds"), (pruning, "rewind_epoch", "rewind_epoch")):
+        spec, default = table[name]
+        assert flags[dest].default == default and flags[dest].help.startswith(spec.help[:20]), name
+    assert flags["sparsity"].default is None  # the command asks for it: no silent 0
+    assert tuple(flags["method"].choices) == (*METHODS, "lowrank")  # lowrank goes to another pruner
+    assert tuple(flags["prune_schedule"].choices) == ("oneshot", "gradual", "iterative")
+    study = _KIND_PARAMS["random"]
+    for table, name in ((pruning, "schedule"), (pruning, "rounds"), (prune, "mt"), (prune, "mt_percent")):
+        spec, default = table[name]
+        assert study[name].default == default and study[name].valid == spec.describe(), name
+    # hand-written limits: rounds 1..100, MT percent in [0, 100), MT a count >= 0
+    assert study["rounds"].check(100) and not study["rounds"].check(101) and not study["rounds"].check(0)
+    assert study["mt_percent"].check(0.0) and not study["mt_percent"].check(100.0) and study["mt_percent"].check(None)
+    assert study["mt"].check(0) and not study["mt"].check(-1) and not study["mt"].check(2.5)
+    assert "layerwise-magnitude" in _KIND_PARAMS and "mt" not in _KIND_PARAMS["layerwise-magnitude"]
+    args = sub.parse_args(["mlp", "--prune-schedule", "iterative", "--rounds", "4", "--mt", "7"])
+    assert (args.prune_schedule, args.rounds, args.mt) == ("iterative", 4, 7)
+    from prunelab.train.config import SCHEDULES
+
+    assert args.schedule in SCHEDULES  # the learning-rate schedule keeps its own attribute
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"sparsity": 1.0}, "sparsity must be in [0, 1) (fraction of weights removed), got 1.0"),
+    ({"sparsity": -0.1}, "sparsity must be in [0, 1) (fraction of weights removed), got -0.1"),
+    ({"method": "magnitude"}, "unknown method 'magnitude'"),
+    ({"mt": -1}, "mt must be a number of weights per layer >= 0, got -1"),
+    ({"mt_percent": 100.0}, "mt-percent must be a percentage of all prunable weights in [0, 100), got 100.0"),
+    ({"allow_regrow": 1}, "allow-regrow must be true or false, got 1"),
+])
+def test_prune_config_messages_come_from_the_declaration(config, message):
+    from prunelab.prune.unstructured.pruner import PruneConfig
+
+    with pytest.raises(PrunelabError) as exc:
+        PruneConfig(**config).validate()
+    assert message in str(exc.value)
+
+
+def test_weight_pruning_messages_come_from_the_declaration():
+    from prunelab.protocols.unstructured import WeightPruning
+    from prunelab.prune.unstructured.pruner import PruneConfig
+
+    config = PruneConfig(sparsity=0.5)
+    with pytest.raises(PrunelabError, match=r"rounds must be 1 to 100, got 101"):
+        WeightPruning(config, "iterative", rounds=101).validate()
+    WeightPruning(config, "oneshot", rounds=101).validate()  # rounds are read by the iterative schedule only
+    with pytest.raises(PrunelabError, match="unknown prune-schedule 'cyclic'"):
+        WeightPruning(config, "cyclic").validate()
+    with pytest.raises(PrunelabError, match="snip-batch must be a whole number >= 1, got 0"):
+        WeightPruning(config, snip_batch=0).validate()
