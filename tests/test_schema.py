@@ -176,3 +176,29 @@ def test_weight_pruning_messages_come_from_the_declaration():
         WeightPruning(config, "cyclic").validate()
     with pytest.raises(PrunelabError, match="snip-batch must be a whole number >= 1, got 0"):
         WeightPruning(config, snip_batch=0).validate()
+
+
+def test_train_config_flags_come_from_its_declaration():
+    """Every training flag that maps onto a TrainConfig field has that field's default and help; where
+    a spec states a range, the config's own validation agrees with it at the edges."""
+    from dataclasses import replace
+
+    from prunelab.train.config import TrainConfig
+
+    _, flags = _prune_flags()
+    table = specs(TrainConfig)
+    for name, (spec, default) in table.items():
+        if name in ("augment", "amp", "loss"):  # --no-augment / --no-amp; --loss defaults to the data's
+            continue
+        assert flags[name].default == default and flags[name].help.startswith(spec.help[:20]), name
+    assert flags["checkpoint"].option_strings == ["--state"] and flags["loss"].default is None
+    assert flags["augment"].default is True and flags["amp"].default is True
+    base = TrainConfig()
+    for name, good, bad in (("epochs", 0, -1), ("batch_size", 1, 0), ("momentum", 0.0, 1.0), ("lr", 0.0, -0.1),
+                            ("label_smoothing", 0.0, 1.0), ("gamma", 1e-9, 0.0), ("eval_every", 1, 0),
+                            ("optimizer", "adam", "rmsprop"), ("schedule", "cosine", "poly")):
+        spec = table[name][0]
+        assert spec.accepts(good) and not spec.accepts(bad), name
+        replace(base, **{name: good}).validate()
+        with pytest.raises(PrunelabError):
+            replace(base, **{name: bad}).validate()

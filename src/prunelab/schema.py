@@ -30,7 +30,7 @@ class Spec:
     """What one setting accepts. ``kind``: int, float, str, bool or list (of names); ``choices`` (a
     sequence, or a function giving the registered names); ``lo`` / ``hi`` bounds (``lo_open`` /
     ``hi_open`` exclude them); ``optional``: None is accepted; ``valid``: how a message says what is
-    valid (derived when empty); ``flag`` / ``metavar``: the command-line spelling."""
+    valid (derived when empty); ``flag`` / ``metavar`` / ``dest``: the command-line spelling."""
 
     kind: type
     help: str
@@ -43,6 +43,8 @@ class Spec:
     valid: str = ""
     flag: str | None = None
     metavar: str | None = None
+    #: the argparse attribute, where it is not the field's name
+    dest: str | None = None
     #: a further rule a value must meet (beyond kind, range and choices), said in ``valid``
     rule: Callable[[Any], bool] | None = None
 
@@ -151,9 +153,9 @@ def flag(name: str, spec: Spec) -> str:
 
 
 def dest(name: str, spec: Spec) -> str:
-    """The argparse attribute of a setting: its name, or its own flag's (``--prune-schedule`` is
-    ``prune_schedule``), so two configs' fields of one name never share an attribute."""
-    return flag(name, spec).lstrip("-").replace("-", "_") if spec.flag else name
+    """The argparse attribute of a setting: its name, unless the spec names another ``dest`` (so two
+    configs' fields of one name, such as a pruning and a learning-rate ``schedule``, never share one)."""
+    return spec.dest or name
 
 
 def add_flags(container, cls, names: Sequence[str], *, defaults: dict[str, Any] | None = None,

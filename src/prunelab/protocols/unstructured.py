@@ -62,7 +62,8 @@ class WeightPruning:
 
     config: Any = None
     schedule: str = option("oneshot", "one-shot, gradual (while training from scratch, Zhu & Gupta 2017) or "
-                           "iterative (prune/fine-tune rounds)", choices=SCHEDULES, flag="--prune-schedule")
+                           "iterative (prune/fine-tune rounds)", choices=SCHEDULES, flag="--prune-schedule",
+                           dest="prune_schedule")
     gradual: Any = None
     rounds: int = option(3, "iterative: number of prune/fine-tune rounds (1 to 100)", lo=1, hi=MAX_ROUNDS,
                          valid=f"1 to {MAX_ROUNDS}")
