@@ -202,3 +202,25 @@ def test_train_config_flags_come_from_its_declaration():
         replace(base, **{name: good}).validate()
         with pytest.raises(PrunelabError):
             replace(base, **{name: bad}).validate()
+
+
+def test_pfs_config_flags_come_from_its_declaration():
+    from prunelab.cli import build_parser
+    from prunelab.protocols.pfs import PFSConfig
+    from prunelab.schema import dest
+
+    parser = build_parser("pfs")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["pfs"]
+    flags = {a.dest: a for a in sub._actions if a.help != argparse.SUPPRESS}  # not the old spellings' aliases
+    table = specs(PFSConfig)
+    for name in ("expansion", "lam", "ratio", "epochs", "lr", "batch_size", "holdout", "tol"):
+        spec, default = table[name]
+        assert flags[dest(name, spec)].default == default and flags[dest(name, spec)].help.startswith(spec.help[:20])
+    assert flags["gate_epochs"].option_strings[-1] == "--gate-epochs" and "budget_tol" in flags
+    for name, good, bad in (("lam", 0.0, -0.1), ("ratio", 1.0, 0.0), ("epochs", 10_000, 10_001), ("lr", 1e-6, 0.0),
+                            ("holdout", 0.0, 1.0), ("tol", 0.5, 1.0), ("expansion_mode", "width", "depth")):
+        spec = table[name][0]
+        assert spec.accepts(good) and not spec.accepts(bad), name
+        PFSConfig(**{name: good}).validate()
+        with pytest.raises(PrunelabError):
+            PFSConfig(**{name: bad}).validate()
