@@ -30,7 +30,7 @@ class Spec:
     """What one setting accepts. ``kind``: int, float, str, bool or list (of names); ``choices`` (a
     sequence, or a function giving the registered names); ``lo`` / ``hi`` bounds (``lo_open`` /
     ``hi_open`` exclude them); ``optional``: None is accepted; ``valid``: how a message says what is
-    valid (derived when empty); ``flag`` / ``metavar``: the command-line spelling."""
+    valid (derived when empty); ``flag`` / ``metavar`` / ``dest``: the command-line spelling."""
 
     kind: type
     help: str
@@ -43,6 +43,8 @@ class Spec:
     valid: str = ""
     flag: str | None = None
     metavar: str | None = None
+    #: the argparse attribute, where it is not the field's name
+    dest: str | None = None
     #: a further rule a value must meet (beyond kind, range and choices), said in ``valid``
     rule: Callable[[Any], bool] | None = None
 
@@ -150,14 +152,24 @@ def flag(name: str, spec: Spec) -> str:
     return spec.flag or "--" + name.replace("_", "-")
 
 
-def add_flags(container, cls, names: Sequence[str], *, defaults: dict[str, Any] | None = None) -> None:
+def dest(name: str, spec: Spec) -> str:
+    """The argparse attribute of a setting: its name, unless the spec names another ``dest`` (so two
+    configs' fields of one name, such as a pruning and a learning-rate ``schedule``, never share one)."""
+    return spec.dest or name
+
+
+def add_flags(container, cls, names: Sequence[str], *, defaults: dict[str, Any] | None = None,
+              more_choices: dict[str, Sequence[Any]] | None = None, notes: dict[str, str] | None = None) -> None:
     """Add the command-line flags of ``cls``'s fields ``names`` to an argparse ``container``: type,
-    choices, default (``defaults`` may override) and help from each field's spec."""
+    choices, default (``defaults`` may override) and help from each field's spec. ``more_choices``:
+    choices the command offers beyond the config's (a mode it hands elsewhere); ``notes``: text the
+    command adds to a flag's help."""
     table = specs(cls)
     for name in names:
         spec, default = table[name]
         default = (defaults or {}).get(name, default)
-        kw: dict[str, Any] = {"dest": name, "help": spec.help.replace("%", "%%")}
+        text = spec.help + ((notes or {}).get(name) or "")
+        kw: dict[str, Any] = {"dest": dest(name, spec), "help": text.replace("%", "%%")}
         if spec.kind is bool:
             container.add_argument(flag(name, spec), action="store_true", default=bool(default), **kw)
             continue
@@ -170,7 +182,7 @@ def add_flags(container, cls, names: Sequence[str], *, defaults: dict[str, Any] 
         else:
             kw.update(type=spec.kind, default=default)
             if spec.options() is not None:
-                kw["choices"] = spec.options()
+                kw["choices"] = (*spec.options(), *(more_choices or {}).get(name, ()))
             elif spec.metavar:
                 kw["metavar"] = spec.metavar
         container.add_argument(flag(name, spec), **kw)

@@ -254,68 +254,42 @@ def import_plugins_from_args(args) -> None:
 def add_train_arguments(parser, defaults: dict[str, Any] | None = None) -> None:
     """Training settings shared by train, prune (fine-tuning), reduce, scratch, copy-profile and pfs.
 
-    Each flag maps one-to-one onto a :class:`prunelab.train.config.TrainConfig` field.
+    Each flag maps one-to-one onto a :class:`prunelab.train.config.TrainConfig` field, and takes its
+    type, choices, default and help from that field's declaration (:mod:`prunelab.schema`).
     """
-    from prunelab.train.config import MAX_SEED, NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, TrainConfig
+    from prunelab.schema import add_flags, specs
+    from prunelab.train.config import MAX_SEED, TrainConfig
+    from prunelab.train.distributed import BATCH_SCALINGS
 
     d = TrainConfig().to_dict()
     d.update(defaults or {})
+    table = specs(TrainConfig)
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d["epochs"])
-    g.add_argument("--batch-size", type=int, default=d["batch_size"],
-                   help="samples per optimiser step; under torchrun the global batch, split over the processes "
-                        "(see --batch-scaling)")
-    from prunelab.train.distributed import BATCH_SCALINGS
 
+    def flags(*names: str) -> None:
+        add_flags(g, TrainConfig, names, defaults={n: d[n] for n in names if n in d})
+
+    flags("epochs", "batch_size")
     g.add_argument("--batch-scaling", choices=BATCH_SCALINGS, default="keep-global",
                    help="under torchrun: keep-global splits --batch-size over the processes (the single-process "
                         "steps and learning rate); scale-lr gives every process --batch-size and multiplies --lr "
                         "by the world size (linear scaling rule)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"])
-    g.add_argument("--lr", type=float, default=d["lr"])
-    g.add_argument("--momentum", type=float, default=d["momentum"])
-    g.add_argument("--nesterov", action="store_true", default=d["nesterov"])
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--no-wd-bn-bias", action="store_true", default=d["no_wd_bn_bias"])
-    g.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"])
+    flags("optimizer", "lr", "momentum", "nesterov", "weight_decay", "no_wd_bn_bias", "schedule")
     g.add_argument("--milestones", type=float, nargs="*", default=d["milestones"],
                    help="epochs, or fractions of --epochs when < 1")
-    g.add_argument("--gamma", type=float, default=d["gamma"])
-    g.add_argument("--step-size", type=int, default=d["step_size"], help="epochs between decays (step schedule)")
-    g.add_argument("--lr-step", choices=("iteration", "epoch"), default=d["lr_step"],
-                   help="move the learning rate after every step, or once per epoch")
-    g.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"])
-    g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"])
-    g.add_argument("--no-augment", dest="augment", action="store_false", default=d["augment"])
-    g.add_argument("--max-steps", type=int, default=d["max_steps"],
-                   help="stop every training run after N optimiser steps (dense pre-training included)")
+    flags("gamma", "step_size", "lr_step", "warmup_epochs", "label_smoothing")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=d["augment"],
+                   help=f"no {table['augment'][0].help}")
+    flags("max_steps")
     g.add_argument("--seed", type=seed, default=d["seed"], help=f"random seed, 0 to {MAX_SEED} (default {d['seed']})")
-    g.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--channels-last", action="store_true", default=d["channels_last"])
-    g.add_argument("--progress", action="store_true", default=d["progress"],
-                   help="draw the training bar even when stderr is not a terminal (on a terminal it is drawn "
-                        "unless --quiet)")
+    flags("device", "channels_last", "progress")
     g.add_argument("--quiet", action="store_true",
                    help="no progress: no training bar, and no stage lines (on a terminal, each stage's start and "
                         "time; in a log, a line for each stage that runs longer than 5 s)")
-    g.add_argument("--eval-every", type=int, default=d["eval_every"], metavar="N",
-                   help="evaluate on validation and test every N epochs (and at the end)")
-    g.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"])
-    g.add_argument("--drop-last", action="store_true", default=d["drop_last"])
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=d["amp"],
-                   help="no automatic mixed precision on CUDA")
-    g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default=d["amp_dtype"])
-    g.add_argument("--state", dest="checkpoint", metavar="PATH", default=d["checkpoint"],
-                   help="write a resumable training state here (every --checkpoint-every epochs and on stop)")
-    g.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], metavar="N")
-    g.add_argument("--resume", action="store_true", default=d["resume"],
-                   help="continue from the training state at --state if it exists")
-    g.add_argument("--on-nonfinite", choices=NONFINITE_ACTIONS, default=d["on_nonfinite"],
-                   help="a NaN or infinite loss or weight (checked at every epoch end): stop with one line "
-                        "(exit 2, nothing written), or warn and train on")
-    g.add_argument("--loss", default=None, metavar="NAME",
-                   help="the training loss: cross-entropy (classification) or next-token (causal language "
-                        "models); default: next-token for --data tokens without labels, else cross-entropy")
+    flags("eval_every", "eval_batch_size", "drop_last")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=d["amp"], help=f"no {table['amp'][0].help}")
+    flags("amp_dtype", "checkpoint", "checkpoint_every", "resume", "on_nonfinite")
+    add_flags(g, TrainConfig, ["loss"], defaults={"loss": None})  # None: the data decides (loss_for_data)
 
 
 def seed(text: str) -> int:

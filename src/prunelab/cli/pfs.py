@@ -28,8 +28,8 @@ from prunelab.errors import PrunelabError
 
 def add_arguments(parser) -> None:
     from prunelab.protocols.pfs import PFSConfig
+    from prunelab.schema import add_flags
 
-    d = PFSConfig()
     add_model_argument(parser, "default (unexpanded) zoo model, e.g. resnet56 or vgg16")
     b = parser.add_argument_group("MACs budget (one of)")
     b.add_argument("--target-macs-ratio", dest="macs_ratio", type=float, default=None, metavar="R",
@@ -38,18 +38,7 @@ def add_arguments(parser) -> None:
     add_alias(b, "--macs-ratio", "--target-macs-ratio")
     add_alias(b, "--macs", "--target-macs")
     g = parser.add_argument_group("gate learning")
-    g.add_argument("--expansion", type=float, default=d.expansion,
-                   help="width factor of the network the gates are learned on (reference -e / default width)")
-    g.add_argument("--lam", type=float, default=d.lam, help=f"penalty weight lambda (default {d.lam})")
-    g.add_argument("--ratio", type=float, default=d.ratio, help=f"target mean gate r (default {d.ratio})")
-    g.add_argument("--gate-epochs", type=int, default=d.epochs,
-                   help=f"epochs of gate learning, 1 to 10,000 (default {d.epochs}; --max-steps does not cut them)")
-    g.add_argument("--gate-lr", type=float, default=d.lr)
-    g.add_argument("--gate-batch-size", type=int, default=d.batch_size)
-    g.add_argument("--holdout", type=float, default=d.holdout,
-                   help="fraction of the training split held out for gate model selection")
-    g.add_argument("--tol", dest="budget_tol", type=float, default=d.tol,
-                   help="relative tolerance of the MACs budget")
+    add_flags(g, PFSConfig, ["expansion", "lam", "ratio", "epochs", "lr", "batch_size", "holdout", "tol"])
     add_alias(g, "--budget-tol", "--tol")
     g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="learn the gates on this trained network instead of a random one (comparison)")

@@ -29,8 +29,6 @@ from prunelab.cli.common import (
 from prunelab.errors import PrunelabError
 from prunelab.io import check_writable
 
-SCHEDULES = ("oneshot", "gradual", "iterative")
-
 
 def _structured_module():
     try:
@@ -43,7 +41,8 @@ def _structured_module():
 
 def add_arguments(parser) -> None:
     from prunelab.cli.common import add_hf_arguments
-    from prunelab.prune.unstructured.pruner import METHODS
+    from prunelab.protocols.unstructured import WeightPruning
+    from prunelab.prune.unstructured.pruner import PruneConfig
     from prunelab.prune.unstructured.schedules import UNITS
     from prunelab.prune.unstructured.selection import LayerSelection
     from prunelab.schema import add_flags
@@ -63,35 +62,24 @@ def add_arguments(parser) -> None:
     add_tracker_arguments(parser)
 
     g = parser.add_argument_group("unstructured pruning")
-    g.add_argument("--method", choices=[*METHODS, "lowrank"], default="global",
-                   help="global magnitude (Global MP), uniform / layerwise magnitude, random (global or uniform), "
-                        "snip, or lowrank (FastGRNN rank columns)")
-    g.add_argument("--sparsity", type=float, default=None,
-                   help="fraction of the selected weights removed, in [0, 1) (lowrank: fraction of rank columns)")
+    add_flags(g, PruneConfig, ["method", "sparsity"], defaults={"sparsity": None},
+              more_choices={"method": ("lowrank",)},
+              notes={"method": "; lowrank: FastGRNN rank columns", "sparsity": " (lowrank: fraction of rank columns)"})
     g.add_argument("--layer-sparsity", nargs="+", default=[], metavar="PATTERN=S",
                    help="layerwise: sparsity of the layers whose path matches PATTERN (glob); others get --sparsity")
     g.add_argument("--ranks", nargs="+", default=[], metavar="FACTOR=R",
                    help="lowrank: target rank per low-rank factor (module path of its first Linear)")
-    g.add_argument("--mt", type=int, default=None, metavar="SIGMA",
-                   help="Minimum Threshold: every layer keeps at least SIGMA weights (layers <= SIGMA stay dense)")
-    g.add_argument("--mt-percent", type=float, default=None, metavar="P",
-                   help="Minimum Threshold as P percent of all selected weights (the paper's convention)")
-    g.add_argument("--prune-schedule", choices=SCHEDULES, default="oneshot")
+    add_flags(g, PruneConfig, ["mt", "mt_percent"])
+    add_flags(g, WeightPruning, ["schedule"])
     g.add_argument("--prune-unit", choices=UNITS, default="epoch", help="gradual: time unit of start/end/every")
     g.add_argument("--prune-start", type=int, default=0, help="gradual: first update (epoch or step)")
     g.add_argument("--prune-end", type=int, default=None,
                    help="gradual: last update, reaching --sparsity (default: 3/4 of the training length)")
     g.add_argument("--prune-every", type=int, default=1, help="gradual: update frequency")
     g.add_argument("--initial-sparsity", type=float, default=0.0, help="gradual: sparsity at the first update")
-    g.add_argument("--rounds", type=int, default=3, help="iterative: number of prune/fine-tune rounds (1 to 100)")
-    g.add_argument("--rewind-epoch", type=int, default=None,
-                   help="iterative: rewind surviving weights to this epoch of the first training run")
-    g.add_argument("--snip-batch", type=int, default=None, metavar="N",
-                   help="snip: number of training samples scored (default: --batch-size, as a study's snip "
-                        "batch_size)")
-    g.add_argument("--allow-regrow", action="store_true",
-                   help="let a --sparsity below the model's present one revive already-pruned weights (default: "
-                        "they stay pruned, the sparsity stays where it was, and a warning says how many)")
+    add_flags(g, WeightPruning, ["rounds", "rewind_epoch", "snip_batch"], defaults={"snip_batch": None},
+              notes={"snip_batch": " (default: --batch-size, as a study's snip batch_size)"})
+    add_flags(g, PruneConfig, ["allow_regrow"])
     add_flags(g, LayerSelection, ["keep_first_dense", "keep_last_dense", "include_types", "include_embeddings",
                                   "include"])
     g.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -200,15 +188,17 @@ def _check_args(args, train_config) -> None:
         raise PrunelabError("--ranks applies to --method lowrank only")
     if args.method == "layerwise" and args.prune_schedule != "oneshot":
         raise PrunelabError("--method layerwise (given per-layer sparsities) supports --prune-schedule oneshot only")
-    if args.prune_schedule == "iterative":
-        from prunelab.prune.unstructured.schedules import MAX_ROUNDS
+    from prunelab.protocols.unstructured import WeightPruning
+    from prunelab.schema import specs
 
-        if not 1 <= args.rounds <= MAX_ROUNDS:
-            raise PrunelabError(f"--rounds must be 1 to {MAX_ROUNDS}, got {args.rounds}")
+    table = specs(WeightPruning)  # the config's own rules, said with the flags' names
+    if args.prune_schedule == "iterative":
+        table["rounds"][0].check("--rounds", args.rounds)
     elif args.rewind_epoch is not None:
         raise PrunelabError("--rewind-epoch applies to --prune-schedule iterative only")
-    if args.snip_batch is not None and args.snip_batch < 1:
-        raise PrunelabError(f"--snip-batch must be >= 1, got {args.snip_batch}")
+    table["rewind_epoch"][0].check("--rewind-epoch", args.rewind_epoch)
+    if args.snip_batch is not None:
+        table["snip_batch"][0].check("--snip-batch", args.snip_batch)
 
 
 def _run_hf(args) -> int:

@@ -41,6 +41,7 @@ from prunelab.models.widths import with_unit_widths
 from prunelab.protocols.build import data_inputs, fit_spec_to_data
 from prunelab.protocols.gates import GateBank, GateClamp, GatePenalty
 from prunelab.protocols.targets import Measurer, format_metric
+from prunelab.schema import option
 from prunelab.train.callbacks import Callback
 from prunelab.train.progress import stage
 
@@ -59,15 +60,20 @@ class PFSConfig:
     in structure selection.
     """
 
-    lam: float = 0.5
-    ratio: float = 0.2
-    epochs: int = 10
-    lr: float = 0.01
-    batch_size: int = 128
-    holdout: float = 0.1
-    expansion: float = 1.0
-    expansion_mode: str = "auto"
-    tol: float = 0.01
+    lam: float = option(0.5, "penalty weight lambda", lo=0.0)
+    ratio: float = option(0.2, "target mean gate r", lo=0.0, lo_open=True, hi=1.0)
+    epochs: int = option(10, f"epochs of gate learning, 1 to {MAX_GATE_EPOCHS:,} (--max-steps does not cut them)",
+                         lo=1, hi=MAX_GATE_EPOCHS, flag="--gate-epochs", dest="gate_epochs")
+    lr: float = option(0.01, "gate learning rate", lo=0.0, lo_open=True, flag="--gate-lr", dest="gate_lr")
+    batch_size: int = option(128, "gate learning batch size", lo=1, flag="--gate-batch-size",
+                             dest="gate_batch_size")
+    holdout: float = option(0.1, "fraction of the training split held out for gate model selection", lo=0.0,
+                            hi=1.0, hi_open=True)
+    expansion: float = option(1.0, "width factor of the network the gates are learned on (the reference's -e; 1 is "
+                              "the zoo width)", lo=0.0, lo_open=True)
+    expansion_mode: str = option("auto", "which widths the expansion scales", choices=lambda: EXPANSION_MODES)
+    tol: float = option(0.01, "relative tolerance of the MACs budget", lo=0.0, lo_open=True, hi=1.0, hi_open=True,
+                        flag="--tol", dest="budget_tol")
 
     def validate(self) -> PFSConfig:
         if not self.lam >= 0:

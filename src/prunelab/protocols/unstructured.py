@@ -27,6 +27,8 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.protocols.build import data_inputs
 from prunelab.protocols.finetune import Pretrained, accuracy, evaluate_final, fine_tune, pretrain
+from prunelab.prune.unstructured.schedules import MAX_ROUNDS
+from prunelab.schema import check_fields, option
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
 #: methods that rank trained weights, so a zoo model is trained dense before it is pruned (the study's
@@ -59,11 +61,15 @@ class WeightPruning:
     samples SNIP scores (drawn by the config's seed)."""
 
     config: Any = None
-    schedule: str = "oneshot"
+    schedule: str = option("oneshot", "one-shot, gradual (while training from scratch, Zhu & Gupta 2017) or "
+                           "iterative (prune/fine-tune rounds)", choices=SCHEDULES, flag="--prune-schedule",
+                           dest="prune_schedule")
     gradual: Any = None
-    rounds: int = 3
-    rewind_epoch: int | None = None
-    snip_batch: int = 128
+    rounds: int = option(3, "iterative: number of prune/fine-tune rounds (1 to 100)", lo=1, hi=MAX_ROUNDS,
+                         valid=f"1 to {MAX_ROUNDS}")
+    rewind_epoch: int | None = option(None, "iterative: rewind surviving weights to this epoch of the first "
+                                      "training run", kind=int, lo=0, optional=True)
+    snip_batch: int = option(128, "snip: number of training samples scored", lo=1, metavar="N")
     lowrank: LowRank | None = None
 
     @property
@@ -71,21 +77,16 @@ class WeightPruning:
         return "lowrank" if self.lowrank is not None else self.config.method
 
     def validate(self) -> WeightPruning:
-        from prunelab.prune.unstructured.schedules import MAX_ROUNDS
-
         if (self.config is None) == (self.lowrank is None):
             raise PrunelabError("weight pruning takes a PruneConfig or a low-rank target, one of them")
         if self.lowrank is not None and self.schedule != "oneshot":
             raise PrunelabError("low-rank column pruning supports the oneshot schedule only")
 
-        if self.schedule not in SCHEDULES:
-            raise PrunelabError(f"pruning schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        check_fields(self, ("schedule", "snip_batch", "rewind_epoch"))
         if self.schedule == "gradual" and self.gradual is None:
             raise PrunelabError("gradual pruning needs a GradualSchedule")
-        if self.schedule == "iterative" and not 1 <= self.rounds <= MAX_ROUNDS:
-            raise PrunelabError(f"rounds must be 1 to {MAX_ROUNDS}, got {self.rounds}")
-        if self.snip_batch < 1:
-            raise PrunelabError(f"the SNIP batch must be >= 1 samples, got {self.snip_batch}")
+        if self.schedule == "iterative":
+            check_fields(self, ("rounds",))
         return self
 
 

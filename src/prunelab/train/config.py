@@ -1,4 +1,5 @@
-"""Typed training configuration."""
+"""Typed training configuration: every setting declared once (:func:`prunelab.schema.option`), so
+its command-line flag (``prunelab.cli.common.add_train_arguments``), default and help come from here."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.schema import option
 
 OPTIMIZERS = ("sgd", "adam")
 #: the largest float32: optimiser settings are applied to float32 weights
@@ -105,37 +107,51 @@ class TrainConfig:
     (causal language models).
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    no_wd_bn_bias: bool = False
-    schedule: str = "multistep"
+    epochs: int = option(10, "training epochs", lo=0)
+    batch_size: int = option(128, "samples per optimiser step; under torchrun the global batch, split over the "
+                             "processes (see --batch-scaling)", lo=1)
+    eval_batch_size: int = option(512, "samples per evaluation batch", lo=1)
+    optimizer: str = option("sgd", "the optimiser", choices=OPTIMIZERS)
+    lr: float = option(0.1, "learning rate", lo=0.0, hi=FLOAT32_MAX)
+    momentum: float = option(0.9, "SGD momentum (Adam: beta1)", lo=0.0, hi=1.0, hi_open=True)
+    nesterov: bool = option(False, "Nesterov momentum (SGD; needs momentum > 0)")
+    weight_decay: float = option(5e-4, "L2 weight decay", lo=0.0, hi=FLOAT32_MAX)
+    no_wd_bn_bias: bool = option(False, "no weight decay on BatchNorm parameters, biases and depthwise "
+                                 "convolutions")
+    schedule: str = option("multistep", "learning-rate schedule", choices=SCHEDULES)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    step_size: int = 30
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    augment: bool = True
-    max_steps: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    channels_last: bool = False
-    amp: bool = True
-    progress: bool = False
-    eval_every: int = 1
-    lr_step: str = "iteration"
-    amp_dtype: str = "bfloat16"
-    drop_last: bool = False
-    checkpoint: str | None = None
-    checkpoint_every: int = 1
-    resume: bool = False
-    on_nonfinite: str = "stop"
-    loss: str = "cross-entropy"
+    gamma: float = option(0.1, "learning-rate decay factor (multistep, step)", lo=0.0, lo_open=True,
+                          hi=FLOAT32_MAX)
+    step_size: int = option(30, "epochs between decays (step schedule)", lo=1)
+    warmup_epochs: float = option(0.0, "epochs of linear learning-rate warm-up", lo=0.0)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", lo=0.0, hi=1.0, hi_open=True)
+    augment: bool = option(True, "data augmentation of the training set (where the data set has one)")
+    max_steps: int | None = option(None, "stop every training run after N optimiser steps (dense pre-training "
+                                   "included)", kind=int, lo=0, optional=True, metavar="N")
+    seed: int = option(0, "random seed", lo=0, hi=MAX_SEED)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    channels_last: bool = option(False, "channels-last memory format (CUDA convolutions)")
+    amp: bool = option(True, "automatic mixed precision on CUDA")
+    progress: bool = option(False, "draw the training bar even when stderr is not a terminal (on a terminal it "
+                            "is drawn unless --quiet)")
+    eval_every: int = option(1, "evaluate on validation and test every N epochs (and at the end)", lo=1,
+                             metavar="N")
+    lr_step: str = option("iteration", "move the learning rate after every step, or once per epoch",
+                          choices=LR_STEPS)
+    amp_dtype: str = option("bfloat16", "autocast type on CUDA (float16 adds a gradient scaler)",
+                            choices=AMP_DTYPES)
+    drop_last: bool = option(False, "drop the incomplete last batch of every epoch")
+    checkpoint: str | None = option(None, "write a resumable training state here (every --checkpoint-every "
+                                    "epochs and on stop)", kind=str, optional=True, flag="--state",
+                                    metavar="PATH")
+    checkpoint_every: int = option(1, "epochs between training states", lo=1, metavar="N")
+    resume: bool = option(False, "continue from the training state at --state if it exists")
+    on_nonfinite: str = option("stop", "a NaN or infinite loss or weight (checked at every epoch end): stop with "
+                               "one line (exit 2, nothing written), or warn and train on",
+                               choices=NONFINITE_ACTIONS)
+    loss: str = option(DEFAULT_LOSS, "the training loss: cross-entropy (classification) or next-token (causal "
+                       "language models); default: next-token for --data tokens without labels, else "
+                       "cross-entropy", metavar="NAME")
 
     def check_types(self, strict: bool = True) -> TrainConfig:
         """Check every field against its declared type (see :meth:`from_dict`); ``strict=False`` checks

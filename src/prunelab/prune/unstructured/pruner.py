@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.errors import PrunelabError, check_choice
+from prunelab.errors import PrunelabError
 from prunelab.prune.unstructured.allocation import (
     check_mt_feasible,
     check_sigma,
@@ -50,6 +50,7 @@ from prunelab.prune.unstructured.report import PruneReport, build_report
 from prunelab.prune.unstructured.scores import criterion, score_buffer
 from prunelab.prune.unstructured.selection import DEFAULT_SELECTION, LayerSelection, PrunableLayer, select_layers
 from prunelab.prune.unstructured.topk import keep_largest, keep_largest_segments
+from prunelab.schema import check_fields, option
 
 #: method -> (criterion, scope)
 METHODS: dict[str, tuple[str, str]] = {
@@ -74,28 +75,31 @@ class PruneConfig:
     target below the model's present sparsity revive already-pruned weights (default: they stay pruned).
     """
 
-    method: str = "global"
-    sparsity: float = 0.0
+    method: str = option("global", "global magnitude (Global MP), uniform / layerwise magnitude, random (global "
+                         "or uniform) or snip", choices=lambda: tuple(METHODS))
+    sparsity: float = option(0.0, "fraction of the selected weights removed, in [0, 1)", kind=float, lo=0.0,
+                             hi=1.0, hi_open=True, valid="in [0, 1) (fraction of weights removed)")
     layer_sparsity: Mapping[str, float] = field(default_factory=dict)
-    mt: int | None = None
-    mt_percent: float | None = None
+    mt: int | None = option(None, "Minimum Threshold: every layer keeps at least SIGMA weights (layers <= SIGMA "
+                            "stay dense)", kind=int, lo=0, optional=True, metavar="SIGMA",
+                            valid="a number of weights per layer >= 0")
+    mt_percent: float | None = option(None, "Minimum Threshold as P percent of all selected weights (the paper's "
+                                      "convention)", kind=float, lo=0.0, hi=100.0, hi_open=True, optional=True,
+                                      metavar="P", valid="a percentage of all prunable weights in [0, 100)")
     selection: LayerSelection = DEFAULT_SELECTION
-    seed: int = 0
-    allow_regrow: bool = False
+    seed: int = option(0, "seed of the random criteria", kind=int)
+    allow_regrow: bool = option(False, "let a sparsity below the model's present one revive already-pruned "
+                                "weights (default: they stay pruned, the sparsity stays where it was, and a "
+                                "warning says how many)")
 
     def validate(self) -> PruneConfig:
-        check_choice("pruning method", self.method, METHODS)
-        check_sparsity(self.sparsity)
+        check_fields(self)
         for pattern, value in self.layer_sparsity.items():
             check_sparsity(value, f"sparsity of layer pattern {pattern!r}")
         if self.layer_sparsity and self.method != "layerwise":
             raise PrunelabError(f"per-layer sparsities need method 'layerwise', not {self.method!r}")
         if self.mt is not None and self.mt_percent is not None:
             raise PrunelabError("give the minimum threshold either as a count (mt) or as a percent, not both")
-        if self.mt is not None:
-            check_sigma(self.mt)
-        if self.mt_percent is not None and not 0 <= self.mt_percent < 100:
-            raise PrunelabError(f"minimum threshold percent must be in [0, 100), got {self.mt_percent}")
         if self.uses_mt and self.scope != "global":
             raise PrunelabError(f"minimum threshold applies to global methods (global, random, snip), "
                                 f"not {self.method!r}")

@@ -35,6 +35,8 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.protocols.build import data_inputs
 from prunelab.protocols.finetune import accuracy, fine_tune
+from prunelab.protocols.unstructured import WeightPruning
+from prunelab.prune.unstructured.pruner import PruneConfig
 from prunelab.prune.unstructured.selection import LayerSelection
 from prunelab.study.common import arch_spec, dense_model, final_metrics, layer_rows, load_data, model_metrics
 from prunelab.study.context import RunContext
@@ -60,9 +62,9 @@ REINIT_SEED_OFFSET = 100_003  # a fresh draw for Scratch-E/B, distinct from the 
 _GRADUAL_KEYS = {"start", "end", "every", "unit", "initial"}
 
 _COMMON = {
-    "schedule": Param("oneshot", one_of("oneshot", "gradual", "iterative"), "one of oneshot, gradual, iterative"),
+    **schema_params(WeightPruning, ("schedule",)),
     "finetune": Param({}, is_mapping, "a mapping of training settings applied on top of the study's 'train'"),
-    "rounds": Param(3, is_int(1), "a number of iterative rounds >= 1"),
+    **schema_params(WeightPruning, ("rounds",)),
     "gradual": Param({}, lambda v: isinstance(v, dict) and set(v) <= _GRADUAL_KEYS,
                      f"a mapping with keys among {', '.join(sorted(_GRADUAL_KEYS))}"),
     **schema_params(LayerSelection, ("keep_first_dense", "keep_last_dense", "include_types", "include", "exclude")),
@@ -70,11 +72,7 @@ _COMMON = {
     "budget_cap": Param(None, is_number(1.0, optional=True), "null or a factor >= 1 capping Scratch-B's epochs"),
     "checkpoint": Param(True, is_bool, "true or false (keep the pruned model in the run folder)"),
 }
-_MT = {
-    "mt": Param(None, is_int(1, optional=True), "null or a number of weights per layer >= 1"),
-    "mt_percent": Param(None, is_number(0.0, 100.0, optional=True, hi_open=True),
-                        "null or a percentage of all prunable weights in [0, 100)"),
-}
+_MT = schema_params(PruneConfig, ("mt", "mt_percent"))
 _KIND_PARAMS: dict[str, dict[str, Param]] = {
     "global-magnitude": {**_COMMON, **_MT},
     "layerwise-magnitude": {**_COMMON, "layer_sparsity": Param(
