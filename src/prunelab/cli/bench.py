@@ -82,11 +82,9 @@ def _is_deploy_file(path: str) -> bool:
 
 def run(args) -> int:
     from prunelab.checkpoint import model_or_checkpoint
-    from prunelab.cli.common import check_input, emit_json, parse_shape
+    from prunelab.cli.common import check_input, parse_shape
     from prunelab.export.backends import get_backend
     from prunelab.export.bench import Prepared, bench_compare, check_max_time
-    from prunelab.io import atomic_write_json
-    from prunelab.measure.latency import format_table
     from prunelab.measure.timing import check_batch_size, check_device, check_threads, check_timing
 
     for backend in args.backend:
@@ -149,6 +147,19 @@ def run(args) -> int:
     payload = {"model": args.model[0], "models": list(args.model), "input_shape": list(shape),
                "sparse": sparse_info.get(args.model[0]) if len(args.model) == 1 else sparse_info or None,
                "results": [r.to_dict() for r in results], "warnings": warnings}
+    title = f"{', '.join(args.model)}: input {'x'.join(map(str, shape))}"
+    if len(args.model) == 1 and sparse_info:
+        info = sparse_info[args.model[0]]
+        title += f", sparse kernels in {len(info['sparse_layers'])}/{info['layers']} layers"
+    return _emit(args, payload, results, warnings, title)
+
+
+def _emit(args, payload: dict, results, warnings: list[str], title: str) -> int:
+    """The results written to ``--out`` (JSON), the warnings on stderr, then the JSON or the table."""
+    from prunelab.cli.common import emit_json
+    from prunelab.io import atomic_write_json
+    from prunelab.measure.latency import format_table
+
     if args.out:
         atomic_write_json(args.out, payload)
     for w in warnings:
@@ -156,10 +167,6 @@ def run(args) -> int:
     if args.json:
         emit_json(payload)
     else:
-        title = f"{', '.join(args.model)}: input {'x'.join(map(str, shape))}"
-        if len(args.model) == 1 and sparse_info:
-            info = sparse_info[args.model[0]]
-            title += f", sparse kernels in {len(info['sparse_layers'])}/{info['layers']} layers"
         print(format_table(results, title=title))
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
@@ -168,10 +175,8 @@ def run(args) -> int:
 
 def _run_hf(args, device: str) -> int:
     """``bench --hf FOLDER``: the folder's model on its example inputs (token ids of ``--seq-len``)."""
-    from prunelab.cli.common import emit_json, hf_from_args
+    from prunelab.cli.common import hf_from_args
     from prunelab.export.bench import bench_compare
-    from prunelab.io import atomic_write_json
-    from prunelab.measure.latency import format_table
 
     if args.sparse or args.input_size:
         raise PrunelabError("--sparse and --input-size do not apply to --hf (its inputs come from the config and "
@@ -192,17 +197,7 @@ def _run_hf(args, device: str) -> int:
         r.model = None
     payload = {"model": args.hf, "models": [args.hf], "input_shape": list(spec.shape), "inputs": spec.to_dict(),
                "sparse": None, "results": [r.to_dict() for r in results], "warnings": warnings}
-    if args.out:
-        atomic_write_json(args.out, payload)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        emit_json(payload)
-    else:
-        print(format_table(results, title=f"{args.hf}: input {spec.describe()}"))
-    if args.out:
-        print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    return _emit(args, payload, results, warnings, f"{args.hf}: input {spec.describe()}")
 
 
 def _check_inputs(models, shape, batch: int) -> None:
