@@ -36,12 +36,11 @@ def fit_spec_to_data(spec: ArchSpec, data: DataBundle | None) -> ArchSpec:
 def data_inputs(data: DataBundle):
     """What a model of ``data`` is measured on: its input shape, or for a bundle of token blocks
     (``task == "tokens"``, e.g. the ``corpus`` data set) an :class:`~prunelab.models.inputs.InputSpec`
-    of token ids ``(N, T)`` below its vocabulary (the bundle's class count)."""
-    if data.task == "tokens":
-        from prunelab.models.inputs import InputSpec
+    of token ids ``(N, T)`` below its vocabulary (:func:`~prunelab.models.inputs.input_spec_of_data`)."""
+    from prunelab.models.inputs import input_spec_of_data
 
-        return InputSpec.tokens(int(data.input_shape[0]), int(data.num_classes))
-    return tuple(data.input_shape)
+    spec = input_spec_of_data(data)
+    return spec.shape if spec.is_plain else spec
 
 
 def reinitialise(model: nn.Module, spec: ArchSpec) -> nn.Module:
